@@ -1,0 +1,112 @@
+"""`biosig` command line. Every MLproject entry point is also a subcommand here.
+
+Options are generated from each command's config dataclass, so `biosig CMD --key value`,
+`mlflow run . -e CMD -P key=value` and `key: value` in a YAML file (`--config FILE`) are the same keys,
+validated by one function (biosig.config.load_config).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import click
+
+from biosig.config import BaseConfig, load_config
+from biosig.errors import BiosigError
+from biosig.tracking.datasets import DatasetConfig
+
+# granite-tsfm configures the root logger at import and hub access must never be attempted.
+os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def config_options(config_cls: type[BaseConfig]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add `--config FILE` and one `--key/--key-with-dashes` option per config field."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(dataclasses.fields(config_cls)):
+            names = [f"--{field.name}"]
+            if "_" in field.name:
+                names.append(f"--{field.name.replace('_', '-')}")
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            func = click.option(*names, field.name, default=None, metavar="VALUE",
+                                help=f"default: {default!r}")(func)
+        return click.option("--config", "config_file", default=None, metavar="FILE",
+                            help="YAML file of config keys; command-line keys override it")(func)
+
+    return decorate
+
+
+def build_config(config_cls: type[BaseConfig], config_file: str | None, options: dict[str, Any]) -> BaseConfig:
+    overrides = {k: v for k, v in options.items() if v is not None}
+    return load_config(config_cls, config_file or None, overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="biosig")
+def cli() -> None:
+    """biosig: MLflow experiment tracking and model registry for biosignal foundation models."""
+
+
+@cli.command("log-dataset")
+@config_options(DatasetConfig)
+def log_dataset_cmd(config_file: str | None, **options: Any) -> None:
+    """Build or read a windowed dataset, write the primary parquet and log it to MLflow."""
+    from biosig.tracking.datasets import log_dataset
+
+    log_dataset(build_config(DatasetConfig, config_file, options))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry: BiosigErrors print as one line (no traceback) and exit 2; a run that
+    `mlflow run` created is ended FAILED even when the command fails before attaching to it."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="biosig", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _fail_pending_run(KeyboardInterrupt())
+        click.echo("biosig: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        _fail_pending_run(exc)
+        exc.show()
+        return exc.exit_code
+    except BiosigError as exc:
+        _fail_pending_run(exc)
+        click.echo(f"biosig: error: {exc}", err=True)
+        return 2
+    except BaseException as exc:
+        _fail_pending_run(exc)
+        raise
+    return 0
+
+
+def _fail_pending_run(exc: BaseException) -> None:
+    if os.environ.get("MLFLOW_RUN_ID"):
+        from biosig.tracking.run import fail_run_from_env
+
+        fail_run_from_env(exc)
+
+
+def run_entrypoint(command: str, argv: Sequence[str]) -> None:
+    """MLproject entry points pass `--config {config}` (empty when unset) and `--key value` extras."""
+    args: list[str] = []
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        if items[i].startswith("--") and i + 1 < len(items) and not items[i + 1].startswith("--"):
+            if items[i + 1] != "":
+                args += items[i:i + 2]
+            i += 2
+        else:
+            args.append(items[i])
+            i += 1
+    sys.exit(main([command, *args]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Typed configs: dataclasses filled from a YAML file plus `key=value` overrides.
+
+One validation path serves YAML files, `mlflow run -P key=value` and `biosig CMD --key value`:
+values arrive as YAML scalars or strings and are coerced to the field's declared type here.
+Unknown keys, wrong types and out-of-range values raise ConfigError naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from biosig.errors import ConfigError
+
+C = TypeVar("C", bound="BaseConfig")
+
+_TRUE = {"true", "yes", "1", "on"}
+_FALSE = {"false", "no", "0", "off"}
+
+
+@dataclasses.dataclass
+class BaseConfig:
+    """Keys shared by every command: where runs go and how they are seeded."""
+
+    experiment: str = "biosig"
+    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    run_name: str = ""
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Range checks beyond types; subclasses extend and call super()."""
+        if not self.experiment:
+            raise ConfigError("experiment must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def field_names(cls: type[BaseConfig]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def load_config(
+    cls: type[C],
+    config_file: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build `cls` from defaults < YAML file < overrides, then validate.
+
+    `overrides` may hold strings (from the command line) or typed values.
+    """
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    if config_file:
+        path = Path(config_file)
+        for key, value in _read_yaml(path).items():
+            values[key] = value
+            origin[key] = str(path)
+    for key, value in (overrides or {}).items():
+        values[key] = value
+        origin[key] = "command line"
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key '{key}' (from {origin[key]}); "
+                f"valid keys for this command: {', '.join(sorted(fields))}"
+            )
+        kwargs[key] = coerce(value, hints[key], key=key, origin=origin[key])
+    config = cls(**kwargs)
+    config.validate()
+    return config
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:
+    """Coerce a YAML scalar or command-line string to `annotation` (str/int/float/bool,
+    Optional[...], list[...], Literal[...])."""
+    where = f"config key '{key}' (from {origin})"
+    origin_type = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin_type in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], key=key, origin=origin)
+    if origin_type is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin_type is list:
+        items = value
+        if isinstance(value, str):
+            items = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [coerce(v, args[0], key=key, origin=origin) for v in items]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def require_range(name: str, value: float, low: float | None = None, high: float | None = None,
+                  *, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise ConfigError unless low <= value <= high (open bounds with the flags)."""
+    bad = (low is not None and (value <= low if low_open else value < low)) or (
+        high is not None and (value >= high if high_open else value > high)
+    )
+    if bad:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ConfigError(f"config key '{name}' must be in {lo}{low}, {high}{hi}, got {value}")

@@ -1,0 +1,23 @@
+"""Dataset naming convention: `{MODALITY}_{window_s}s_{channels}_{N}windows_{kind}`,
+e.g. `EEG_8s_af7-af8-tp9-tp10_1234windows_primary`."""
+
+from __future__ import annotations
+
+import re
+
+from biosig.data.windowset import WindowSet
+from biosig.errors import ConfigError
+
+_KIND = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def format_seconds(seconds: float) -> str:
+    """8.0 -> '8', 8.192 -> '8.192', 10.0 -> '10'."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
+
+
+def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
+    if not _KIND.match(kind):
+        raise ConfigError(f"config key 'kind' must be lower-case letters, digits and '-', got {kind!r}")
+    channels = "-".join(c.lower().replace("_", "") for c in ws.channels)
+    return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channels}_{ws.n_windows}windows_{kind}"

@@ -1,0 +1,18 @@
+"""Error types. Every user-facing failure is a BiosigError whose message names the culprit
+(file, field, parameter); the CLI prints it without a traceback and exits non-zero."""
+
+
+class BiosigError(Exception):
+    """Base class for errors caused by input the user can fix."""
+
+
+class ConfigError(BiosigError):
+    """A config file, parameter or override is unknown, mistyped or out of range."""
+
+
+class DataError(BiosigError):
+    """A dataset file or in-memory WindowSet is missing, malformed or inconsistent."""
+
+
+class TrackingError(BiosigError):
+    """The tracking store or an MLflow run cannot be used as asked."""

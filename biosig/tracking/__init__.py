@@ -1,0 +1,1 @@
+"""MLflow-facing code: run lifecycle, batched metrics, dataset logging, environment capture."""

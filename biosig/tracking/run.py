@@ -1,0 +1,193 @@
+"""MLflow run lifecycle for every biosig command.
+
+`tracked_run` sets the tracking store and experiment, attaches to the run that `mlflow run` created
+(MLFLOW_RUN_ID) or starts one, records the environment and the resolved config (secrets redacted),
+batches metrics, and always ends the run: FINISHED on success, FAILED with the error as a tag on any
+exception, KILLED on Ctrl-C or SIGTERM. No run is ever left RUNNING by biosig.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import mlflow
+import yaml
+from mlflow.entities import Param, RunStatus
+from mlflow.tracking import MlflowClient
+
+from biosig.config import BaseConfig
+from biosig.errors import TrackingError
+from biosig.tracking.environment import environment
+from biosig.tracking.metrics import MetricBatcher
+from biosig.tracking.redact import redact, redact_value
+
+MAX_PARAM_LENGTH = 6000
+ERROR_TAG = "biosig.error"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that the run ends KILLED, like Ctrl-C."""
+
+
+def resolve_tracking_uri(configured: str = "") -> str:
+    """Config value > $MLFLOW_TRACKING_URI > sqlite:///<cwd>/mlflow.db (never the file store)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("file:") or (("://" not in uri) and not uri.startswith("databricks")):
+        raise TrackingError(
+            f"tracking_uri {redact_value(uri)!r} is a file store, which biosig does not use: "
+            "use sqlite:///path/mlflow.db, postgresql://… or http(s)://server"
+        )
+    return uri
+
+
+def configure_tracking(configured_uri: str = "") -> str:
+    uri = resolve_tracking_uri(configured_uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+class RunContext:
+    """What a command sees of its run: ids, batched metrics, artifact helpers."""
+
+    def __init__(self, run: mlflow.ActiveRun, client: MlflowClient) -> None:
+        self.run = run
+        self.run_id = run.info.run_id
+        self.client = client
+        self.metrics = MetricBatcher(client, self.run_id)
+        self._cleanups: list[Callable[[], None]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self.metrics.log(metrics, step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        mlflow.set_tags({k: redact_value(str(v)) for k, v in tags.items()})
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        mlflow.log_dict(data, artifact_file)
+
+    def on_failure(self, cleanup: Callable[[], None]) -> None:
+        """Register an undo step (e.g. delete an output file) run if the command fails."""
+        self._cleanups.append(cleanup)
+
+    def _undo(self) -> None:
+        for cleanup in reversed(self._cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+
+
+@contextlib.contextmanager
+def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
+                nested: bool = False) -> Iterator[RunContext]:
+    configure_tracking(config.tracking_uri)
+    client = MlflowClient()
+    experiment_id = _experiment_id(config.experiment)
+    run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
+    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=nested,
+                           run_name=config.run_name or None)
+    ctx = RunContext(run, client)
+    previous = _install_sigterm()
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        _record_setup(ctx, command, config, tags or {})
+        yield ctx
+        ctx.metrics.flush()
+    except BaseException as exc:
+        status = RunStatus.to_string(RunStatus.KILLED if isinstance(exc, (KeyboardInterrupt, Terminated))
+                                     else RunStatus.FAILED)
+        _record_failure(ctx, exc)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous) if previous is not None else None
+        mlflow.end_run(status=status)
+
+
+def _experiment_id(name: str) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        if experiment.lifecycle_stage == "deleted":
+            raise TrackingError(f"experiment '{name}' is deleted: restore it or choose another --experiment")
+        return experiment.experiment_id
+    return mlflow.create_experiment(name)
+
+
+def _install_sigterm():
+    def handler(signum, frame):  # noqa: ARG001
+        raise Terminated("terminated by SIGTERM")
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _record_setup(ctx: RunContext, command: str, config: BaseConfig, tags: dict[str, str]) -> None:
+    env = environment()
+    resolved = redact(config.to_dict())
+    ctx.set_tags({"biosig.command": command, **tags})
+    if env["git_commit"] and not ctx.run.data.tags.get("mlflow.source.git.commit"):
+        ctx.set_tags({"mlflow.source.git.commit": env["git_commit"]})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        (Path(tmp) / "environment.json").write_text(json.dumps(env, indent=2))
+        mlflow.log_artifacts(tmp, artifact_path="run")
+    _log_params(ctx, resolved)
+
+
+def _log_params(ctx: RunContext, resolved: dict[str, Any]) -> None:
+    """Log the resolved config as params, skipping keys `mlflow run` already logged from -P
+    (same value, possibly spelled differently: '1e-3' vs '0.001'; MLflow refuses to change a param)."""
+    existing = ctx.client.get_run(ctx.run_id).data.params
+    params = [Param(k, _param_value(v)) for k, v in flatten(resolved).items() if k not in existing]
+    for i in range(0, len(params), 100):
+        ctx.client.log_batch(ctx.run_id, params=params[i:i + 100], synchronous=True)
+
+
+def _param_value(value: Any) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text[:MAX_PARAM_LENGTH]
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _record_failure(ctx: RunContext, exc: BaseException) -> None:
+    ctx._undo()
+    with contextlib.suppress(Exception):
+        ctx.metrics.flush()
+    with contextlib.suppress(Exception):
+        message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
+        mlflow.set_tags({ERROR_TAG: message, "biosig.error_type": type(exc).__name__})
+        if not isinstance(exc, (KeyboardInterrupt, Terminated)):
+            mlflow.log_text(redact_value("".join(traceback.format_exception(exc))), "run/error.txt")
+
+
+def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
+    """End the run `mlflow run` created (MLFLOW_RUN_ID) as FAILED when a command fails before
+    `tracked_run` could attach to it, e.g. on a bad parameter."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    with contextlib.suppress(Exception):
+        configure_tracking(tracking_uri)
+        client = MlflowClient()
+        client.set_tag(run_id, ERROR_TAG, redact_value(f"{type(exc).__name__}: {exc}")[:5000])
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
+        client.set_terminated(run_id, status=status)

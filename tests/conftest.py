@@ -1,0 +1,57 @@
+"""Shared fixtures: every test runs in its own directory with its own SQLite tracking store."""
+
+from __future__ import annotations
+
+import os
+
+# One thread: PyTorch/BLAS step times swing 5x with two threads on 2-core machines (ARCHITECTURE.md).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from biosig.data.synthetic import synthetic_cardio, synthetic_eeg  # noqa: E402
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """cwd = a fresh directory whose mlflow.db is the tracking store."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)  # mlflow keeps the URI in a module global across tests
+    mlflow.set_registry_uri(uri)
+    yield tmp_path
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture
+def cardio():
+    return synthetic_cardio(n_subjects=4, windows_per_subject=5, with_acc=True, window_s=2.0, seed=1)
+
+
+@pytest.fixture
+def eeg():
+    return synthetic_eeg(n_subjects=3, parents_per_subject=2, subs_per_parent=3, window_s=1.0, seed=2)
+
+
+def finished_runs(status: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

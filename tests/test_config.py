@@ -1,0 +1,71 @@
+import dataclasses
+from typing import Literal
+
+import pytest
+
+from biosig.config import BaseConfig, load_config, require_range
+from biosig.errors import ConfigError
+
+
+@dataclasses.dataclass
+class Example(BaseConfig):
+    epochs: int = 3
+    lr: float = 1e-3
+    amp: bool = False
+    channels: list[str] | None = None
+    head: Literal["linear", "mlp"] = "linear"
+    fs: float | None = None
+
+    def validate(self):
+        super().validate()
+        require_range("lr", self.lr, 0, low_open=True)
+
+
+def test_defaults_yaml_and_overrides_in_order(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 5\nlr: 0.01\nchannels: [PPG, ECG]\n")
+    cfg = load_config(Example, f, {"lr": "1e-4", "amp": "true", "head": "mlp", "fs": "125"})
+    assert (cfg.epochs, cfg.lr, cfg.amp, cfg.channels, cfg.head, cfg.fs) == (5, 1e-4, True, ["PPG", "ECG"], "mlp", 125.0)
+    assert load_config(Example, None, {"channels": "PPG,ECG", "fs": "none"}).channels == ["PPG", "ECG"]
+    assert load_config(Example).fs is None
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("epochs: 2\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate' \(from .*bad.yaml\)"):
+        load_config(Example, f)
+    with pytest.raises(ConfigError, match=r"'bogus' \(from command line\)"):
+        load_config(Example, None, {"bogus": "1"})
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("epochs", "three", "must be an integer"),
+    ("epochs", 2.5, "must be an integer"),
+    ("epochs", True, "must be an integer"),
+    ("lr", "fast", "must be a number"),
+    ("amp", "maybe", "must be true or false"),
+    ("head", "transformer", r"must be one of \['linear', 'mlp'\]"),
+])
+def test_wrong_types_name_the_key(tmp_path, key, value, expected):
+    f = tmp_path / "typed.yaml"
+    import yaml
+
+    f.write_text(yaml.safe_dump({key: value}))
+    with pytest.raises(ConfigError, match=rf"config key '{key}' \(from .*typed.yaml\) {expected}"):
+        load_config(Example, f)
+
+
+def test_range_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match=r"'lr' must be in \(0"):
+        load_config(Example, None, {"lr": "0"})
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(Example, tmp_path / "nope.yaml")
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("epochs: [1\n")
+    with pytest.raises(ConfigError, match="broken.yaml is not valid YAML"):
+        load_config(Example, bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
+        load_config(Example, listy)

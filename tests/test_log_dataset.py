@@ -1,0 +1,141 @@
+"""log_dataset command and run lifecycle against a real SQLite tracking store."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from biosig.cli import main
+from biosig.data import read_parquet, write_parquet
+from biosig.tracking import datasets as datasets_module
+from tests.conftest import finished_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def only_run(status=None):
+    runs = finished_runs(status)
+    assert len(runs) == 1, [r.info.status for r in finished_runs()]
+    return runs[0]
+
+
+def test_log_dataset_records_dataset_input_profile_and_plots(workdir):
+    assert main(["log-dataset", "--source", "synthetic:quality", "--n_subjects", "3",
+                 "--windows-per-subject", "4", "--seed", "7", "--password", "x"]) == 2  # unknown key
+    assert finished_runs() == []  # refused before any run was created
+
+    assert main(["log-dataset", "--source", "synthetic:quality", "--n_subjects", "3",
+                 "--windows-per-subject", "4", "--seed", "7"]) == 0
+    run = only_run("FINISHED")
+    name = "PPG_10s_accx-accy-accz-ppg-ecg_12windows_primary"
+    path = workdir / "data" / f"{name}.parquet"
+    ws = read_parquet(path)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == name
+    assert inp.dataset.digest == ws.digest[:16]
+    assert str(path) in inp.dataset.source
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "primary"
+    tags = run.data.tags
+    assert tags["biosig.dataset.digest"] == ws.digest and tags["biosig.command"] == "log_dataset"
+    assert run.data.params["source"] == "synthetic:quality" and run.data.params["seed"] == "7"
+    assert run.data.metrics["n_windows"] == 12 and run.data.metrics["n_subjects"] == 3
+    client = MlflowClient()
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "dataset")}
+    assert {"dataset/profile.json", "dataset/examples_quality_poor.png"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "run")} >= {"run/config.yaml", "run/environment.json"}
+    profile = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/dataset/profile.json")
+    assert profile["n_windows"] == 12 and set(profile["channels"]) == set(ws.channels)
+
+
+def test_yaml_config_with_override(workdir):
+    cfg = workdir / "eeg.yaml"
+    cfg.write_text("source: synthetic:eeg\nn_subjects: 2\nwindows_per_subject: 4\nexperiment: eeg-data\n")
+    assert main(["log-dataset", "--config", str(cfg), "--kind", "pretrain", "--output", "out/eeg.parquet"]) == 0
+    ws = read_parquet(workdir / "out" / "eeg.parquet")
+    assert ws.subject_name == "Participant" and ws.n_windows == 8
+    run = only_run("FINISHED")
+    assert mlflow.get_experiment(run.info.experiment_id).name == "eeg-data"
+    assert run.data.tags["biosig.dataset.name"] == "EEG_8s_af7-af8-tp9-tp10_8windows_pretrain"
+
+
+def test_bad_source_fails_run_and_writes_nothing(workdir, capsys):
+    assert main(["log-dataset", "--source", "recordings/missing.npz"]) == 2
+    assert "dataset file not found: recordings/missing.npz" in capsys.readouterr().err
+    run = only_run("FAILED")
+    assert "dataset file not found" in run.data.tags["biosig.error"]
+    assert not (workdir / "data").exists()
+
+
+def test_bad_npz_content_fails_run(workdir, cardio, capsys):
+    signals = cardio.signals.copy()
+    signals[0, 0, 0] = np.nan
+    np.savez(workdir / "nan.npz", signals=signals, labels=cardio.labels)
+    assert main(["log-dataset", "--source", "nan.npz", "--channels", ",".join(cardio.channels), "--fs", "125"]) == 2
+    assert "window 0, channel ACC_X, sample 0" in capsys.readouterr().err
+    assert only_run("FAILED")
+    assert not (workdir / "data").exists()
+
+
+def test_failure_after_write_removes_the_new_file(workdir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracking store went away")
+
+    monkeypatch.setattr(datasets_module, "log_windowset", broken)
+    with pytest.raises(RuntimeError):
+        main(["log-dataset", "--n_subjects", "2", "--windows_per_subject", "2"])
+    run = only_run("FAILED")
+    assert run.data.tags["biosig.error"] == "RuntimeError: tracking store went away"
+    assert list((workdir / "data").iterdir()) == []
+
+
+def test_existing_output_is_kept_when_a_rerun_fails(workdir, cardio, monkeypatch):
+    out = workdir / "keep.parquet"
+    write_parquet(cardio, out)
+    before = out.read_bytes()
+    monkeypatch.setattr(datasets_module, "_log_profile", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(ValueError):
+        main(["log-dataset", "--source", str(out), "--output", str(out)])
+    assert out.read_bytes() == before
+
+
+def test_ctrl_c_ends_run_killed(workdir, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(datasets_module, "load_source", interrupt)
+    assert main(["log-dataset"]) == 130
+    assert only_run("KILLED").data.tags["biosig.error"].startswith("KeyboardInterrupt")
+
+
+def test_file_store_is_refused(workdir, capsys):
+    assert main(["log-dataset", "--tracking_uri", str(workdir / "mlruns")]) == 2
+    assert "is a file store" in capsys.readouterr().err
+
+
+def _mlflow_run(workdir, *args):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    return subprocess.run([str(mlflow_cli), "run", str(REPO), "--env-manager", "local", *args],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_mlflow_run_entry_points(workdir):
+    out = _mlflow_run(workdir, "-e", "log_dataset", "-P", "source=synthetic:eeg", "-P", "n_subjects=2",
+                      "-P", "windows_per_subject=4", "-P", f"output_dir={workdir / 'data'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = only_run("FINISHED")
+    assert run.data.params["n_subjects"] == "2"
+    assert run.inputs.dataset_inputs[0].dataset.name == "EEG_8s_af7-af8-tp9-tp10_8windows_primary"
+
+    bad = _mlflow_run(workdir, "-e", "main", "-P", "good_fraction=2")
+    assert bad.returncode != 0
+    failed = finished_runs("FAILED")
+    assert len(failed) == 1 and "good_fraction" in failed[0].data.tags["biosig.error"]
+    assert not finished_runs("RUNNING")
