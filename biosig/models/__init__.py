@@ -1,0 +1,1 @@
+"""Backbones, heads, channel mapping and freezing. Never imports mlflow."""

@@ -1,0 +1,59 @@
+"""Checkpoint directory: `model.safetensors` (weights) + `biosig.json` (architecture, config, channels,
+fs, context/patch length, normalisation, provenance). Loading builds the model from config and
+loads weights with strict=True: a key mismatch is an error, never silently random weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from biosig.errors import DataError
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "biosig.json"
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write the directory atomically (temporary sibling, then rename)."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        # safetensors refuses shared storage; contiguous clones make every tensor standalone.
+        save_file({k: v.detach().contiguous().clone() for k, v in state_dict.items()}, tmp / WEIGHTS_FILE)
+        (tmp / META_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise DataError(f"{path} is not a biosig checkpoint directory (no {META_FILE})")
+    try:
+        return json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_file} is not valid JSON: {exc}") from None
+
+
+def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+    weights = Path(path) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise DataError(f"checkpoint {path} has no {WEIGHTS_FILE}")
+    try:
+        module.load_state_dict(load_file(weights), strict=True)
+    except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
+        raise DataError(f"checkpoint {path} does not fit the model built from its config: {exc}") from None

@@ -1,0 +1,1 @@
+"""Model-registry code: naming conventions, checkpoint discovery, publishing, promotion."""
