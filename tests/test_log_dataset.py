@@ -127,11 +127,14 @@ def _mlflow_run(workdir, *args):
 
 @pytest.mark.slow
 def test_mlflow_run_entry_points(workdir):
-    out = _mlflow_run(workdir, "-e", "log_dataset", "-P", "source=synthetic:eeg", "-P", "n_subjects=2",
+    out = _mlflow_run(workdir, "-e", "log_dataset", "--experiment-name", "biosig",
+                      "-P", "source=synthetic:eeg", "-P", "n_subjects=2",
                       "-P", "windows_per_subject=4", "-P", f"output_dir={workdir / 'data'}")
     assert out.returncode == 0, out.stderr[-3000:]
     run = only_run("FINISHED")
     assert run.data.params["n_subjects"] == "2"
+    assert [e.name for e in MlflowClient().search_experiments()] == ["biosig", "Default"]  # no stray one
+    assert mlflow.get_experiment(run.info.experiment_id).name == "biosig"
     assert run.inputs.dataset_inputs[0].dataset.name == "EEG_8s_af7-af8-tp9-tp10_8windows_primary"
 
     bad = _mlflow_run(workdir, "-e", "main", "-P", "good_fraction=2")

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -90,10 +91,13 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
                 nested: bool = False) -> Iterator[RunContext]:
     configure_tracking(config.tracking_uri)
     client = MlflowClient()
-    experiment_id = _experiment_id(config.experiment)
     run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
-    run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=nested,
-                           run_name=config.run_name or None)
+    if run_id:  # `mlflow run` created the run in the experiment it was given (--experiment-name)
+        run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
+        _warn_experiment_mismatch(client, run, config.experiment)
+    else:
+        run = mlflow.start_run(experiment_id=_experiment_id(config.experiment), nested=nested,
+                               run_name=config.run_name or None)
     ctx = RunContext(run, client)
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
@@ -118,6 +122,13 @@ def _experiment_id(name: str) -> str:
             raise TrackingError(f"experiment '{name}' is deleted: restore it or choose another --experiment")
         return experiment.experiment_id
     return mlflow.create_experiment(name)
+
+
+def _warn_experiment_mismatch(client: MlflowClient, run: mlflow.ActiveRun, wanted: str) -> None:
+    actual = client.get_experiment(run.info.experiment_id).name
+    if actual != wanted:
+        print(f"biosig: note: this run is in experiment '{actual}' (chosen by `mlflow run`); "
+              f"pass `mlflow run --experiment-name {wanted}` to file it under '{wanted}'", file=sys.stderr)
 
 
 def _install_sigterm():
