@@ -121,31 +121,26 @@ def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if annotation in (int, float):
+        return _number(value, annotation, where)
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return "" if value is None else str(value)
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def _number(value: Any, kind: type, where: str) -> int | float:
+    """int accepts ints and integer strings; float also accepts ints. Booleans are never numbers."""
+    accepted = (int,) if kind is int else (int, float)
+    if isinstance(value, accepted) and not isinstance(value, bool):
+        return kind(value)
+    if isinstance(value, str):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
 
 
 def require_range(name: str, value: float, low: float | None = None, high: float | None = None,

@@ -112,6 +112,18 @@ def test_ctrl_c_ends_run_killed(workdir, monkeypatch):
     assert only_run("KILLED").data.tags["biosig.error"].startswith("KeyboardInterrupt")
 
 
+def test_sigterm_ends_run_killed(workdir, monkeypatch):
+    import signal
+
+    from biosig.tracking.run import Terminated
+
+    monkeypatch.setattr(datasets_module, "load_source", lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Terminated):
+        main(["log-dataset"])
+    assert only_run("KILLED").data.tags["biosig.error"] == "Terminated: terminated by SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
 def test_file_store_is_refused(workdir, capsys):
     assert main(["log-dataset", "--tracking_uri", str(workdir / "mlruns")]) == 2
     assert "is a file store" in capsys.readouterr().err

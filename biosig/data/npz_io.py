@@ -8,17 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from biosig.data.paths import require_input_file
 from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
 
 
 def read_npz(path: str | Path, *, channels: list[str] | None = None, fs: float | None = None) -> WindowSet:
     """Channels and fs come from the file when stored there, else from the arguments."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset file not found: {path}")
-    if path.suffix != ".npz":
-        raise DataError(f"expected a .npz file, got {path}")
+    path = require_input_file(path, ".npz", "a .npz file")
     try:
         archive = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile) as exc:

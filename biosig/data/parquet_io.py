@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biosig.data.atomic import atomic_path
+from biosig.data.paths import require_input_file
 from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
 
@@ -62,11 +63,7 @@ def to_arrow(ws: WindowSet) -> pa.Table:
 
 def read_parquet(path: str | Path, *, verify_order: bool = True) -> WindowSet:
     """Read a biosig parquet dataset into a validated WindowSet."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset file not found: {path}")
-    if path.suffix != ".parquet":
-        raise DataError(f"expected a .parquet dataset file, got {path}")
+    path = require_input_file(path, ".parquet", "a .parquet dataset file")
     try:
         # mmap without pre-buffering: measured fastest for large uncompressed signal columns.
         table = pq.read_table(path, memory_map=True, pre_buffer=False)

@@ -183,10 +183,6 @@ class WindowSet:
             return self
         return self.take(index)
 
-    def with_source(self, source: str) -> "WindowSet":
-        out = dataclasses.replace(self, source=source)
-        return out
-
     # ---------------------------------------------------------------- digest
     @cached_property
     def digest(self) -> str:

@@ -111,7 +111,8 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
         _record_failure(ctx, exc)
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous) if previous is not None else None
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         mlflow.end_run(status=status)
 
 
