@@ -1,0 +1,1 @@
+"""Pretraining (masked reconstruction), fine-tuning (staged schedule), metrics, calibration."""
