@@ -11,6 +11,11 @@ from biosig.errors import ConfigError
 _KIND = re.compile(r"^[a-z][a-z0-9-]*$")
 
 
+def channel_token(channels: list[str]) -> str:
+    """['ACC_X', 'PPG'] -> 'accx-ppg': the channel part of dataset and model names."""
+    return "-".join(c.lower().replace("_", "") for c in channels)
+
+
 def format_seconds(seconds: float) -> str:
     """8.0 -> '8', 8.192 -> '8.192', 10.0 -> '10'."""
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
@@ -19,5 +24,4 @@ def format_seconds(seconds: float) -> str:
 def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
     if not _KIND.match(kind):
         raise ConfigError(f"config key 'kind' must be lower-case letters, digits and '-', got {kind!r}")
-    channels = "-".join(c.lower().replace("_", "") for c in ws.channels)
-    return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channels}_{ws.n_windows}windows_{kind}"
+    return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channel_token(ws.channels)}_{ws.n_windows}windows_{kind}"

@@ -65,7 +65,8 @@ class TTMBackbone(nn.Module):
             raise ConfigError(f"TTM mode must be common_channel or mix_channel, got {self.config['mode']!r}")
         check_patching(self.config["context_length"], self.config["patch_length"])
         config_cls, model_cls, _ = _tsfm()
-        # A fresh config object per build: building mutates it (num_patches).
+        # A fresh config object per build: building mutates it (num_patches). The bare backbone has no
+        # forecasting head, but the config insists on a prediction_length; any positive value is inert here.
         tsfm_config = config_cls(num_input_channels=len(self.channels), patch_stride=self.config["patch_length"],
                                  prediction_length=16, **self.config)
         self.model = model_cls(tsfm_config)

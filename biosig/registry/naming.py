@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from biosig.data.naming import channel_token
 from biosig.errors import ConfigError
 
 FINETUNED_SUFFIX = "_finetuned"
@@ -42,10 +43,6 @@ class ModelName:
 
     def __str__(self) -> str:
         return self.pretrained + (FINETUNED_SUFFIX if self.finetuned else "")
-
-
-def channel_token(channels: list[str]) -> str:
-    return "-".join(c.lower().replace("_", "") for c in channels)
 
 
 def mask_percent(mask_ratio: float) -> int:
