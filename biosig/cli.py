@@ -16,11 +16,15 @@ import click
 
 from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError
+from biosig.pipeline import MainConfig
 from biosig.tracking.datasets import DatasetConfig
+from biosig.training.finetune import FinetuneConfig
+from biosig.training.pretrain import PretrainConfig
 
 # granite-tsfm configures the root logger at import and hub access must never be attempted.
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def config_options(config_cls: type[BaseConfig]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -58,6 +62,33 @@ def log_dataset_cmd(config_file: str | None, **options: Any) -> None:
     from biosig.tracking.datasets import log_dataset
 
     log_dataset(build_config(DatasetConfig, config_file, options))
+
+
+@cli.command("pretrain")
+@config_options(PretrainConfig)
+def pretrain_cmd(config_file: str | None, **options: Any) -> None:
+    """Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name."""
+    from biosig.training.pretrain import pretrain
+
+    pretrain(build_config(PretrainConfig, config_file, options))
+
+
+@cli.command("finetune")
+@config_options(FinetuneConfig)
+def finetune_cmd(config_file: str | None, **options: Any) -> None:
+    """Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier."""
+    from biosig.training.finetune import finetune
+
+    finetune(build_config(FinetuneConfig, config_file, options))
+
+
+@cli.command("main")
+@config_options(MainConfig)
+def main_cmd(config_file: str | None, **options: Any) -> None:
+    """The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model."""
+    from biosig.pipeline import run_main
+
+    run_main(build_config(MainConfig, config_file, options))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

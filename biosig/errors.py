@@ -16,3 +16,7 @@ class DataError(BiosigError):
 
 class TrackingError(BiosigError):
     """The tracking store or an MLflow run cannot be used as asked."""
+
+
+class TrainingError(BiosigError):
+    """Training cannot go on: a non-finite loss, unusable labels, nothing to resume from."""

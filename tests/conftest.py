@@ -55,3 +55,30 @@ def finished_runs(status: str | None = None):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+#: A TTM small enough that pretraining takes about a second on one CPU thread.
+TINY_PRETRAIN = {"n_subjects": 4, "windows_per_subject": 6, "context_length": 64, "patch_length": 16,
+                 "d_model": 8, "num_layers": 2, "dropout": 0.0, "epochs": 2, "batch_size": 8}
+TINY_NAME = "ttm_ppg-ecg_c64_p16_m40_mae"
+TINY_FINETUNE = ["--data", "synthetic:quality", "--n-subjects", "8", "--windows-per-subject", "6",
+                 "--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]
+
+
+@pytest.fixture
+def tiny_pretrain(workdir):
+    """A YAML file with the tiny pretrain config (what checkpoint=auto derives the name from)."""
+    import yaml
+
+    path = workdir / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(TINY_PRETRAIN))
+    return path
+
+
+@pytest.fixture
+def pretrained(tiny_pretrain):
+    """The tiny pretrain run, registered as TINY_NAME version 1."""
+    from biosig.cli import main
+
+    assert main(["pretrain", "--config", str(tiny_pretrain)]) == 0
+    return tiny_pretrain

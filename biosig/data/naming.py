@@ -25,3 +25,11 @@ def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
     if not _KIND.match(kind):
         raise ConfigError(f"config key 'kind' must be lower-case letters, digits and '-', got {kind!r}")
     return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channel_token(ws.channels)}_{ws.n_windows}windows_{kind}"
+
+
+def channels_from_token(parts: list[str]) -> list[str]:
+    """['accx', 'ppg'] -> ['ACC_X', 'PPG'] (the inverse of channel_token for known channels)."""
+    from biosig.data.channels import KNOWN_CHANNELS
+
+    by_token = {c.lower().replace("_", ""): c for c in KNOWN_CHANNELS}
+    return [by_token.get(p, p.upper()) for p in parts]

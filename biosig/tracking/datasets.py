@@ -58,21 +58,35 @@ class LoggedDataset:
     windows: WindowSet
 
 
-def log_dataset(config: DatasetConfig) -> LoggedDataset:
+def log_dataset(config: DatasetConfig, *, nested: bool = False) -> LoggedDataset:
     """The `log_dataset` command: one run, one parquet, one dataset input."""
-    with tracked_run("log_dataset", config) as ctx:
-        ws = load_source(config.source, config.source_options())
-        name = dataset_name(ws, config.kind)
-        path = Path(config.output) if config.output else Path(config.output_dir) / f"{name}.parquet"
+    with tracked_run("log_dataset", config, nested=nested) as ctx:
+        logged = use_dataset(ctx, config.source, config.source_options(), kind=config.kind,
+                             output_dir=config.output_dir, output=config.output, context=config.context)
+        _log_profile(ctx, logged.windows)
+        ws = logged.windows
+        print(f"dataset {logged.name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} "
+              f"samples -> {logged.path} (digest {ws.digest[:12]}, run {ctx.run_id})")
+        return logged
+
+
+def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: str = "primary",
+                output_dir: str = "data", output: str = "", context: str = "primary") -> LoggedDataset:
+    """Load `source` into the run as an MLflow dataset input whose source is a parquet file: a parquet
+    source is used in place; synthetic and npz sources are written to `{output_dir}/{name}.parquet`
+    first (removed again if the run fails and the file is new)."""
+    ws = load_source(source, options)
+    name = dataset_name(ws, kind)
+    if source.endswith(".parquet") and not output:
+        path = Path(source)
+    else:
+        path = Path(output) if output else Path(output_dir) / f"{name}.parquet"
         existed = path.exists()
         write_parquet(ws, path)
         if not existed:
             ctx.on_failure(lambda: path.unlink(missing_ok=True))
-        log_windowset(ctx, ws, name=name, uri=str(path.resolve()), context=config.context)
-        _log_profile(ctx, ws)
-        print(f"dataset {name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} samples "
-              f"-> {path} (digest {ws.digest[:12]}, run {ctx.run_id})")
-        return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
+    log_windowset(ctx, ws, name=name, uri=str(path.resolve()), context=context)
+    return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
 
 
 def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, context: str) -> None:

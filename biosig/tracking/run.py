@@ -96,8 +96,9 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
         run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
         _warn_experiment_mismatch(client, run, config.experiment)
     else:
-        run = mlflow.start_run(experiment_id=_experiment_id(config.experiment), nested=nested,
-                               run_name=config.run_name or None)
+        parent = mlflow.active_run() if nested else None  # children live in their parent's experiment
+        experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
+        run = mlflow.start_run(experiment_id=experiment_id, nested=nested, run_name=config.run_name or None)
     ctx = RunContext(run, client)
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)

@@ -1,0 +1,73 @@
+"""pyfunc serving overhead: `mlflow.pyfunc` predict vs the bare model forward at batch 256.
+
+Fine-tunes the default TTM briefly, registers it, loads `models:/…@candidate` as pyfunc and times
+predict() on 256 raw windows (dict input: schema check, channel order, crop, normalisation, softmax,
+DataFrame) against model(x) on the already-prepared tensor. Prints medians and the ratio
+bare / pyfunc throughput (target >= 0.9).
+
+    python benchmarks/inference.py [--batch 256 --repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import pretrained_checkpoint, use_store  # noqa: E402
+
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+from biosig.config import load_config  # noqa: E402
+from biosig.data.adapt import prepare_windows  # noqa: E402
+from biosig.data.synthetic import synthetic_cardio  # noqa: E402
+from biosig.registry.pyfunc import as_model_input  # noqa: E402
+from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
+
+
+def median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        use_store(Path(tmp))
+        config = load_config(FinetuneConfig, None, {"checkpoint": pretrained_checkpoint(), "n_subjects": 8,
+                                                    "stage1_epochs": 1, "stage2_epochs": 0,
+                                                    "experiment": "benchmarks"})
+        result = finetune(config)
+        model = mlflow.pyfunc.load_model(f"models:/{result.name}@candidate")
+        wrapper = model.unwrap_python_model()
+        ws = synthetic_cardio(n_subjects=max(1, args.batch // 20 + 1), with_acc=True, window_s=10.0, seed=5)
+        signals = ws.signals[:args.batch]
+        raw = as_model_input(signals, ws.channels)
+        prepared = torch.from_numpy(prepare_windows(signals, ws.channels, ws.fs, wrapper.meta, "benchmark"))
+
+        def bare():
+            with torch.no_grad():
+                wrapper.model(prepared)
+
+        pyfunc = median_seconds(lambda: model.predict(raw), args.repeats)
+        forward = median_seconds(bare, args.repeats)
+        print(f"batch {len(signals)}: bare forward {forward * 1000:.1f} ms ({len(signals) / forward:.0f} windows/s), "
+              f"pyfunc predict {pyfunc * 1000:.1f} ms ({len(signals) / pyfunc:.0f} windows/s)")
+        print(f"ratio bare/pyfunc time = pyfunc throughput / bare throughput: {forward / pyfunc:.3f} (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()

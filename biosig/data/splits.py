@@ -1,0 +1,55 @@
+"""Subject-level splits: every window of a subject lands in exactly one of train/val/test, so no
+subject's physiology leaks from training into evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biosig.data.windowset import WindowSet
+from biosig.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def subject_split(ws: WindowSet, val_fraction: float, test_fraction: float, seed: int = 0) -> dict[str, WindowSet]:
+    """Split by subject, stratified by each subject's majority label so that val and test see every
+    class when there are enough subjects. Fractions are of subjects; with test_fraction 0 there is no
+    'test' entry."""
+    if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ConfigError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
+                          "with val > 0 and a sum below 1")
+    subjects, inverse = np.unique(ws.subject, return_inverse=True)
+    if len(subjects) < (3 if test_fraction else 2):
+        raise DataError(f"{ws.where} has {len(subjects)} {ws.subject_name}(s): a subject-level "
+                        f"train/val{'/test' if test_fraction else ''} split needs at least "
+                        f"{3 if test_fraction else 2}")
+    majority = np.array([np.bincount(ws.labels[inverse == i].clip(0)).argmax() for i in range(len(subjects))])
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(subjects), dtype=object)
+    for label in np.unique(majority):
+        members = rng.permutation(np.flatnonzero(majority == label))
+        n_test = _share(len(members), test_fraction)
+        n_val = _share(len(members) - n_test, val_fraction / (1 - test_fraction))
+        assignment[members[:n_test]] = "test"
+        assignment[members[n_test:n_test + n_val]] = "val"
+        assignment[members[n_test + n_val:]] = "train"
+    _ensure_nonempty(assignment, test_fraction > 0, rng)
+    window_split = assignment[inverse]
+    return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
+
+
+def _share(n: int, fraction: float) -> int:
+    """round(n * fraction), at least 1 when the fraction is positive and n allows a train member."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(n * fraction)))
+
+
+def _ensure_nonempty(assignment: np.ndarray, want_test: bool, rng: np.random.Generator) -> None:
+    """Small strata can leave val or test empty: move one subject from the largest split."""
+    for name in ("val", "test") if want_test else ("val",):
+        if (assignment == name).any():
+            continue
+        donors = [s for s in SPLITS if (assignment == s).sum() > 1]
+        donor = max(donors, key=lambda s: (assignment == s).sum())
+        assignment[rng.choice(np.flatnonzero(assignment == donor))] = name

@@ -1,0 +1,178 @@
+"""Checkpoint discovery: turn a `checkpoint=` value into a local checkpoint directory plus lineage.
+
+Accepted forms (never a guess; anything else is an error that says what was tried):
+  auto                   the conventional name derived from the pretrain config, latest version
+  NAME                   a registered conventional name, latest (highest) version
+  NAME@alias, NAME/3     a registered version by alias or number
+  models:/NAME@alias, models:/NAME/3, models:/NAME
+  runs:/RUN_ID/path      a run artifact directory
+  s3://bucket/key        an artifact directory in S3 (MLFLOW_S3_ENDPOINT_URL for MinIO / moto)
+  PATH                   a local checkpoint directory
+An unknown registered name fails with the closest registered names and the pretrain command that
+would create it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from biosig.data.naming import channels_from_token
+from biosig.errors import ConfigError, DataError
+from biosig.models.checkpoint import read_meta
+from biosig.registry.naming import ModelName, is_conventional, parse_name
+
+_VERSIONED = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
+
+
+@dataclasses.dataclass
+class ResolvedCheckpoint:
+    path: Path
+    meta: dict[str, Any]
+    uri: str  # what the user asked for, normalised
+    name: str | None = None
+    version: str | None = None
+    run_id: str | None = None
+
+    @property
+    def arch(self) -> str:
+        return self.meta.get("backbone", {}).get("arch", "?")
+
+    def lineage(self) -> dict[str, str]:
+        tags = {"biosig.parent.uri": self.uri}
+        if self.name:
+            tags["biosig.parent.name"] = self.name
+        if self.version:
+            tags["biosig.parent.version"] = self.version
+        if self.run_id:
+            tags["biosig.parent.run_id"] = self.run_id
+        return tags
+
+    def describe(self) -> str:
+        where = f"{self.name} version {self.version}" if self.name else self.uri
+        return f"{where} ({self.arch}, channels {self.meta.get('channels')}) -> {self.path}"
+
+
+def resolve_checkpoint(spec: str, *, auto_name: str | None = None, expected_arch: str | None = None,
+                       client: MlflowClient | None = None) -> ResolvedCheckpoint:
+    """Resolve `spec` (see module doc); check it is a pretrained biosig checkpoint of `expected_arch`."""
+    spec = spec.strip()
+    if not spec:
+        raise ConfigError("config key 'checkpoint' is empty: pass auto, a registered name, a URI or a path")
+    client = client or MlflowClient()
+    if spec == "auto":
+        if not auto_name:
+            raise ConfigError("checkpoint=auto needs the pretrain config to derive the model name from")
+        spec = auto_name
+    if spec.startswith("models:/"):
+        resolved = _from_registry(client, spec[len("models:/"):], spec)
+    elif spec.startswith("runs:/"):
+        resolved = _download(spec, run_id=spec[len("runs:/"):].split("/", 1)[0])
+    elif spec.startswith(("s3://", "mlflow-artifacts:/", "http://", "https://", "gs://", "wasbs://")):
+        resolved = _download(spec)
+    elif spec.startswith("file:") or Path(spec).expanduser().exists():
+        path = Path(unquote(urlparse(spec).path)) if spec.startswith("file:") else Path(spec).expanduser()
+        resolved = ResolvedCheckpoint(path.resolve(), read_meta(path), str(path.resolve()))
+    elif _VERSIONED.match(spec) and ("/" not in spec or spec.rsplit("/", 1)[1].isdigit()):
+        resolved = _from_registry(client, spec, f"models:/{spec}")
+    else:
+        raise DataError(f"checkpoint path not found: {spec}")
+    _check_kind(resolved, expected_arch)
+    return resolved
+
+
+def _from_registry(client: MlflowClient, ref: str, uri: str) -> ResolvedCheckpoint:
+    m = _VERSIONED.match(ref)
+    if not m:
+        raise ConfigError(f"cannot read a registered model from {uri!r}: expected NAME, NAME@alias or NAME/version")
+    name = m["name"]
+    try:
+        if m["alias"]:
+            version = client.get_model_version_by_alias(name, m["alias"])
+        elif m["version"]:
+            version = client.get_model_version(name, m["version"])
+        else:
+            found = client.search_model_versions(f"name = '{name}'", max_results=1,
+                                                 order_by=["version_number DESC"])
+            if not found:
+                raise DataError(_not_found(client, name, None, None))
+            version = found[0]
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise DataError(_not_found(client, name, m["alias"], m["version"])) from None
+    source = version.source
+    if source.startswith(("models:/", "runs:/")):  # indirect sources: ask the registry where they live
+        source = client.get_model_version_download_uri(name, version.version)
+    resolved = _download(source, run_id=version.run_id)
+    resolved.uri, resolved.name, resolved.version = uri, name, str(version.version)
+    return resolved
+
+
+def _download(uri: str, run_id: str | None = None) -> ResolvedCheckpoint:
+    """Local file URIs are used in place; anything remote is downloaded once into MLflow's temp dir."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" or (not parsed.scheme and Path(uri).exists()):
+        path = Path(unquote(parsed.path))
+    else:
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        except MlflowException as exc:
+            raise DataError(f"cannot download checkpoint {uri}: {exc.message}") from None
+        except OSError as exc:
+            raise DataError(f"cannot download checkpoint {uri}: {exc}") from None
+    return ResolvedCheckpoint(path, read_meta(path), uri, run_id=run_id)
+
+
+def _check_kind(resolved: ResolvedCheckpoint, expected_arch: str | None) -> None:
+    kind = resolved.meta.get("kind", "pretrained")
+    if kind != "pretrained":
+        raise DataError(f"checkpoint {resolved.uri} is a {kind} model; fine-tuning starts from a pretrained one")
+    if expected_arch and resolved.arch != expected_arch:
+        raise DataError(f"checkpoint {resolved.uri} is a {resolved.arch} model, but this config expects "
+                        f"arch={expected_arch}")
+
+
+def _not_found(client: MlflowClient, name: str, alias: str | None, version: str | None) -> str:
+    if _registered(client, name):
+        what = f"alias '@{alias}'" if alias else f"version {version}" if version else "any version"
+        return f"registered model '{name}' has no {what}; list them with `mlflow models` or the UI"
+    names = [m.name for m in client.search_registered_models(max_results=1000)]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
+    message = f"no registered model named '{name}'"
+    message += f"; closest registered: {', '.join(close)}" if close else "; the registry holds no models yet"
+    if is_conventional(name):
+        message += f". Create it with: {pretrain_command(parse_name(name))}"
+    return message
+
+
+def _registered(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
+
+
+def pretrain_command(model: ModelName) -> str:
+    """The `biosig pretrain` command line whose registered model would carry this name."""
+    f = model.fields
+    if model.arch == "ttm":
+        args = [f"--channels {','.join(channels_from_token(f['channels']))}",
+                f"--context-length {f['context_length']}", f"--patch-length {f['patch_length']}",
+                f"--objective {f['objective']}"]
+        args.append(f"--mask-ratio {f['mask_ratio']}" if f["objective"] == "mae"
+                    else f"--prediction-length {f['prediction_length']}")
+        if f["mode"] != "common_channel":
+            args.append(f"--mode {f['mode']}")
+        return "biosig pretrain " + " ".join(args)
+    return (f"biosig pretrain --arch mamba2 --d-model {f['d_model']} --num-layers {f['num_layers']} "
+            f"--mask-ratio {f['mask_ratio']} --masking-style {f['masking_style']}")

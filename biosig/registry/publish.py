@@ -1,0 +1,55 @@
+"""Register a model version all-or-nothing: version + tags + alias, or nothing at all.
+
+A failure after the version exists (alias, tag, interrupted process) deletes the version again, and the
+registered model too when this call created it, so the registry never holds a half-registered model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+CANDIDATE_ALIAS = "candidate"
+
+
+def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any], model_id: str | None = None,
+                    alias: str = CANDIDATE_ALIAS, description: str = "",
+                    model_tags: dict[str, str] | None = None) -> ModelVersion:
+    """Register `source` (an artifact URI, or `models:/<model_id>` of a logged model) as a new version."""
+    client = MlflowClient()
+    created_model = not _exists(client, name)
+    if created_model:
+        client.create_registered_model(name, tags=model_tags or {}, description=description or None)
+    version: ModelVersion | None = None
+    tags = {k: str(v) for k, v in tags.items()}
+    try:
+        version = client.create_model_version(name, source, run_id=run_id, tags=tags, model_id=model_id,
+                                              description=description or None)
+        client.set_registered_model_alias(name, alias, version.version)
+        return client.get_model_version(name, version.version)
+    except BaseException:
+        _undo(client, name, version, created_model)
+        raise
+
+
+def _exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def _undo(client: MlflowClient, name: str, version: ModelVersion | None, created_model: bool) -> None:
+    try:
+        if created_model:
+            client.delete_registered_model(name)
+        elif version is not None:
+            client.delete_model_version(name, version.version)
+    except MlflowException:
+        pass

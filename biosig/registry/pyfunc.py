@@ -1,0 +1,90 @@
+"""The MLflow pyfunc form of a fine-tuned classifier: windows in, class probabilities out.
+
+Input (enforced by the signature): a DataFrame with one column per channel whose cells are arrays of
+`n_samples` floats (the layout of biosig's parquet datasets, so `pd.read_parquet(file)` works as is;
+extra columns are ignored) or a dict {channel: float32 array [N, n_samples]}; `as_model_input` turns an
+[N, C, T] array into that dict. Output: a DataFrame with one probability column per class.
+Preprocessing (channel order by name, context fit, training normalisation) comes from the checkpoint's
+biosig.json, so it is exactly what fine-tuning used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+from biosig.data.adapt import prepare_windows
+from biosig.errors import DataError
+from biosig.models.build import build_classifier
+from biosig.models.checkpoint import load_weights, read_meta
+
+PREDICT_BATCH = 256
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
+
+
+def as_model_input(signals: np.ndarray, channels: list[str]) -> dict[str, np.ndarray]:
+    """[N, C, T] windows -> {channel: float32 [N, T]} as the pyfunc signature expects."""
+    return {c: np.ascontiguousarray(signals[:, i, :], dtype=np.float32) for i, c in enumerate(channels)}
+
+
+def signature(meta: dict[str, Any]) -> ModelSignature:
+    n = meta["input"]["n_samples"]
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, n), c) for c in meta["input"]["channels"]])
+    outputs = Schema([ColSpec("double", name) for name in meta["class_names"]])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what trained the model; given explicitly so that logging skips MLflow's inference."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in
+            ("mlflow", "torch", "granite-tsfm", "numpy", "pandas", "scipy", "safetensors", "pyyaml")]
+
+
+class WindowClassifier(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a fine-tuned checkpoint directory (artifact key `checkpoint`)."""
+
+    # The explicit signature (named per-channel tensors) is the input contract, not predict() type hints.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        self.load(Path(context.artifacts["checkpoint"]))
+
+    def load(self, path: Path) -> "WindowClassifier":
+        self.meta = read_meta(path)
+        self.model = build_classifier(self.meta)
+        load_weights(path, self.model)
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
+        spec = self.meta["input"]
+        x = _windows(model_input, spec["channels"])
+        x = prepare_windows(x, spec["channels"], spec["fs"], self.meta, where="the model input")
+        probs = [torch.softmax(self.model(torch.from_numpy(x[i:i + PREDICT_BATCH])).float(), dim=-1).numpy()
+                 for i in range(0, len(x), PREDICT_BATCH)]
+        prob = np.concatenate(probs) if probs else np.zeros((0, len(self.meta["class_names"])))
+        return pd.DataFrame(prob.astype(np.float64), columns=self.meta["class_names"])
+
+
+def _windows(model_input: Any, channels: list[str]) -> np.ndarray:
+    if isinstance(model_input, np.ndarray):
+        if model_input.ndim != 3 or model_input.shape[1] != len(channels):
+            raise DataError(f"expected windows [N, {len(channels)}, T] for channels {channels}, "
+                            f"got an array of shape {model_input.shape}")
+        return model_input.astype(np.float32, copy=False)
+    if isinstance(model_input, pd.DataFrame):
+        model_input = {c: np.stack(model_input[c].to_numpy()) for c in channels if c in model_input}
+    missing = [c for c in channels if c not in model_input]
+    if missing:
+        raise DataError(f"model input lacks channel(s) {missing}; expected {channels}")
+    return np.stack([np.asarray(model_input[c], dtype=np.float32) for c in channels], axis=1)

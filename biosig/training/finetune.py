@@ -1,0 +1,427 @@
+"""`finetune`: a pretrained checkpoint (found through the registry) -> a staged fine-tune -> a pyfunc
+classifier registered as `{pretrained name}_finetuned`.
+
+Stages: 1 head only (+ new slices of channel-inflated tensors), 2 head + last `unfreeze_last_n` blocks,
+3 (optional) everything at lr/10. Each stage has its own AdamW + cosine warm-up; early stopping ends a
+stage after `patience` epochs without a better selection metric; the best model over all stages is the
+one tested and registered.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime as dt
+import math
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+import biosig
+from biosig.config import BaseConfig, load_config, require_range
+from biosig.data import SourceOptions, WindowSet
+from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
+from biosig.data.channels import check_channels
+from biosig.data.splits import subject_split
+from biosig.errors import ConfigError, TrainingError
+from biosig.models.build import build_backbone
+from biosig.models.checkpoint import save_checkpoint
+from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
+from biosig.models.heads import Classifier
+from biosig.models.inflation import map_channels
+from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
+from biosig.registry.naming import FINETUNED_SUFFIX
+from biosig.registry.publish import CANDIDATE_ALIAS, publish_version
+from biosig.registry.pyfunc import MODEL_CODE, pip_requirements, signature
+from biosig.tracking.datasets import use_dataset
+from biosig.tracking.run import RunContext, tracked_run
+from biosig.training import loop
+from biosig.training.metrics import SELECTION_METRICS, classification_metrics, collapsed_classes
+from biosig.training.plots import confusion_png, roc_png
+from biosig.training.pretrain import PretrainConfig
+
+COLLAPSE_TAG = "biosig.warning"
+
+
+@dataclasses.dataclass
+class FinetuneConfig(BaseConfig):
+    """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
+
+    data: str = "synthetic:quality"  # source spec or .parquet/.npz path
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    channels: list[str] | None = None  # default: every channel of the data, in its order
+    checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
+    pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
+    arch: Literal["ttm"] = "ttm"
+    context_fit: ContextFit = "crop"
+    head: Literal["linear", "mlp"] = "linear"
+    head_dropout: float = 0.1
+    pooling: Literal["mean", "meanmax", "flatten"] = "meanmax"  # over patches; channels are always kept
+    stage1_epochs: int = 3
+    stage2_epochs: int = 5
+    stage3_epochs: int = 0
+    unfreeze_last_n: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
+    selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
+    patience: int = 3
+    collapse_threshold: float = 0.1
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    task: str = ""  # recorded on the registered version; default: the dataset's label name
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    register: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if self.channels is not None:
+            check_channels(self.channels, "config key 'channels'")
+        for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
+            require_range(key, getattr(self, key), 0)
+        if self.stage1_epochs + self.stage2_epochs + self.stage3_epochs == 0:
+            raise ConfigError("stage1_epochs, stage2_epochs and stage3_epochs are all 0: nothing to train")
+        require_range("batch_size", self.batch_size, 1)
+        require_range("patience", self.patience, 1)
+        require_range("lr", self.lr, 0, low_open=True)
+        require_range("collapse_threshold", self.collapse_threshold, 0, 1)
+        require_range("head_dropout", self.head_dropout, 0, 1, high_open=True)
+        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        require_range("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
+        if self.class_weights not in ("auto", "none"):
+            _parse_weights(self.class_weights)
+
+    def auto_name(self) -> str:
+        return load_config(PretrainConfig, self.pretrain_config or None).model_name()
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    run_id: str
+    name: str
+    version: str | None
+    best_epoch: int
+    val: dict[str, float]
+    test: dict[str, float]
+    mode_collapse: list[str]
+    model_uri: str
+
+
+@dataclasses.dataclass
+class _Data:
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    subject: dict[str, np.ndarray]
+    class_names: list[str]
+    channels: list[str]
+    stats: ChannelStats
+
+
+def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | None = None) -> FinetuneResult:
+    """The `finetune` command: resolve the checkpoint first (fail fast), then train, test, register.
+    `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
+    if config.checkpoint == "auto" and auto_name is None:
+        auto_name = config.auto_name()
+    with tracked_run("finetune", config, nested=nested) as ctx, tempfile.TemporaryDirectory(prefix="biosig-ft-") as tmp:
+        parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.arch)
+        ctx.set_tags(parent.lineage())
+        print(f"finetune from {parent.describe()}")
+        parent_name = parent.name or parent.meta.get("name", "")
+        logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
+                             windows_per_subject=config.windows_per_subject, seed=config.seed),
+                             output_dir=config.data_dir, context="training")
+        data = _prepare(logged.windows, logged.name, config, parent)
+        device = loop.resolve_device(config.device)
+        generator = loop.seed_everything(config.seed)
+        model, masks = _build_model(ctx, parent, data, config)
+        model.to(device)
+        check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
+        trainer = _Trainer(ctx, config, model, masks, data, device, generator)
+        trainer.run()
+        test = trainer.test(Path(tmp))
+        meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
+        checkpoint = save_checkpoint(Path(tmp) / "checkpoint", trainer.best_state, meta)
+        model_info = _log_pyfunc(checkpoint, meta)
+        name = f"{parent_name}{FINETUNED_SUFFIX}"
+        version = None
+        if config.register:
+            version = _register(ctx, config, name, model_info, parent, logged, test, meta["task"])
+        return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, test,
+                              trainer.collapsed, model_info.model_uri)
+
+
+def _prepare(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint) -> _Data:
+    """Labels checked, subject split, channels by name, context fit, train-only normalisation."""
+    if (ws.labels < 0).any():
+        raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
+    channels = config.channels or list(ws.channels)
+    missing = [c for c in parent.meta["channels"] if c not in channels]
+    if missing:
+        raise TrainingError(f"the checkpoint was pretrained on {parent.meta['channels']}; channels {missing} are "
+                            f"missing from the fine-tuning data ({where} has {ws.channels}, selected {channels})")
+    n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
+    class_names = ws.class_names or [str(k) for k in range(n_classes)]
+    splits = subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed)
+    train_classes = np.unique(splits["train"].labels)
+    if len(train_classes) < 2:
+        raise TrainingError(f"the training split of {where} holds only class {class_names[train_classes[0]]!r}: "
+                            "a classifier needs at least two classes in training")
+    x = {}
+    for split, part in splits.items():
+        selected = select_channels(part.signals, ws.channels, channels, where)
+        x[split] = fit_context(selected, ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
+                               policy=config.context_fit, where=where)
+    stats = ChannelStats.fit(x["train"], channels)
+    return _Data(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
+                 subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
+                 stats=stats)
+
+
+def _build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: _Data, config: FinetuneConfig):
+    """Backbone for the new channel layout with the pretrained weights mapped by channel name."""
+    from safetensors.torch import load_file
+
+    spec = parent.meta["backbone"]
+    backbone = build_backbone(spec["arch"], data.channels, spec["config"])
+    pretrained = load_file(Path(parent.path) / "model.safetensors")
+    mapping = map_channels(pretrained, backbone.state_dict(), parent.meta["channels"], data.channels)
+    try:
+        backbone.load_state_dict(mapping.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise TrainingError(f"checkpoint {parent.uri} does not fit a {spec['arch']} backbone: {exc}") from None
+    print(f"  channel mapping ({spec['config'].get('mode', '?')}): {mapping.describe()}")
+    ctx.set_tags({"biosig.channel_mapping": mapping.describe()})
+    model = Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
+                       pooling=config.pooling)
+    masks = GradientMasks(model, {f"backbone.{k}": v for k, v in mapping.pretrained_masks.items()}) \
+        if mapping.pretrained_masks else None
+    return model, masks
+
+
+class _Trainer:
+    """The staged loop: per-epoch metrics with step=epoch, early stopping, the best state kept."""
+
+    def __init__(self, ctx: RunContext, config: FinetuneConfig, model: Classifier, masks: GradientMasks | None,
+                 data: _Data, device: torch.device, generator: torch.Generator) -> None:
+        self.ctx, self.config, self.model, self.masks, self.data = ctx, config, model, masks, data
+        self.device, self.generator = device, generator
+        weights = _class_weights(config.class_weights, data.y["train"], len(data.class_names))
+        self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights).to(device))
+        if weights is not None:
+            ctx.set_tags({"biosig.class_weights": ",".join(f"{w:.4g}" for w in weights)})
+        self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
+                                        generator=generator)
+        self.epoch = 0
+        self.best_epoch = 0
+        self.best_score = -math.inf
+        self.best_val: dict[str, float] = {}
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.history: list[dict[str, float]] = []
+        self.collapsed: list[str] = []
+        self.stage_counts: dict[int, dict[str, Any]] = {}
+
+    def run(self) -> None:
+        c = self.config
+        stages = [(1, c.stage1_epochs, c.lr), (2, c.stage2_epochs, c.lr), (3, c.stage3_epochs, c.lr / 10)]
+        for stage, epochs, lr in stages:
+            if epochs:
+                self._stage(stage, epochs, lr)
+            if stage == 1 and epochs:
+                self._check_collapse()
+        self.ctx.metrics.flush()
+        self.ctx.log_dict(self.history, "history.json")
+        self.ctx.log_dict(self.stage_counts, "stages.json")
+
+    def _stage(self, stage: int, epochs: int, lr: float) -> None:
+        counts = apply_stage(self.model, stage, self.config.unfreeze_last_n, self.masks)
+        self.stage_counts[stage] = dataclasses.asdict(counts)
+        print(f"  {counts.describe()}")
+        self.ctx.log_metrics({f"stage{stage}.trainable_params": counts.trainable,
+                              f"stage{stage}.frozen_params": counts.frozen}, step=self.epoch)
+        optimizer, scheduler = loop.optimizer_and_schedule(param_groups(self.model, self.masks), lr, self.config.weight_decay,
+                                                           epochs * len(self.train_loader), self.config.warmup_fraction)
+        stale = 0
+        for _ in range(epochs):
+            self.epoch += 1
+            started = time.perf_counter()
+            train_loss = self._train_epoch(stage, optimizer, scheduler)
+            val = self.evaluate("val")[0]
+            row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                   **{f"val_{k}": v for k, v in val.items()}}
+            self.ctx.log_metrics(row, step=self.epoch)
+            self.ctx.metrics.flush()  # one log_batch per epoch: the UI shows the curve while it trains
+            self.history.append({"epoch": self.epoch, **row})
+            score = -val["loss"] if self.config.selection_metric == "loss" else val[self.config.selection_metric]
+            improved = score > self.best_score or not self.best_state
+            if improved:
+                self.best_score, self.best_epoch, self.best_val = score, self.epoch, val
+                self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+            print(f"  epoch {self.epoch} (stage {stage}): train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+                  f"val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
+                  f"({time.perf_counter() - started:.1f} s)")
+            if stale >= self.config.patience:
+                print(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
+                      f"{stale} epochs")
+                break
+
+    def _train_epoch(self, stage: int, optimizer, scheduler) -> float:
+        set_train_mode(self.model, stage, self.config.unfreeze_last_n)
+        total, count = 0.0, 0
+        for i, (x, y) in enumerate(self.train_loader):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with loop.autocast(self.device, self.config.amp):
+                logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+            loop.check_finite(loss, f"stage {stage}, epoch {self.epoch}, step {i + 1}")
+            loop.step(self.model, loss, optimizer, scheduler, self.config.grad_clip)
+            total += loss.item() * len(y)
+            count += len(y)
+        return total / count
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+        self.model.eval()
+        probs, losses = [], []
+        batches = loop.loader([self.data.x[split], self.data.y[split]], 256, shuffle=False)
+        for x, y in batches:
+            x, y = x.to(self.device), y.to(self.device)
+            with loop.autocast(self.device, self.config.amp):
+                logits = self.model(x).float()
+            losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
+            probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        prob = np.concatenate(probs)
+        y_true = self.data.y[split]
+        metrics = {"loss": sum(losses) / len(y_true), **classification_metrics(y_true, prob, self.data.class_names)}
+        if not math.isfinite(metrics["loss"]):
+            raise TrainingError(f"{split} loss is {metrics['loss']} at epoch {self.epoch}: lower lr or set amp=off")
+        return metrics, prob
+
+    def _check_collapse(self) -> None:
+        metrics = self.history[-1]
+        val = {k[len("val_"):]: v for k, v in metrics.items() if k.startswith("val_")}
+        self.collapsed = collapsed_classes(val, self.data.class_names, self.config.collapse_threshold)
+        if self.collapsed:
+            self.ctx.set_tags({COLLAPSE_TAG: "mode_collapse", "biosig.collapsed_classes": ",".join(self.collapsed)})
+            print("!" * 78)
+            print(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
+                  f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
+            print("!! Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse")
+            print("!" * 78)
+
+    def test(self, tmp: Path) -> dict[str, float]:
+        """Evaluate the best (not the last) state on test; log metrics, plots and predictions."""
+        self.model.load_state_dict(self.best_state)
+        metrics, prob = self.evaluate("test")
+        self.ctx.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=self.best_epoch)
+        self.ctx.log_metrics({"best_epoch": self.best_epoch})
+        self.ctx.metrics.flush()
+        y_true = self.data.y["test"]
+        names = self.data.class_names
+        title = f"test, best epoch {self.best_epoch}"
+        for png in (confusion_png(y_true, prob, names, tmp / "confusion_matrix.png", title),
+                    roc_png(y_true, prob, names, tmp / "roc.png", title)):
+            mlflow.log_artifact(str(png), "evaluation")
+        predictions = pd.DataFrame({"subject": self.data.subject["test"], "y_true": y_true,
+                                    "y_pred": prob.argmax(axis=1), "prob": list(prob.astype(np.float32))})
+        predictions.to_parquet(tmp / "predictions.parquet", index=False)
+        mlflow.log_artifact(str(tmp / "predictions.parquet"), "evaluation")
+        print(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
+              f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
+        return metrics
+
+
+def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | None:
+    if spec == "none":
+        return None
+    if spec == "auto":
+        present = np.unique(y)
+        weights = np.ones(n_classes, dtype=np.float32)
+        weights[present] = compute_class_weight("balanced", classes=present, y=y)
+        return weights
+    weights = _parse_weights(spec)
+    if len(weights) != n_classes:
+        raise ConfigError(f"config key 'class_weights' lists {len(weights)} weights for {n_classes} classes")
+    return weights
+
+
+def _parse_weights(spec: str) -> np.ndarray:
+    try:
+        weights = np.array([float(w) for w in spec.split(",")], dtype=np.float32)
+    except ValueError:
+        raise ConfigError(f"config key 'class_weights' must be auto, none or comma-separated numbers, got {spec!r}") \
+            from None
+    if (weights <= 0).any():
+        raise ConfigError(f"config key 'class_weights' must be positive, got {spec!r}")
+    return weights
+
+
+def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_name: str, data: _Data, logged,
+                    run_id: str, trainer: _Trainer, windows: WindowSet) -> dict[str, Any]:
+    backbone = trainer.model.backbone
+    return {
+        "kind": "finetuned",
+        "name": f"{parent_name}{FINETUNED_SUFFIX}",
+        "task": config.task or windows.label_name,
+        "backbone": backbone.describe(),
+        "head": {"kind": config.head, "dropout": config.head_dropout, "pooling": config.pooling},
+        "class_names": data.class_names,
+        "channels": data.channels,
+        "fs": parent.meta["fs"],
+        "context_length": parent.meta["context_length"],
+        "patch_length": parent.meta["patch_length"],
+        "context_fit": config.context_fit,
+        "normalisation": data.stats.to_dict(),
+        "input": {"channels": list(windows.channels), "fs": windows.fs, "n_samples": windows.n_samples},
+        "provenance": {"run_id": run_id, "parent": parent.lineage(), "dataset": logged.name,
+                       "dataset_digest": logged.digest, "best_epoch": trainer.best_epoch,
+                       "biosig_version": biosig.__version__,
+                       "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def _log_pyfunc(checkpoint: Path, meta: dict[str, Any]):
+    """Models-from-code (no pickle), biosig's source as code_paths so the model loads anywhere with the
+    pinned requirements; explicit pip_requirements keep MLflow from inferring them (~5 s)."""
+    biosig_dir = Path(biosig.__file__).parent
+    with warnings.catch_warnings():
+        # The signature is set explicitly and an input example would re-run the model at logging time.
+        warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(MODEL_CODE), artifacts={"checkpoint": str(checkpoint)},
+            signature=signature(meta), pip_requirements=pip_requirements(), code_paths=[str(biosig_dir)],
+        )
+
+
+def _register(ctx: RunContext, config: FinetuneConfig, name: str, model_info, parent: ResolvedCheckpoint,
+              logged, test: dict[str, float], task: str) -> str:
+    tags = {
+        "biosig.kind": "finetuned", "biosig.arch": parent.arch, "biosig.run_id": ctx.run_id, "biosig.task": task,
+        "biosig.parent.name": parent.name or parent.meta.get("name", ""), "biosig.parent.version": parent.version or "",
+        "biosig.parent.uri": parent.uri, "biosig.dataset.name": logged.name, "biosig.dataset.digest": logged.digest,
+        **{f"biosig.test.{k}": f"{v:.6g}" for k, v in test.items() if "." not in k},
+    }
+    version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
+                              tags=tags, description=f"{task} classifier fine-tuned from {parent.uri}; see run "
+                                                     f"{ctx.run_id}", model_tags={"biosig.kind": "finetuned"})
+    ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
+    print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
+          f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")
+    return str(version.version)

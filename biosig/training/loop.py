@@ -1,0 +1,91 @@
+"""Pieces every training loop shares: device and precision, seeded loaders, AdamW with cosine
+warm-up, finite-loss checks, and the per-epoch checkpoint/training-state files used by resume."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from biosig.errors import ConfigError, TrainingError
+
+TRAINING_STATE_FILE = "training_state.pt"
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device' is {device!r} but no CUDA device is available")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """amp=auto: bf16 on CUDA, fp32 on CPU; amp=bf16 forces bf16 autocast (CPU too); amp=off: fp32."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def loader(arrays: Iterable[np.ndarray], batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+           drop_last: bool = False) -> DataLoader:
+    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      drop_last=drop_last)
+
+
+def optimizer_and_schedule(groups: list[dict[str, Any]], lr: float, weight_decay: float, total_steps: int,
+                           warmup_fraction: float) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW + linear warm-up then cosine decay to zero over `total_steps`."""
+    for group in groups:
+        group.setdefault("weight_decay", weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    warmup = max(1, int(round(warmup_fraction * total_steps))) if warmup_fraction > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {loss.item()} at {where}: lower lr, check the data for extreme "
+                            "values, or set amp=off")
+
+
+def step(model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, grad_clip: float) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
+def save_training_state(directory: Path, state: dict[str, Any]) -> None:
+    torch.save(state, directory / TRAINING_STATE_FILE)
+
+
+def load_training_state(directory: Path) -> dict[str, Any]:
+    path = directory / TRAINING_STATE_FILE
+    if not path.is_file():
+        raise TrainingError(f"{directory} has no {TRAINING_STATE_FILE}: nothing to resume from")
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,166 @@
+"""finetune: checkpoint=auto from the registry, staged training, metrics, artifacts, pyfunc model,
+and every listed bad input failing the run with nothing registered."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from biosig.cli import main
+from biosig.data import write_parquet
+from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
+from biosig.models.heads import Classifier
+from tests.conftest import TINY_FINETUNE, TINY_NAME, finished_runs
+
+FINETUNED = f"{TINY_NAME}_finetuned"
+
+
+def finetune(pretrain_yaml, *extra):
+    return main(["finetune", "--pretrain-config", str(pretrain_yaml), *TINY_FINETUNE, *extra])
+
+
+def only_finetune_run(status):
+    runs = [r for r in finished_runs(status) if r.data.tags.get("biosig.command") == "finetune"]
+    assert len(runs) == 1, [r.data.tags.get("biosig.command") for r in finished_runs()]
+    return runs[0]
+
+
+def nothing_registered():
+    return [m.name for m in MlflowClient().search_registered_models() if m.name.endswith("_finetuned")] == []
+
+
+def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
+    assert finetune(pretrained) == 0
+    client = MlflowClient()
+    run = only_finetune_run("FINISHED")
+    rid = run.info.run_id
+    assert run.data.tags["biosig.parent.name"] == TINY_NAME and run.data.tags["biosig.parent.version"] == "1"
+    assert "no channel-dependent tensors" in run.data.tags["biosig.channel_mapping"]
+    for metric in ("train_loss", "val_loss", "val_auroc", "val_f1", "val_balanced_accuracy", "val_precision",
+                   "val_recall", "val_ece", "val_recall.poor", "val_recall.good"):
+        assert [m.step for m in client.get_metric_history(rid, metric)] == [1, 2, 3, 4], metric
+    assert {"test_auroc", "test_f1", "test_ece", "stage1.trainable_params", "stage2.frozen_params"} <= set(
+        run.data.metrics)
+    assert run.data.metrics["stage1.trainable_params"] < run.data.metrics["stage2.trainable_params"]
+    artifacts = {a.path for a in client.list_artifacts(rid, "evaluation")}
+    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/roc.png", "evaluation/predictions.parquet"}
+    predictions = pd.read_parquet(client.download_artifacts(rid, "evaluation/predictions.parquet"))
+    assert list(predictions.columns) == ["subject", "y_true", "y_pred", "prob"]
+    version = client.get_model_version(FINETUNED, "1")
+    assert client.get_registered_model(FINETUNED).aliases == {"candidate": 1}
+    assert version.tags["biosig.parent.name"] == TINY_NAME and version.tags["biosig.parent.version"] == "1"
+    assert version.tags["biosig.task"] == "quality"
+    assert version.tags["biosig.dataset.digest"] == run.data.tags["biosig.dataset.digest"]
+
+    # A fresh process loads the registered pyfunc by alias and predicts on the parquet layout.
+    dataset = run.data.tags["biosig.dataset.uri"]
+    code = (
+        "import mlflow, pandas as pd, numpy as np; "
+        f"m = mlflow.pyfunc.load_model('models:/{FINETUNED}@candidate'); "
+        f"out = m.predict(pd.read_parquet({dataset!r}).head(5)); "
+        "assert list(out.columns) == ['poor', 'good'], out.columns; "
+        "assert np.allclose(out.sum(axis=1), 1, atol=1e-5); print('OK', len(out))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=workdir, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"})
+    assert done.returncode == 0 and "OK 5" in done.stdout, done.stderr[-2000:]
+
+
+def test_pyfunc_predictions_match_the_tested_model(pretrained, workdir):
+    """The registered model reproduces the run's test predictions (same preprocessing, same weights)."""
+    import mlflow
+
+    from biosig.data import read_parquet
+    from biosig.registry.pyfunc import as_model_input
+
+    assert finetune(pretrained, "--pooling", "mean", "--head", "mlp") == 0
+    run = only_finetune_run("FINISHED")
+    model = mlflow.pyfunc.load_model(f"models:/{FINETUNED}/1")
+    ws = read_parquet(run.data.tags["biosig.dataset.uri"])
+    predictions = pd.read_parquet(MlflowClient().download_artifacts(run.info.run_id, "evaluation/predictions.parquet"))
+    test = ws.take(np.flatnonzero(np.isin(ws.subject, predictions.subject.unique())))
+    probs = model.predict(as_model_input(test.signals, test.channels)).to_numpy()
+    np.testing.assert_allclose(probs, np.stack(predictions.prob), atol=1e-5)
+
+
+def test_single_class_training_labels_fail_and_register_nothing(pretrained, workdir, capsys):
+    ws = synthetic_cardio(n_subjects=8, windows_per_subject=4, with_acc=True, window_s=2.0, seed=1)
+    ws.labels[:] = 0
+    write_parquet(ws, workdir / "one_class.parquet")
+    assert finetune(pretrained, "--data", str(workdir / "one_class.parquet")) == 2
+    assert "holds only class 'poor'" in capsys.readouterr().err
+    assert "needs at least two classes" in only_finetune_run("FAILED").data.tags["biosig.error"]
+    assert nothing_registered()
+
+
+def test_missing_channels_fail(pretrained, workdir, capsys):
+    eeg = synthetic_eeg(n_subjects=6, parents_per_subject=2, subs_per_parent=2, window_s=1.0, seed=2)
+    write_parquet(eeg, workdir / "eeg.parquet")
+    assert finetune(pretrained, "--data", str(workdir / "eeg.parquet")) == 2
+    assert "channels ['PPG', 'ECG'] are missing from the fine-tuning data" in capsys.readouterr().err
+    only_finetune_run("FAILED")
+    assert nothing_registered()
+
+
+def test_unknown_checkpoint_fails_before_training_with_closest_names(pretrained, capsys):
+    assert finetune(pretrained, "--checkpoint", "ttm_ppg-ecg_c64_p16_m50_mae") == 2
+    err = capsys.readouterr().err
+    assert f"closest registered: {TINY_NAME}" in err and "biosig pretrain --channels PPG,ECG" in err
+    run = only_finetune_run("FAILED")
+    assert "train_loss" not in run.data.metrics and not run.inputs.dataset_inputs
+    assert nothing_registered()
+
+
+def test_wrong_architecture_checkpoint_fails(pretrained, workdir, capsys):
+    import json
+
+    client = MlflowClient()
+    path = client.download_artifacts(client.get_model_version(TINY_NAME, "1").run_id, "checkpoint", str(workdir))
+    meta = json.loads(open(f"{path}/biosig.json").read())
+    meta["backbone"]["arch"] = "mamba2"
+    open(f"{path}/biosig.json", "w").write(json.dumps(meta))
+    assert finetune(pretrained, "--checkpoint", path) == 2
+    assert "is a mamba2 model, but this config expects arch=ttm" in capsys.readouterr().err
+    assert nothing_registered()
+
+
+def test_unfreeze_last_n_out_of_range_fails(pretrained, capsys):
+    assert finetune(pretrained, "--unfreeze-last-n", "5") == 2
+    assert "'unfreeze_last_n' is 5 but the backbone has 2 blocks" in capsys.readouterr().err
+    only_finetune_run("FAILED")
+    assert nothing_registered()
+
+
+def test_context_that_does_not_fit_is_refused_naming_both_shapes(pretrained, capsys):
+    assert finetune(pretrained, "--context-fit", "error") == 2
+    assert "has windows of 1250 samples at 125 Hz, the checkpoint expects 64 samples at 125 Hz" in \
+        capsys.readouterr().err
+    assert nothing_registered()
+
+
+def test_nan_loss_fails_at_the_step(pretrained, monkeypatch, capsys):
+    forward = Classifier.forward
+    monkeypatch.setattr(Classifier, "forward", lambda self, x: forward(self, x) * torch.nan)
+    assert finetune(pretrained) == 2
+    assert "loss became nan at stage 1, epoch 1, step 1" in capsys.readouterr().err
+    assert only_finetune_run("FAILED").data.tags["biosig.error_type"] == "TrainingError"
+    assert nothing_registered()
+
+
+def test_mode_collapse_is_tagged_and_said_loudly(pretrained, capsys):
+    assert finetune(pretrained, "--collapse-threshold", "1.0", "--register", "false") == 0
+    assert "MODE COLLAPSE after stage 1" in capsys.readouterr().out
+    run = only_finetune_run("FINISHED")
+    assert run.data.tags["biosig.warning"] == "mode_collapse" and run.data.tags["biosig.collapsed_classes"]
+    assert nothing_registered()
+
+
+def test_mix_channel_checkpoint_is_inflated_onto_five_channels(tiny_pretrain, capsys):
+    assert main(["pretrain", "--config", str(tiny_pretrain), "--mode", "mix_channel", "--epochs", "1"]) == 0
+    assert finetune(tiny_pretrain, "--checkpoint", f"{TINY_NAME}_mix", "--register", "false") == 0
+    assert "inflated 12 channel-mixer tensors" in capsys.readouterr().out
