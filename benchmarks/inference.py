@@ -5,7 +5,7 @@ predict() on 256 raw windows (dict input: schema check, channel order, crop, nor
 DataFrame) against model(x) on the already-prepared tensor. Prints medians and the ratio
 bare / pyfunc throughput (target >= 0.9).
 
-    python benchmarks/inference.py [--batch 256 --repeats 7]
+    python benchmarks/inference.py [--batch 256 --repeats 15]
 """
 
 from __future__ import annotations
@@ -30,20 +30,22 @@ from biosig.registry.pyfunc import as_model_input  # noqa: E402
 from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median seconds of each, measured alternately so that machine load hits both alike."""
+    first(), second()  # warm-up
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for fn, bucket in ((first, times[0]), (second, times[1])):
+            started = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         use_store(Path(tmp))
@@ -59,11 +61,10 @@ def main() -> None:
         prepared = torch.from_numpy(prepare_windows(signals, ws.channels, ws.fs, wrapper.meta, "benchmark"))
 
         def bare():
-            with torch.no_grad():
+            with torch.inference_mode():
                 wrapper.model(prepared)
 
-        pyfunc = median_seconds(lambda: model.predict(raw), args.repeats)
-        forward = median_seconds(bare, args.repeats)
+        pyfunc, forward = interleaved_medians(lambda: model.predict(raw), bare, args.repeats)
         print(f"batch {len(signals)}: bare forward {forward * 1000:.1f} ms ({len(signals) / forward:.0f} windows/s), "
               f"pyfunc predict {pyfunc * 1000:.1f} ms ({len(signals) / pyfunc:.0f} windows/s)")
         print(f"ratio bare/pyfunc time = pyfunc throughput / bare throughput: {forward / pyfunc:.3f} (target >= 0.9)")

@@ -10,7 +10,7 @@ import mlflow
 
 from biosig.config import BaseConfig, load_config
 from biosig.tracking.datasets import DatasetConfig, log_dataset
-from biosig.tracking.run import resolve_tracking_uri, tracked_run
+from biosig.tracking.run import tracked_run
 from biosig.training.finetune import FinetuneConfig, finetune
 from biosig.training.pretrain import PretrainConfig, pretrain
 
@@ -57,7 +57,7 @@ def run_main(config: MainConfig) -> dict[str, Any]:
 
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,
                          test: dict[str, float]) -> None:
-    uri = resolve_tracking_uri(config.tracking_uri) if not mlflow.get_tracking_uri() else mlflow.get_tracking_uri()
+    uri = mlflow.get_tracking_uri()  # set by tracked_run from config, environment or the SQLite default
     ui = "http://127.0.0.1:5000"
     print()
     print(f"done: test AUROC {test['auroc']:.3f}, F1 {test['f1']:.3f} for {finetuned}@candidate")

@@ -71,3 +71,15 @@ def test_bad_patch_length_is_refused_before_any_run(tiny_pretrain, capsys):
     assert main(["pretrain", "--config", str(tiny_pretrain), "--patch-length", "24"]) == 2
     assert "patch_length 24 must divide context_length 64" in capsys.readouterr().err
     assert finished_runs() == []
+
+
+def test_a_failure_after_registration_unregisters(tiny_pretrain, monkeypatch):
+    import biosig.training.pretrain as pretrain_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full while finishing the run")
+
+    monkeypatch.setattr(pretrain_module, "PretrainResult", broken)
+    with pytest.raises(RuntimeError):
+        main(["pretrain", "--config", str(tiny_pretrain), "--epochs", "1"])
+    assert finished_runs("FAILED") and MlflowClient().search_registered_models() == []

@@ -35,6 +35,14 @@ def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any]
         raise
 
 
+def unpublish_version(name: str, version: str) -> None:
+    """Delete a version registered by a run that then failed; the model too when nothing is left."""
+    client = MlflowClient()
+    client.delete_model_version(name, version)
+    if not client.search_model_versions(f"name = '{name}'", max_results=1):
+        client.delete_registered_model(name)
+
+
 def _exists(client: MlflowClient, name: str) -> bool:
     try:
         client.get_registered_model(name)

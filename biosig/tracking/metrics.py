@@ -15,13 +15,18 @@ MAX_BATCH = 1000  # MLflow's per-request metric limit
 
 
 class MetricBatcher:
-    """Buffer metrics and flush them in batches (at `flush_every` values, on flush() and on close)."""
+    """Buffer metrics and flush them in batches (at `flush_every` values, on flush() and on close).
+
+    `flush(wait=False)` hands the batch to MLflow's background logging thread, so a training loop can
+    publish each epoch without waiting for the store; `flush()` (wait=True) also waits for those.
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, flush_every: int = 500) -> None:
         self._client = client
         self._run_id = run_id
         self._flush_every = flush_every
         self._buffer: list[Metric] = []
+        self._pending: list = []  # RunOperations of asynchronous batches
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -30,7 +35,14 @@ class MetricBatcher:
         if len(self._buffer) >= self._flush_every:
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer[:MAX_BATCH], self._buffer[MAX_BATCH:]
-            self._client.log_batch(self._run_id, metrics=batch, synchronous=True)
+            if wait:
+                self._client.log_batch(self._run_id, metrics=batch, synchronous=True)
+            else:
+                self._pending.append(self._client.log_batch(self._run_id, metrics=batch, synchronous=False))
+        if wait:
+            pending, self._pending = self._pending, []
+            for operation in pending:
+                operation.wait()  # re-raises a failed background write

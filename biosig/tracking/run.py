@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 import mlflow
 import yaml
 from mlflow.entities import Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.config import BaseConfig
@@ -76,6 +77,27 @@ class RunContext:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         mlflow.log_dict(data, artifact_file)
 
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(local_path), artifact_path)
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifacts(str(local_dir), artifact_path)
+
+    def find_run(self, run_id: str):
+        """The run with this id, or None when the store has none."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def download_artifacts(self, run_id: str, artifact_path: str, dst: str | Path) -> Path | None:
+        """A run's artifact directory downloaded under `dst`, or None when the run did not log it."""
+        try:
+            return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                            dst_path=str(dst)))
+        except (MlflowException, OSError):
+            return None
+
     def on_failure(self, cleanup: Callable[[], None]) -> None:
         """Register an undo step (e.g. delete an output file) run if the command fails."""
         self._cleanups.append(cleanup)
@@ -98,7 +120,8 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
     else:
         parent = mlflow.active_run() if nested else None  # children live in their parent's experiment
         experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
-        run = mlflow.start_run(experiment_id=experiment_id, nested=nested, run_name=config.run_name or None)
+        with _env_run_id_hidden():  # start_run would otherwise resume MLFLOW_RUN_ID instead of a child
+            run = mlflow.start_run(experiment_id=experiment_id, nested=nested, run_name=config.run_name or None)
     ctx = RunContext(run, client)
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
@@ -115,6 +138,16 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         mlflow.end_run(status=status)
+
+
+@contextlib.contextmanager
+def _env_run_id_hidden() -> Iterator[None]:
+    saved = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["MLFLOW_RUN_ID"] = saved
 
 
 def _experiment_id(name: str) -> str:

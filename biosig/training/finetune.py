@@ -15,11 +15,9 @@ import datetime as dt
 import math
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -40,8 +38,8 @@ from biosig.models.heads import Classifier
 from biosig.models.inflation import map_channels
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX
-from biosig.registry.publish import CANDIDATE_ALIAS, publish_version
-from biosig.registry.pyfunc import MODEL_CODE, pip_requirements, signature
+from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
+from biosig.registry.pyfunc import log_pyfunc
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import RunContext, tracked_run
 from biosig.training import loop
@@ -156,7 +154,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
         test = trainer.test(Path(tmp))
         meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
         checkpoint = save_checkpoint(Path(tmp) / "checkpoint", trainer.best_state, meta)
-        model_info = _log_pyfunc(checkpoint, meta)
+        model_info = log_pyfunc(checkpoint, meta)
         name = f"{parent_name}{FINETUNED_SUFFIX}"
         version = None
         if config.register:
@@ -234,6 +232,7 @@ class _Trainer:
         self.history: list[dict[str, float]] = []
         self.collapsed: list[str] = []
         self.stage_counts: dict[int, dict[str, Any]] = {}
+        self.warned_nan_selection = False
 
     def run(self) -> None:
         c = self.config
@@ -264,9 +263,9 @@ class _Trainer:
             row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}}
             self.ctx.log_metrics(row, step=self.epoch)
-            self.ctx.metrics.flush()  # one log_batch per epoch: the UI shows the curve while it trains
+            self.ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
             self.history.append({"epoch": self.epoch, **row})
-            score = -val["loss"] if self.config.selection_metric == "loss" else val[self.config.selection_metric]
+            score = self._score(val)
             improved = score > self.best_score or not self.best_state
             if improved:
                 self.best_score, self.best_epoch, self.best_val = score, self.epoch, val
@@ -281,6 +280,17 @@ class _Trainer:
                 print(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
                       f"{stale} epochs")
                 break
+
+    def _score(self, val: dict[str, float]) -> float:
+        """Higher is better. A validation split with one class has no AUROC: select on loss then."""
+        metric = self.config.selection_metric
+        if metric != "loss" and math.isnan(val[metric]):
+            if not self.warned_nan_selection:
+                print(f"  note: val {metric} is undefined (the val split lacks a class); selecting on val loss")
+                self.ctx.set_tags({"biosig.selection_fallback": "val_loss"})
+                self.warned_nan_selection = True
+            metric = "loss"
+        return -val["loss"] if metric == "loss" else val[metric]
 
     def _train_epoch(self, stage: int, optimizer, scheduler) -> float:
         set_train_mode(self.model, stage, self.config.unfreeze_last_n)
@@ -338,11 +348,11 @@ class _Trainer:
         title = f"test, best epoch {self.best_epoch}"
         for png in (confusion_png(y_true, prob, names, tmp / "confusion_matrix.png", title),
                     roc_png(y_true, prob, names, tmp / "roc.png", title)):
-            mlflow.log_artifact(str(png), "evaluation")
+            self.ctx.log_artifact(png, "evaluation")
         predictions = pd.DataFrame({"subject": self.data.subject["test"], "y_true": y_true,
                                     "y_pred": prob.argmax(axis=1), "prob": list(prob.astype(np.float32))})
         predictions.to_parquet(tmp / "predictions.parquet", index=False)
-        mlflow.log_artifact(str(tmp / "predictions.parquet"), "evaluation")
+        self.ctx.log_artifact(tmp / "predictions.parquet", "evaluation")
         print(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
               f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
         return metrics
@@ -397,19 +407,6 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
     }
 
 
-def _log_pyfunc(checkpoint: Path, meta: dict[str, Any]):
-    """Models-from-code (no pickle), biosig's source as code_paths so the model loads anywhere with the
-    pinned requirements; explicit pip_requirements keep MLflow from inferring them (~5 s)."""
-    biosig_dir = Path(biosig.__file__).parent
-    with warnings.catch_warnings():
-        # The signature is set explicitly and an input example would re-run the model at logging time.
-        warnings.filterwarnings("ignore", message=".*(type hints|input example).*")
-        return mlflow.pyfunc.log_model(
-            name="model", python_model=str(MODEL_CODE), artifacts={"checkpoint": str(checkpoint)},
-            signature=signature(meta), pip_requirements=pip_requirements(), code_paths=[str(biosig_dir)],
-        )
-
-
 def _register(ctx: RunContext, config: FinetuneConfig, name: str, model_info, parent: ResolvedCheckpoint,
               logged, test: dict[str, float], task: str) -> str:
     tags = {
@@ -421,6 +418,7 @@ def _register(ctx: RunContext, config: FinetuneConfig, name: str, model_info, pa
     version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
                               tags=tags, description=f"{task} classifier fine-tuned from {parent.uri}; see run "
                                                      f"{ctx.run_id}", model_tags={"biosig.kind": "finetuned"})
+    ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
     ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
     print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
           f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")

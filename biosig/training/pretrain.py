@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import mlflow
 import numpy as np
 import torch
 import yaml
-from mlflow.exceptions import MlflowException
 from torch import nn
 
 import biosig
@@ -36,7 +34,7 @@ from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
 from biosig.models.ttm import check_patching
 from biosig.registry.naming import parse_name, ttm_name
-from biosig.registry.publish import CANDIDATE_ALIAS, publish_version
+from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import RunContext, tracked_run
 from biosig.training import loop
@@ -188,15 +186,15 @@ def pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
             state["history"].append(row)
             ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            ctx.metrics.flush()  # one log_batch per epoch: the UI shows the curve while it trains
+            ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
             improved = val_loss < state["best_val_loss"]
             if improved:
                 state.update(best_val_loss=val_loss, best_epoch=epoch)
                 _save(work / "checkpoint", model.backbone.state_dict(), meta, epoch=epoch, val_loss=val_loss)
-                mlflow.log_artifacts(str(work / "checkpoint"), "checkpoint")
+                ctx.log_artifacts(work / "checkpoint", "checkpoint")
             state["epoch"] = epoch
             _save_last(work / "last", model, optimizer, scheduler, generator, meta, state)
-            mlflow.log_artifacts(str(work / "last"), "last")
+            ctx.log_artifacts(work / "last", "last")
             print(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}"
                   f"{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
         ctx.metrics.flush()
@@ -277,18 +275,14 @@ def _save_last(path: Path, model, optimizer, scheduler, generator, meta: dict, s
 def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
     """Download `last/` of run `config.resume` and check that it trained the model configured here."""
     run_id = config.resume
-    try:
-        run = ctx.client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(f"config key 'resume': no run with id {run_id!r} in this tracking store") from None
+    run = ctx.find_run(run_id)
+    if run is None:
+        raise ConfigError(f"config key 'resume': no run with id {run_id!r} in this tracking store")
     if run.data.tags.get("biosig.command") != "pretrain":
         raise ConfigError(f"config key 'resume': run {run_id} is not a pretrain run")
-    try:
-        last = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="last",
-                                                        dst_path=str(work / "previous")))
-    except (MlflowException, OSError):
-        raise TrainingError(f"run {run_id} logged no last/ checkpoint (it stopped before its first epoch ended)") \
-            from None
+    last = ctx.download_artifacts(run_id, "last", work / "previous")
+    if last is None:
+        raise TrainingError(f"run {run_id} logged no last/ checkpoint (it stopped before its first epoch ended)")
     previous = read_meta(last)
     wanted = {"name": config.model_name(), **config.backbone_config()}
     had = {"name": previous["name"], **previous["backbone"]["config"]}
@@ -309,10 +303,11 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     if saved["best_epoch"]:
-        best = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint",
-                                                   dst_path=str(work / "previous"))
+        best = ctx.download_artifacts(run_id, "checkpoint", work / "previous")
+        if best is None:
+            raise TrainingError(f"run {run_id} records a best epoch but logged no checkpoint/ directory")
         shutil.copytree(best, work / "checkpoint")
-        mlflow.log_artifacts(str(work / "checkpoint"), "checkpoint")
+        ctx.log_artifacts(work / "checkpoint", "checkpoint")
     history = yaml.safe_load(saved["history"]) or []
     for row in history:  # the whole curve in one run
         ctx.log_metrics({k: row[k] for k in HISTORY_METRICS}, step=row["epoch"])
@@ -334,6 +329,7 @@ def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state:
     version = publish_version(name, source=source, run_id=ctx.run_id, tags=tags,
                               description=f"Pretrained {config.arch} backbone ({config.objective}); see run "
                                           f"{ctx.run_id}", model_tags={"biosig.arch": config.arch})
+    ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
     ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
     print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS})")
     return str(version.version)

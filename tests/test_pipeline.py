@@ -1,0 +1,49 @@
+"""`main`: dataset -> pretrain -> finetune(checkpoint=auto) as one parent run with child runs."""
+
+import os
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from biosig.cli import main
+from tests.conftest import TINY_NAME, finished_runs
+from tests.test_log_dataset import _mlflow_run
+
+
+@pytest.fixture
+def tiny_finetune(workdir):
+    path = workdir / "finetune.yaml"
+    path.write_text(yaml.safe_dump({"stage1_epochs": 1, "stage2_epochs": 1, "unfreeze_last_n": 1,
+                                    "batch_size": 32}))
+    return path
+
+
+def test_main_runs_the_whole_chain_as_child_runs(tiny_pretrain, tiny_finetune, capsys):
+    assert main(["main", "--pretrain-config", str(tiny_pretrain), "--finetune-config", str(tiny_finetune)]) == 0
+    out = capsys.readouterr().out
+    assert "where to look:" in out and f"models:/{TINY_NAME}_finetuned@candidate" in out
+    runs = finished_runs("FINISHED")
+    (parent,) = [r for r in runs if r.data.tags["biosig.command"] == "main"]
+    children = {r.data.tags["biosig.command"]: r for r in runs if r is not parent}
+    assert set(children) == {"log_dataset", "pretrain", "finetune"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
+    assert children["finetune"].data.tags["biosig.parent.name"] == TINY_NAME
+    assert children["finetune"].data.tags["biosig.dataset.digest"] == \
+        children["log_dataset"].data.tags["biosig.dataset.digest"]
+    assert MlflowClient().get_registered_model(f"{TINY_NAME}_finetuned").aliases == {"candidate": 1}
+    assert not finished_runs("RUNNING")
+
+
+@pytest.mark.slow
+def test_mlflow_run_main_and_a_failing_finetune(tiny_pretrain, tiny_finetune, workdir):
+    done = _mlflow_run(workdir, "-e", "main", "--experiment-name", "biosig", "-P", f"pretrain_config={tiny_pretrain}",
+                       "-P", f"finetune_config={tiny_finetune}", "-P", f"data_dir={workdir / 'data'}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(finished_runs("FINISHED")) == 4
+    bad = _mlflow_run(workdir, "-e", "finetune", "--experiment-name", "biosig", "-P", "checkpoint=ttm_nope",
+                      "-P", f"data_dir={workdir / 'data'}")
+    assert bad.returncode != 0
+    (failed,) = finished_runs("FAILED")
+    assert "no registered model named 'ttm_nope'" in failed.data.tags["biosig.error"]
+    assert not finished_runs("RUNNING") and os.path.isdir(workdir / "data")
