@@ -2,7 +2,8 @@
 
 Registers --models conventional names (one version each, alias `candidate`, all pointing at one small
 checkpoint directory) in a fresh SQLite store, then times resolve_checkpoint for NAME@candidate,
-NAME/1 and bare NAME (latest version). Prints p50/p95 per form and the ratio p50 / 20 ms (target <= 1).
+NAME/1 and bare NAME (latest version). Prints p50/p95 per form and the ratio p50 / 20 ms (target <= 1),
+and the latency of `biosig registry show NAME` (versions, aliases and run metrics of one model).
 
     python benchmarks/discovery.py [--models 1000 --lookups 200]
 """
@@ -28,6 +29,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from biosig.models.checkpoint import save_checkpoint  # noqa: E402
 from biosig.registry.discovery import resolve_checkpoint  # noqa: E402
 from biosig.registry.naming import ttm_name  # noqa: E402
+from biosig.registry.report import show  # noqa: E402
 
 TARGET_MS = 20.0
 
@@ -80,6 +82,14 @@ def main() -> None:
             p50 = statistics.median(times)
             p95 = statistics.quantiles(times, n=20)[18]
             print(f"{form:<16}{p50:>9.2f}{p95:>9.2f}{p50 / TARGET_MS:>10.2f}")
+        times = []
+        for _ in range(max(10, args.lookups // 4)):
+            name = rng.choice(model_names)
+            started = time.perf_counter()
+            show(client, name)
+            times.append((time.perf_counter() - started) * 1000)
+        print(f"{'registry show':<16}{statistics.median(times):>9.2f}{statistics.quantiles(times, n=20)[18]:>9.2f}"
+              f"{'':>10}  (one model among {len(model_names)}; no target)")
 
 
 if __name__ == "__main__":

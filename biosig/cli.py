@@ -17,6 +17,7 @@ import click
 from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError
 from biosig.pipeline import MainConfig
+from biosig.registry.promotion import PromoteConfig
 from biosig.tracking.datasets import DatasetConfig
 from biosig.training.finetune import FinetuneConfig
 from biosig.training.pretrain import PretrainConfig
@@ -91,11 +92,58 @@ def main_cmd(config_file: str | None, **options: Any) -> None:
     run_main(build_config(MainConfig, config_file, options))
 
 
+@cli.command("promote")
+@config_options(PromoteConfig)
+def promote_cmd(config_file: str | None, **options: Any) -> None:
+    """Evaluate a registered version against its registry policy; move the alias only if every rule passes.
+    Exit code 1 when the promotion is rejected (the decision is recorded either way)."""
+    from biosig.registry.promotion import run_promote
+
+    decision = run_promote(build_config(PromoteConfig, config_file, options))
+    if not decision.passed:
+        raise click.exceptions.Exit(1)
+
+
+@cli.group("registry")
+def registry_group() -> None:
+    """Inspect registered models: versions with aliases and metrics, promotion history."""
+
+
+@registry_group.command("show")
+@click.argument("name")
+@click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+def registry_show_cmd(name: str, tracking_uri: str) -> None:
+    """Versions of NAME with aliases, stage, test metrics, parent checkpoint and dataset."""
+    from mlflow.tracking import MlflowClient
+
+    from biosig.registry.report import show
+    from biosig.tracking.run import configure_tracking
+
+    configure_tracking(tracking_uri)
+    click.echo(show(MlflowClient(), name))
+
+
+@registry_group.command("history")
+@click.argument("name")
+@click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+def registry_history_cmd(name: str, tracking_uri: str) -> None:
+    """Every promotion attempt for NAME (the audit log), oldest first."""
+    from mlflow.tracking import MlflowClient
+
+    from biosig.registry.report import history
+    from biosig.tracking.run import configure_tracking
+
+    configure_tracking(tracking_uri)
+    click.echo(history(MlflowClient(), name))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry: BiosigErrors print as one line (no traceback) and exit 2; a run that
     `mlflow run` created is ended FAILED even when the command fails before attaching to it."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="biosig", standalone_mode=False)
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="biosig", standalone_mode=False)
+        if isinstance(code, int):  # a command's click Exit(n) is returned, not raised, in this mode
+            return code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:

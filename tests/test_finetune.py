@@ -164,3 +164,14 @@ def test_mix_channel_checkpoint_is_inflated_onto_five_channels(tiny_pretrain, ca
     assert main(["pretrain", "--config", str(tiny_pretrain), "--mode", "mix_channel", "--epochs", "1"]) == 0
     assert finetune(tiny_pretrain, "--checkpoint", f"{TINY_NAME}_mix", "--register", "false") == 0
     assert "inflated 12 channel-mixer tensors" in capsys.readouterr().out
+
+
+def test_finetune_can_promote_to_staging_at_the_end(pretrained, workdir):
+    policy = workdir / "lenient.yaml"
+    policy.write_text("applies_to: '*'\ntargets:\n  staging:\n    metrics: ['test_auroc >= 0.0']\n")
+    assert finetune(pretrained, "--promote", "staging", "--policies", str(policy)) == 0
+    assert MlflowClient().get_registered_model(FINETUNED).aliases == {"candidate": 1, "staging": 1}
+    run = only_finetune_run("FINISHED")
+    assert run.data.tags["biosig.promote.staging"] == "promoted"
+    (audit,) = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "promote"]
+    assert audit.data.tags["mlflow.parentRunId"] == run.info.run_id

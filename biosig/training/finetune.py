@@ -38,6 +38,7 @@ from biosig.models.heads import Classifier
 from biosig.models.inflation import map_channels
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX
+from biosig.registry.promotion import PromoteConfig, run_promote
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.registry.pyfunc import log_pyfunc
 from biosig.tracking.datasets import use_dataset
@@ -48,6 +49,7 @@ from biosig.training.plots import confusion_png, roc_png
 from biosig.training.pretrain import PretrainConfig
 
 COLLAPSE_TAG = "biosig.warning"
+TEST_DIGEST_TAG = "biosig.test.digest"
 
 
 @dataclasses.dataclass
@@ -85,9 +87,13 @@ class FinetuneConfig(BaseConfig):
     device: str = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
     register: bool = True
+    promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
+    policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
 
     def validate(self) -> None:
         super().validate()
+        if self.promote and not self.register:
+            raise ConfigError("config key 'promote' needs register=true: only registered versions are promoted")
         if self.channels is not None:
             check_channels(self.channels, "config key 'channels'")
         for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
@@ -128,6 +134,7 @@ class _Data:
     class_names: list[str]
     channels: list[str]
     stats: ChannelStats
+    test_digest: str  # content digest of the test split: champion comparisons need the same one
 
 
 def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | None = None) -> FinetuneResult:
@@ -144,6 +151,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="training")
         data = _prepare(logged.windows, logged.name, config, parent)
+        ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
         device = loop.resolve_device(config.device)
         generator = loop.seed_everything(config.seed)
         model, masks = _build_model(ctx, parent, data, config)
@@ -158,7 +166,9 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
         name = f"{parent_name}{FINETUNED_SUFFIX}"
         version = None
         if config.register:
-            version = _register(ctx, config, name, model_info, parent, logged, test, meta["task"])
+            version = _register(ctx, name, model_info, parent, logged, test, meta["task"], data.test_digest)
+            if config.promote:
+                _promote(ctx, config, name, version)
         return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, test,
                               trainer.collapsed, model_info.model_uri)
 
@@ -187,7 +197,7 @@ def _prepare(ws: WindowSet, where: str, config: FinetuneConfig, parent: Resolved
     stats = ChannelStats.fit(x["train"], channels)
     return _Data(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
                  subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
-                 stats=stats)
+                 stats=stats, test_digest=splits["test"].digest)
 
 
 def _build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: _Data, config: FinetuneConfig):
@@ -358,6 +368,15 @@ class _Trainer:
         return metrics
 
 
+def _promote(ctx: RunContext, config: FinetuneConfig, name: str, version: str) -> None:
+    """Evaluate the policy in a child run; a rejection is recorded and reported, not a failure."""
+    decision = run_promote(load_config(PromoteConfig, None, {
+        "model": name, "version": version, "to": config.promote, "policies": config.policies,
+        "experiment": config.experiment, "tracking_uri": config.tracking_uri,
+        "run_name": f"promote to {config.promote}"}), nested=True)
+    ctx.set_tags({f"biosig.promote.{config.promote}": "promoted" if decision.applied else "rejected"})
+
+
 def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | None:
     if spec == "none":
         return None
@@ -407,13 +426,14 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
     }
 
 
-def _register(ctx: RunContext, config: FinetuneConfig, name: str, model_info, parent: ResolvedCheckpoint,
-              logged, test: dict[str, float], task: str) -> str:
+def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint, logged, test: dict[str, float],
+              task: str, test_digest: str) -> str:
     tags = {
         "biosig.kind": "finetuned", "biosig.arch": parent.arch, "biosig.run_id": ctx.run_id, "biosig.task": task,
         "biosig.parent.name": parent.name or parent.meta.get("name", ""), "biosig.parent.version": parent.version or "",
         "biosig.parent.uri": parent.uri, "biosig.dataset.name": logged.name, "biosig.dataset.digest": logged.digest,
         **{f"biosig.test.{k}": f"{v:.6g}" for k, v in test.items() if "." not in k},
+        TEST_DIGEST_TAG: test_digest,
     }
     version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
                               tags=tags, description=f"{task} classifier fine-tuned from {parent.uri}; see run "
