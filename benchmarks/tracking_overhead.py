@@ -81,8 +81,8 @@ class TimedContext:
 
 def epoch_seconds(ctx, config, parent, data, epochs: int) -> float:
     loop.seed_everything(0)
-    model, masks = ft._build_model(UntrackedContext(), parent, data, config)
-    trainer = ft._Trainer(ctx, config, model, masks, data, loop.resolve_device("cpu"), loop.seed_everything(0))
+    model, masks = ft.build_model(UntrackedContext(), parent, data, config)
+    trainer = ft.Trainer(ctx, config, model, masks, data, loop.resolve_device("cpu"), loop.seed_everything(0))
     started = time.perf_counter()
     trainer._stage(2, epochs, config.lr)
     return (time.perf_counter() - started) / epochs
@@ -102,7 +102,7 @@ def main() -> None:
         parent = resolve_checkpoint(checkpoint)
         with tracked_run("benchmark", config) as ctx:
             logged = use_dataset(ctx, config.data, ft.SourceOptions(n_subjects=args.subjects))
-            data = ft._prepare(logged.windows, logged.name, config, parent)
+            data = ft.prepare_data(logged.windows, logged.name, config, parent)
             print(f"{len(data.y['train'])} train windows x {len(data.channels)} channels, {args.epochs} epochs "
                   f"per measurement, {args.repeats} repeats")
             tracked, untracked, in_calls = [], [], []

@@ -18,6 +18,7 @@ from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError
 from biosig.pipeline import MainConfig
 from biosig.registry.promotion import PromoteConfig
+from biosig.tuning.search import TuneConfig
 from biosig.tracking.datasets import DatasetConfig
 from biosig.training.finetune import FinetuneConfig
 from biosig.training.pretrain import PretrainConfig
@@ -90,6 +91,15 @@ def main_cmd(config_file: str | None, **options: Any) -> None:
     from biosig.pipeline import run_main
 
     run_main(build_config(MainConfig, config_file, options))
+
+
+@cli.command("tune")
+@config_options(TuneConfig)
+def tune_cmd(config_file: str | None, **options: Any) -> None:
+    """Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial."""
+    from biosig.tuning.search import run_tune
+
+    run_tune(build_config(TuneConfig, config_file, options))
 
 
 @cli.command("promote")

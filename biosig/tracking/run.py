@@ -110,18 +110,21 @@ class RunContext:
 
 @contextlib.contextmanager
 def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
-                nested: bool = False) -> Iterator[RunContext]:
+                nested: bool = False, parent_run_id: str | None = None) -> Iterator[RunContext]:
+    """`nested`: a child of the active run; `parent_run_id`: a child of that run, from any process."""
     configure_tracking(config.tracking_uri)
     client = MlflowClient()
+    nested = nested or parent_run_id is not None
     run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
     if run_id:  # `mlflow run` created the run in the experiment it was given (--experiment-name)
         run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
         _warn_experiment_mismatch(client, run, config.experiment)
     else:
-        parent = mlflow.active_run() if nested else None  # children live in their parent's experiment
+        parent = client.get_run(parent_run_id) if parent_run_id else mlflow.active_run() if nested else None
         experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
         with _env_run_id_hidden():  # start_run would otherwise resume MLFLOW_RUN_ID instead of a child
-            run = mlflow.start_run(experiment_id=experiment_id, nested=nested, run_name=config.run_name or None)
+            run = mlflow.start_run(experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id,
+                                   run_name=config.run_name or None)
     ctx = RunContext(run, client)
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)

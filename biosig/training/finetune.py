@@ -16,7 +16,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -127,7 +127,7 @@ class FinetuneResult:
 
 
 @dataclasses.dataclass
-class _Data:
+class FinetuneData:
     x: dict[str, np.ndarray]
     y: dict[str, np.ndarray]
     subject: dict[str, np.ndarray]
@@ -150,14 +150,14 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="training")
-        data = _prepare(logged.windows, logged.name, config, parent)
+        data = prepare_data(logged.windows, logged.name, config, parent)
         ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
         device = loop.resolve_device(config.device)
         generator = loop.seed_everything(config.seed)
-        model, masks = _build_model(ctx, parent, data, config)
+        model, masks = build_model(ctx, parent, data, config)
         model.to(device)
         check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
-        trainer = _Trainer(ctx, config, model, masks, data, device, generator)
+        trainer = Trainer(ctx, config, model, masks, data, device, generator)
         trainer.run()
         test = trainer.test(Path(tmp))
         meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
@@ -173,7 +173,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
                               trainer.collapsed, model_info.model_uri)
 
 
-def _prepare(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint) -> _Data:
+def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint) -> FinetuneData:
     """Labels checked, subject split, channels by name, context fit, train-only normalisation."""
     if (ws.labels < 0).any():
         raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
@@ -195,12 +195,12 @@ def _prepare(ws: WindowSet, where: str, config: FinetuneConfig, parent: Resolved
         x[split] = fit_context(selected, ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
                                policy=config.context_fit, where=where)
     stats = ChannelStats.fit(x["train"], channels)
-    return _Data(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
+    return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
                  subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
                  stats=stats, test_digest=splits["test"].digest)
 
 
-def _build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: _Data, config: FinetuneConfig):
+def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData, config: FinetuneConfig):
     """Backbone for the new channel layout with the pretrained weights mapped by channel name."""
     from safetensors.torch import load_file
 
@@ -221,12 +221,14 @@ def _build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: _Data, confi
     return model, masks
 
 
-class _Trainer:
+class Trainer:
     """The staged loop: per-epoch metrics with step=epoch, early stopping, the best state kept."""
 
     def __init__(self, ctx: RunContext, config: FinetuneConfig, model: Classifier, masks: GradientMasks | None,
-                 data: _Data, device: torch.device, generator: torch.Generator) -> None:
+                 data: FinetuneData, device: torch.device, generator: torch.Generator,
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.ctx, self.config, self.model, self.masks, self.data = ctx, config, model, masks, data
+        self.on_epoch = on_epoch  # e.g. an Optuna trial's report/prune check
         self.device, self.generator = device, generator
         weights = _class_weights(config.class_weights, data.y["train"], len(data.class_names))
         self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights).to(device))
@@ -286,6 +288,8 @@ class _Trainer:
             print(f"  epoch {self.epoch} (stage {stage}): train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
                   f"val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
                   f"({time.perf_counter() - started:.1f} s)")
+            if self.on_epoch is not None:
+                self.on_epoch(self.epoch, val)
             if stale >= self.config.patience:
                 print(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
                       f"{stale} epochs")
@@ -402,8 +406,8 @@ def _parse_weights(spec: str) -> np.ndarray:
     return weights
 
 
-def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_name: str, data: _Data, logged,
-                    run_id: str, trainer: _Trainer, windows: WindowSet) -> dict[str, Any]:
+def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_name: str, data: FinetuneData, logged,
+                    run_id: str, trainer: Trainer, windows: WindowSet) -> dict[str, Any]:
     backbone = trainer.model.backbone
     return {
         "kind": "finetuned",

@@ -1,0 +1,1 @@
+"""Hyper-parameter searches (Optuna) whose trials are nested MLflow runs."""

@@ -1,0 +1,276 @@
+"""`tune`: an Optuna search over unfreeze depth and learning rate (plus any search-space file
+dimensions), one parent MLflow run with one nested run per trial.
+
+Every trial fine-tunes the same resolved checkpoint on the same subject split with the same seed, so
+trials differ only by their hyper-parameters. Each trial run carries `optuna.study`, `optuna.trial` and
+`optuna.state` (COMPLETE, PRUNED or FAIL); a pruner (median or successive halving) stops trials on the
+per-epoch validation metric. The study lives in an Optuna storage shared by every worker: by default a
+JournalFileBackend file next to the tracking DB (several processes on one SQLite file lose trials),
+`storage=postgresql://…` across machines. `n_jobs` > 1 starts worker processes on the same study.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+
+from biosig.config import load_config
+from biosig.data import SourceOptions, load_source
+from biosig.errors import ConfigError
+from biosig.models.build import build_backbone
+from biosig.registry.discovery import resolve_checkpoint
+from biosig.tracking.datasets import use_dataset
+from biosig.tracking.redact import redact_value
+from biosig.tracking.run import RunContext, configure_tracking, tracked_run
+from biosig.training import loop
+from biosig.training.finetune import (TEST_DIGEST_TAG, FinetuneConfig, Trainer, build_model, finetune,
+                                     prepare_data)
+from biosig.tuning.space import Dimension, load_search_space
+from biosig.tuning.summary import log_study_summary
+
+STATE_TAG = "optuna.state"
+
+
+@dataclasses.dataclass
+class TuneConfig(FinetuneConfig):
+    """`tune`: every finetune key is the base of each trial; these keys shape the search."""
+
+    n_trials: int = 20  # trials this call runs (shared among n_jobs workers)
+    lr_min: float = 1e-5
+    lr_max: float = 3e-3
+    search_space: str = ""  # YAML of extra dimensions (head, head_dropout, stage1_epochs, weight_decay, …)
+    pruner: Literal["successive_halving", "median", "none"] = "successive_halving"  # see benchmarks/pruning.py
+    storage: str = ""  # empty: optuna.journal next to the tracking DB; or postgresql://… / sqlite:///…
+    study: str = ""  # empty: a new study; an existing name resumes or joins it
+    n_jobs: int = 1  # worker processes (this one included) on the study
+    register_best: bool = False  # refit the best params through the normal fine-tune path and register
+    parent_run_id: str = ""  # internal: workers log their trials under the parent's run
+    worker: int = 0  # internal: worker index (seeds its sampler)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_trials < 1:
+            raise ConfigError(f"config key 'n_trials' must be >= 1, got {self.n_trials}")
+        if self.n_jobs < 1:
+            raise ConfigError(f"config key 'n_jobs' must be >= 1, got {self.n_jobs}")
+        if not 0 < self.lr_min < self.lr_max:
+            raise ConfigError(f"learning-rate range [lr_min, lr_max] = [{self.lr_min}, {self.lr_max}] is empty or "
+                              "inverted: need 0 < lr_min < lr_max")
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.selection_metric == "loss" else "maximize"
+
+
+@dataclasses.dataclass
+class TuneResult:
+    run_id: str
+    study: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    n_trials: int
+    registered: str | None = None
+
+
+def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
+    """The `tune` command. Everything that can be wrong with the input is checked before any trial."""
+    tracking_uri = configure_tracking(config.tracking_uri)
+    dimensions = load_search_space(config.search_space, FinetuneConfig)
+    storage = open_storage(config.storage, tracking_uri)
+    if config.parent_run_id:
+        return _work(config, storage, dimensions)
+    study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    auto = config.auto_name() if config.checkpoint == "auto" else None
+    with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
+        parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.arch)
+        logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
+                             context="training")
+        # Workers and the refit read the parquet this run logged: the same windows, the same split.
+        pinned = f"models:/{parent.name}/{parent.version}" if parent.name else parent.uri  # no drift mid-search
+        base = dataclasses.replace(config, data=str(Path(logged.path).resolve()), checkpoint=pinned,
+                                   study=study_name)
+        study = _study(base, storage, study_name)
+        ctx.set_tags({**parent.lineage(), "optuna.storage": redact_value(_describe(storage, config.storage))})
+        print(f"tune: study '{study_name}', {config.n_trials} trial(s) on {max(1, config.n_jobs)} worker(s), "
+              f"{config.direction} val_{config.selection_metric}")
+        workers = _start_workers(base, ctx.run_id, study_name)
+        _optimise(base, study, dimensions, ctx.run_id, share=_share(config.n_trials, config.n_jobs, 0))
+        _wait(workers)
+        best = log_study_summary(ctx, study, config.selection_metric)
+        registered = _refit(base, best) if config.register_best and best else None
+        return TuneResult(ctx.run_id, study_name, best.value if best else None, best.params if best else {},
+                          len(study.trials), registered)
+
+
+def _work(config: TuneConfig, storage, dimensions: list[Dimension]) -> TuneResult:
+    """A worker process: join the parent's study and run its share of the trials."""
+    study = optuna.load_study(study_name=config.study, storage=storage,
+                              sampler=optuna.samplers.TPESampler(seed=config.seed + config.worker),
+                              pruner=_pruner(config.pruner))
+    _optimise(config, study, dimensions, config.parent_run_id, share=config.n_trials)
+    return TuneResult(config.parent_run_id, config.study, None, {}, len(study.trials))
+
+
+def open_storage(url: str, tracking_uri: str):
+    """The study storage; an unreachable database fails here, before any trial."""
+    if not url:
+        journal = _default_journal(tracking_uri)
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        url = str(journal)
+    if "://" not in url:  # a journal file
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(url))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as exc:  # sqlalchemy raises many kinds here; all mean the same to the user
+        raise ConfigError(f"config key 'storage': cannot open {redact_value(url)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _default_journal(tracking_uri: str) -> Path:
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.journal"
+    return Path.cwd() / "optuna.journal"
+
+
+def _describe(storage, url: str) -> str:
+    if isinstance(storage, optuna.storages.JournalStorage):
+        return f"journal:{url or 'optuna.journal next to the tracking DB'}"
+    return url
+
+
+def _study(config: TuneConfig, storage, name: str) -> optuna.Study:
+    return optuna.create_study(study_name=name, storage=storage, direction=config.direction, load_if_exists=True,
+                               sampler=optuna.samplers.TPESampler(seed=config.seed),
+                               pruner=_pruner(config.pruner))
+
+
+def _pruner(kind: str) -> optuna.pruners.BasePruner:
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def _source_options(config: FinetuneConfig) -> SourceOptions:
+    return SourceOptions(n_subjects=config.n_subjects, windows_per_subject=config.windows_per_subject,
+                         seed=config.seed)
+
+
+def _share(n_trials: int, n_jobs: int, worker: int) -> int:
+    return n_trials // n_jobs + (1 if worker < n_trials % n_jobs else 0)
+
+
+def _optimise(config: TuneConfig, study: optuna.Study, dimensions: list[Dimension], parent_run_id: str,
+              share: int) -> None:
+    if share <= 0:
+        return
+    parent = resolve_checkpoint(config.checkpoint, expected_arch=config.arch)
+    ws = load_source(config.data, _source_options(config))
+    data = prepare_data(ws, Path(config.data).name, config, parent)
+    spec = parent.meta["backbone"]
+    n_blocks = len(build_backbone(spec["arch"], data.channels, spec["config"]).blocks())
+    objective = _Objective(config, parent, data, dimensions, n_blocks, parent_run_id, study.study_name)
+    # A trial that raises is recorded FAIL in Optuna and MLflow; the study goes on.
+    study.optimize(objective, n_trials=share, catch=(Exception,), gc_after_trial=True)
+
+
+class _Objective:
+    def __init__(self, config: TuneConfig, parent, data, dimensions: list[Dimension], n_blocks: int,
+                 parent_run_id: str, study_name: str) -> None:
+        self.config, self.parent, self.data, self.dimensions = config, parent, data, dimensions
+        self.n_blocks, self.parent_run_id, self.study_name = n_blocks, parent_run_id, study_name
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = {"lr": trial.suggest_float("lr", self.config.lr_min, self.config.lr_max, log=True),
+                  "unfreeze_last_n": trial.suggest_int("unfreeze_last_n", 0, self.n_blocks)}
+        params.update({d.name: d.suggest(trial) for d in self.dimensions})
+        overrides = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(FinetuneConfig)}
+        overrides.update(params, register=False, promote="", run_name=f"trial {trial.number}")
+        trial_config = load_config(FinetuneConfig, None, overrides)
+        tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number), STATE_TAG: "RUNNING",
+                TEST_DIGEST_TAG: self.data.test_digest}
+        pruned_at = None
+        with tracked_run("tune_trial", trial_config, tags=tags, parent_run_id=self.parent_run_id) as ctx:
+            ctx.on_failure(lambda: ctx.client.set_tag(ctx.run_id, STATE_TAG, "FAIL"))
+            trial.set_user_attr("mlflow_run_id", ctx.run_id)
+            trainer = self._trainer(ctx, trial_config, trial)
+            try:
+                trainer.run()
+            except optuna.TrialPruned:
+                pruned_at = trainer.epoch
+            trial.set_user_attr("epochs", trainer.epoch)
+            ctx.log_metrics({"epochs_run": trainer.epoch, f"best_val_{self.config.selection_metric}":
+                             self._value(trainer)})
+            ctx.set_tags({STATE_TAG: "PRUNED" if pruned_at else "COMPLETE"})
+        if pruned_at:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at}")
+        return self._value(trainer)
+
+    def _trainer(self, ctx: RunContext, config: FinetuneConfig, trial: optuna.Trial) -> Trainer:
+        device = loop.resolve_device(config.device)
+        generator = loop.seed_everything(config.seed)  # the same initialisation and batches for every trial
+        model, masks = build_model(ctx, self.parent, self.data, config)
+        model.to(device)
+        metric = self.config.selection_metric
+
+        def report(epoch: int, val: dict[str, float]) -> None:
+            value = val[metric]
+            if not math.isnan(value):
+                trial.report(value, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        return Trainer(ctx, config, model, masks, self.data, device, generator, on_epoch=report)
+
+    def _value(self, trainer: Trainer) -> float:
+        metric = self.config.selection_metric
+        values = [row[f"val_{metric}"] for row in trainer.history if not math.isnan(row[f"val_{metric}"])]
+        if not values:
+            raise ValueError(f"val_{metric} is undefined for every epoch (the val split lacks a class)")
+        return min(values) if metric == "loss" else max(values)
+
+
+def _start_workers(config: TuneConfig, parent_run_id: str, study_name: str) -> list[subprocess.Popen]:
+    """n_jobs - 1 extra processes on the same study, each logging trials under `parent_run_id`."""
+    workers = []
+    if config.n_jobs <= 1:
+        return workers
+    keys = {f.name: getattr(config, f.name) for f in dataclasses.fields(TuneConfig)}
+    for worker in range(1, config.n_jobs):
+        share = _share(config.n_trials, config.n_jobs, worker)
+        if share == 0:
+            continue
+        spec = {**keys, "n_trials": share, "n_jobs": 1, "worker": worker, "parent_run_id": parent_run_id,
+                "study": study_name, "register_best": False, "tracking_uri": configure_tracking(config.tracking_uri)}
+        path = Path(tempfile.mkdtemp(prefix="biosig-tune-")) / "worker.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        env = {**os.environ}
+        env.pop("MLFLOW_RUN_ID", None)
+        workers.append(subprocess.Popen([sys.executable, "-m", "biosig.cli", "tune", "--config", str(path)], env=env))
+    return workers
+
+
+def _wait(workers: list[subprocess.Popen]) -> None:
+    failed = [w.args for w in workers if w.wait() != 0]
+    if failed:
+        print(f"tune: {len(failed)} worker process(es) exited with an error; their trials are in the study")
+
+
+def _refit(config: TuneConfig, best: optuna.trial.FrozenTrial) -> str | None:
+    overrides = {f.name: getattr(config, f.name) for f in dataclasses.fields(FinetuneConfig)}
+    overrides.update(best.params, register=True, run_name="refit best")
+    result = finetune(load_config(FinetuneConfig, None, overrides), nested=True)
+    return f"{result.name}/{result.version}" if result.version else None
