@@ -58,7 +58,7 @@ def load_config(
     origin: dict[str, str] = {}
     if config_file:
         path = Path(config_file)
-        for key, value in _read_yaml(path).items():
+        for key, value in read_yaml_mapping(path).items():
             values[key] = value
             origin[key] = str(path)
     for key, value in (overrides or {}).items():
@@ -80,15 +80,16 @@ def load_config(
     return config
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; ConfigError names `what` and the path otherwise."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+        raise ConfigError(f"{what} {path} must hold a mapping of keys to values")
     return data
 
 

@@ -13,8 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from biosig.config import read_yaml_mapping
 from biosig.errors import ConfigError
 
 #: Keys a search-space file may tune (the base dimensions unfreeze_last_n and lr are always searched).
@@ -42,14 +41,7 @@ def load_search_space(path: str, config_cls: type) -> list[Dimension]:
     if not path:
         return []
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"search-space file not found: {file}")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"search-space file {file} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"search-space file {file} must map config keys to ranges or choices")
+    data = read_yaml_mapping(file, "search-space file")
     hints = typing.get_type_hints(config_cls)
     dims = []
     for key, spec in data.items():
