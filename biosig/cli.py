@@ -8,6 +8,7 @@ validated by one function (biosig.config.load_config).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
 from typing import Any, Callable, Sequence
@@ -18,10 +19,12 @@ from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError
 from biosig.pipeline import MainConfig
 from biosig.registry.promotion import PromoteConfig
-from biosig.tuning.search import TuneConfig
 from biosig.tracking.datasets import DatasetConfig
+from biosig.training.compare import CompareConfig
+from biosig.training.evaluate import EvaluateConfig
 from biosig.training.finetune import FinetuneConfig
 from biosig.training.pretrain import PretrainConfig
+from biosig.tuning.search import TuneConfig
 
 # granite-tsfm configures the root logger at import and hub access must never be attempted.
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
@@ -57,61 +60,43 @@ def cli() -> None:
     """biosig: MLflow experiment tracking and model registry for biosignal foundation models."""
 
 
-@cli.command("log-dataset")
-@config_options(DatasetConfig)
-def log_dataset_cmd(config_file: str | None, **options: Any) -> None:
-    """Build or read a windowed dataset, write the primary parquet and log it to MLflow."""
-    from biosig.tracking.datasets import log_dataset
+def job_command(name: str, config_cls: type[BaseConfig], target: str, help_text: str,
+                exit_code: Callable[[Any], int] | None = None) -> None:
+    """Register `biosig NAME`: options from `config_cls`, then `target` ("module:function") is imported
+    (lazily: `biosig --help` stays fast) and called with the validated config."""
 
-    log_dataset(build_config(DatasetConfig, config_file, options))
-
-
-@cli.command("pretrain")
-@config_options(PretrainConfig)
-def pretrain_cmd(config_file: str | None, **options: Any) -> None:
-    """Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name."""
-    from biosig.training.pretrain import pretrain
-
-    pretrain(build_config(PretrainConfig, config_file, options))
+    @cli.command(name, help=help_text)
+    @config_options(config_cls)
+    def command(config_file: str | None, **options: Any) -> None:
+        module, function = target.split(":")
+        result = getattr(importlib.import_module(module), function)(build_config(config_cls, config_file, options))
+        if exit_code is not None and exit_code(result):
+            raise click.exceptions.Exit(exit_code(result))
 
 
-@cli.command("finetune")
-@config_options(FinetuneConfig)
-def finetune_cmd(config_file: str | None, **options: Any) -> None:
-    """Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier."""
-    from biosig.training.finetune import finetune
-
-    finetune(build_config(FinetuneConfig, config_file, options))
-
-
-@cli.command("main")
-@config_options(MainConfig)
-def main_cmd(config_file: str | None, **options: Any) -> None:
-    """The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model."""
-    from biosig.pipeline import run_main
-
-    run_main(build_config(MainConfig, config_file, options))
-
-
-@cli.command("tune")
-@config_options(TuneConfig)
-def tune_cmd(config_file: str | None, **options: Any) -> None:
-    """Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial."""
-    from biosig.tuning.search import run_tune
-
-    run_tune(build_config(TuneConfig, config_file, options))
-
-
-@cli.command("promote")
-@config_options(PromoteConfig)
-def promote_cmd(config_file: str | None, **options: Any) -> None:
-    """Evaluate a registered version against its registry policy; move the alias only if every rule passes.
-    Exit code 1 when the promotion is rejected (the decision is recorded either way)."""
-    from biosig.registry.promotion import run_promote
-
-    decision = run_promote(build_config(PromoteConfig, config_file, options))
-    if not decision.passed:
-        raise click.exceptions.Exit(1)
+#: name, config, "module:function", help, exit code from the result (None: always 0)
+JOBS: list[tuple[str, type[BaseConfig], str, str, Callable[[Any], int] | None]] = [
+    ("log-dataset", DatasetConfig, "biosig.tracking.datasets:log_dataset",
+     "Build or read a windowed dataset, write the primary parquet and log it to MLflow.", None),
+    ("pretrain", PretrainConfig, "biosig.training.pretrain:pretrain",
+     "Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name.", None),
+    ("finetune", FinetuneConfig, "biosig.training.finetune:finetune",
+     "Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier.", None),
+    ("main", MainConfig, "biosig.pipeline:run_main",
+     "The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model.", None),
+    ("tune", TuneConfig, "biosig.tuning.search:run_tune",
+     "Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial.", None),
+    ("evaluate", EvaluateConfig, "biosig.training.evaluate:run_evaluate",
+     "Window- and subject-level metrics of a registered model; optional calibration and overlap voting.", None),
+    ("compare", CompareConfig, "biosig.training.compare:run_compare",
+     "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
+    ("promote", PromoteConfig, "biosig.registry.promotion:run_promote",
+     "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
+     "Exit code 1 when the promotion is rejected (the decision is recorded either way).",
+     lambda decision: 0 if decision.passed else 1),
+]
+for _job in JOBS:
+    job_command(*_job)
 
 
 @cli.group("registry")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from biosig.data.naming import channels_from_token
 from biosig.errors import ConfigError, DataError
 from biosig.models.checkpoint import read_meta
-from biosig.registry.naming import ModelName, is_conventional, parse_name
+from biosig.registry.naming import FINETUNED_SUFFIX, ModelName, is_conventional, parse_name
 
 _VERSIONED = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
 
@@ -87,6 +88,37 @@ def resolve_checkpoint(spec: str, *, auto_name: str | None = None, expected_arch
         raise DataError(f"checkpoint path not found: {spec}")
     _check_kind(resolved, expected_arch)
     return resolved
+
+
+def parse_model_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """NAME@alias, NAME/3, models:/NAME@alias, models:/NAME/3 or bare NAME (-> @candidate) as
+    (name, alias, version)."""
+    ref = reference[len("models:/"):] if reference.startswith("models:/") else reference
+    m = _VERSIONED.match(ref)
+    if not m:
+        raise ConfigError(f"cannot read a registered model from {reference!r}: expected NAME, NAME@alias, NAME/3 "
+                          "or models:/…")
+    if not m["alias"] and not m["version"]:
+        return m["name"], "candidate", None
+    return m["name"], m["alias"], m["version"]
+
+
+def expand_checkpoints(client: MlflowClient, specs: list[str]) -> list[str]:
+    """Checkpoint references with glob patterns (`mamba2_eeg_d256_*`) expanded to the registered
+    pretrained names they match, sorted; anything else is kept as given. A pattern matching nothing is
+    an error."""
+    out: list[str] = []
+    for spec in specs:
+        if not any(ch in spec for ch in "*?[") or "://" in spec:
+            out.append(spec)
+            continue
+        like = spec.replace("%", "\\%").replace("*", "%").replace("?", "_")
+        names = sorted(m.name for m in client.search_registered_models(f"name LIKE '{like}'", max_results=1000)
+                       if fnmatch.fnmatchcase(m.name, spec) and not m.name.endswith(FINETUNED_SUFFIX))
+        if not names:
+            raise DataError(f"no registered pretrained model matches {spec!r}")
+        out.extend(n for n in names if n not in out)
+    return out
 
 
 def _from_registry(client: MlflowClient, ref: str, uri: str) -> ResolvedCheckpoint:

@@ -26,6 +26,7 @@ from biosig.data.adapt import prepare_windows
 from biosig.errors import DataError
 from biosig.models.build import build_classifier
 from biosig.models.checkpoint import load_weights, read_meta
+from biosig.training.calibration import apply_calibration
 
 PREDICT_BATCH = 256
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -75,6 +76,7 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts["checkpoint"]))
 
     def load(self, path: Path) -> "WindowClassifier":
+        self.path = Path(path)
         self.meta = read_meta(path)
         self.model = build_classifier(self.meta)
         load_weights(path, self.model)
@@ -82,14 +84,38 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
         return self
 
     @torch.inference_mode()
+    def logits(self, prepared: np.ndarray) -> np.ndarray:
+        """Raw class scores for already prepared windows [N, C, context] (batches of PREDICT_BATCH)."""
+        out = [self.model(torch.from_numpy(prepared[i:i + PREDICT_BATCH])).float().numpy()
+               for i in range(0, len(prepared), PREDICT_BATCH)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.meta["class_names"])), np.float32)
+
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
         spec = self.meta["input"]
         x = _windows(model_input, spec["channels"])
         x = prepare_windows(x, spec["channels"], spec["fs"], self.meta, where="the model input")
-        probs = [torch.softmax(self.model(torch.from_numpy(x[i:i + PREDICT_BATCH])).float(), dim=-1).numpy()
-                 for i in range(0, len(x), PREDICT_BATCH)]
-        prob = np.concatenate(probs) if probs else np.zeros((0, len(self.meta["class_names"])))
+        prob = apply_calibration(self.meta.get("calibration"), self.logits(x))
         return pd.DataFrame(prob.astype(np.float64), columns=self.meta["class_names"])
+
+
+def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
+    """A registered fine-tuned model (NAME@alias, NAME/3, models:/…) as its pyfunc wrapper + version."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from biosig.registry.discovery import parse_model_reference
+
+    name, alias, number = parse_model_reference(reference)
+    client = MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException:
+        raise DataError(f"no registered model version {reference!r}") from None
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    wrapper = model.unwrap_python_model()
+    if not isinstance(wrapper, WindowClassifier):
+        raise DataError(f"{reference} is not a biosig fine-tuned classifier")
+    return wrapper, version
 
 
 def _windows(model_input: Any, channels: list[str]) -> np.ndarray:

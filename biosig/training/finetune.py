@@ -124,6 +124,9 @@ class FinetuneResult:
     test: dict[str, float]
     mode_collapse: list[str]
     model_uri: str
+    test_digest: str = ""
+    trainable_params: int = 0  # the most any stage trained
+    parent_name: str = ""
 
 
 @dataclasses.dataclass
@@ -169,8 +172,9 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
             version = _register(ctx, name, model_info, parent, logged, test, meta["task"], data.test_digest)
             if config.promote:
                 _promote(ctx, config, name, version)
+        trainable = max(c["trainable"] for c in trainer.stage_counts.values())
         return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, test,
-                              trainer.collapsed, model_info.model_uri)
+                              trainer.collapsed, model_info.model_uri, data.test_digest, trainable, parent_name)
 
 
 def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint) -> FinetuneData:

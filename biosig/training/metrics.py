@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import (balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score)
 
@@ -40,13 +42,19 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, class_names: li
     metrics = {
         "auroc": auroc(y_true, prob),
         "f1": float(f1_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, pred)),
+        "balanced_accuracy": _balanced_accuracy(y_true, pred),
         "precision": float(precision_score(y_true, pred, labels=labels, average="macro", zero_division=0)),
         "recall": float(np.mean(per_class)),
         "ece": expected_calibration_error(y_true, prob),
     }
     metrics.update({f"recall.{name}": float(r) for name, r in zip(class_names, per_class)})
     return metrics
+
+
+def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    with warnings.catch_warnings():  # predicting a class absent from y_true is normal on small splits
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, pred))
 
 
 def collapsed_classes(metrics: dict[str, float], class_names: list[str], threshold: float) -> list[str]:

@@ -1,0 +1,124 @@
+"""`compare`: a fair side-by-side of several pretrained checkpoints on one task.
+
+Each checkpoint is fine-tuned with the same config, data, split and seed, as a linear probe (frozen
+backbone, linear head, head-only epochs) and optionally a full staged fine-tune, each a nested run under
+one parent. The parent logs `leaderboard.csv`, `leaderboard.md` and a bar chart, sorted by the chosen
+metric; every row must have the same test-split digest (asserted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from biosig.config import BaseConfig, load_config  # noqa: E402
+from biosig.data import SourceOptions  # noqa: E402
+from biosig.errors import ConfigError, DataError  # noqa: E402
+from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint  # noqa: E402
+from biosig.tracking.datasets import use_dataset  # noqa: E402
+from biosig.tracking.run import tracked_run  # noqa: E402
+from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
+
+MODES = ("probe", "finetune")
+COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "trainable_params", "wall_s", "run_id"]
+
+
+@dataclasses.dataclass
+class CompareConfig(BaseConfig):
+    """`compare`: several checkpoints, one dataset and split, one leaderboard."""
+
+    checkpoints: list[str] = dataclasses.field(default_factory=list)  # names, aliases, URIs or globs (ttm_*_mae)
+    data: str = "synthetic:quality"
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    modes: list[Literal["probe", "finetune"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
+    metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
+    finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.checkpoints:
+            raise ConfigError("config key 'checkpoints' is empty: list registered names, URIs or patterns")
+        if not self.modes:
+            raise ConfigError(f"config key 'modes' is empty: choose from {', '.join(MODES)}")
+
+
+def run_compare(config: CompareConfig) -> pd.DataFrame:
+    with tracked_run("compare", config) as ctx:
+        references = expand_checkpoints(ctx.client, config.checkpoints)
+        logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
+                             windows_per_subject=config.windows_per_subject, seed=config.seed),
+                             output_dir=config.data_dir, context="evaluation")
+        _check_fit(references, logged.windows.channels, logged.name)
+        rows = []
+        for reference in references:
+            for mode in config.modes:
+                rows.append(_row(config, reference, mode, str(Path(logged.path).resolve())))
+        digests = {row.pop("test_digest") for row in rows}
+        if len(digests) != 1:
+            raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")
+        board = pd.DataFrame(rows, columns=COLUMNS).sort_values(config.metric, ascending=False, ignore_index=True)
+        ctx.set_tags({"biosig.compare.split_digest": digests.pop(), "biosig.compare.metric": config.metric})
+        _log_board(ctx, board, config.metric)
+        print(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        return board
+
+
+def _check_fit(references: list[str], channels: list[str], where: str) -> None:
+    """Every checkpoint's channels must be in the data: refuse a mismatched modality before training."""
+    for reference in references:
+        meta = resolve_checkpoint(reference).meta
+        missing = [c for c in meta["channels"] if c not in channels]
+        if missing:
+            raise DataError(f"checkpoint {reference} was pretrained on {meta['channels']} "
+                            f"({meta.get('name', '?')}); {where} lacks {missing}: a different modality "
+                            "cannot be compared on this task")
+
+
+def _row(config: CompareConfig, reference: str, mode: str, data: str) -> dict:
+    overrides = {"checkpoint": reference, "data": data, "register": False, "experiment": config.experiment,
+                 "tracking_uri": config.tracking_uri, "seed": config.seed, "run_name": f"{mode} {reference}"}
+    if mode == "probe":  # frozen backbone: head-only epochs with a linear head
+        overrides.update(head="linear", stage2_epochs=0, stage3_epochs=0)
+    finetune_config = load_config(FinetuneConfig, config.finetune_config or None, overrides)
+    if mode == "probe" and finetune_config.stage1_epochs == 0:
+        raise ConfigError("a linear probe needs stage1_epochs > 0 in the finetune config")
+    started = time.perf_counter()
+    result = finetune(finetune_config, nested=True)
+    test = result.test
+    return {"checkpoint": reference, "mode": mode, "auroc": test["auroc"], "f1": test["f1"],
+            "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],
+            "trainable_params": result.trainable_params, "wall_s": round(time.perf_counter() - started, 2),
+            "run_id": result.run_id, "test_digest": result.test_digest}
+
+
+def _markdown(board: pd.DataFrame) -> str:
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in board.itertuples(index=False)]
+    lines = ["| " + " | ".join(board.columns) + " |", "|" + "---|" * len(board.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+def _log_board(ctx, board: pd.DataFrame, metric: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        board.to_csv(tmp_path / "leaderboard.csv", index=False)
+        (tmp_path / "leaderboard.md").write_text(_markdown(board))
+        fig, ax = plt.subplots(figsize=(7, 0.5 * len(board) + 1.5))
+        labels = [f"{c} ({m})" for c, m in zip(board.checkpoint, board["mode"])]
+        ax.barh(labels[::-1], board[metric][::-1])
+        ax.set_xlabel(f"test {metric}")
+        fig.tight_layout()
+        fig.savefig(tmp_path / "leaderboard.png", dpi=100)
+        plt.close(fig)
+        for name in ("leaderboard.csv", "leaderboard.md", "leaderboard.png"):
+            ctx.log_artifact(tmp_path / name)

@@ -1,0 +1,222 @@
+"""`evaluate`: a registered fine-tuned model on a dataset, with optional calibration (fitted on the
+validation split) and overlapping-window voting; metrics at window and subject level.
+
+With `overlap` > 0 each window longer than the model's context is read as overlapping context-length
+crops (stride = context x (1 - overlap)) whose scores are averaged (soft) or voted (majority); windows
+then vote per subject. The split is the fine-tune's: same fractions and seed give the same subjects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from biosig.config import BaseConfig, require_range  # noqa: E402
+from biosig.data import SourceOptions, WindowSet  # noqa: E402
+from biosig.data.adapt import ChannelStats, prepare_windows, select_channels  # noqa: E402
+from biosig.data.splits import subject_split  # noqa: E402
+from biosig.errors import DataError  # noqa: E402
+from biosig.models.checkpoint import read_meta, save_checkpoint  # noqa: E402
+from biosig.registry.publish import publish_version  # noqa: E402
+from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc  # noqa: E402
+from biosig.tracking.datasets import use_dataset  # noqa: E402
+from biosig.tracking.run import RunContext, tracked_run  # noqa: E402
+from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote  # noqa: E402
+from biosig.training.metrics import classification_metrics  # noqa: E402
+from biosig.training.plots import confusion_png  # noqa: E402
+
+CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.uri", "biosig.dataset.name",
+                "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", "biosig.test.digest")
+
+
+@dataclasses.dataclass
+class EvaluateConfig(BaseConfig):
+    """`evaluate`: window- and subject-level metrics of a registered model, optional calibration."""
+
+    model: str = ""  # NAME@alias, NAME/3, models:/… (bare NAME: @candidate)
+    data: str = ""  # source spec or .parquet; empty: the dataset the model was fine-tuned on
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    val_fraction: float = 0.2  # the fine-tune's defaults, so the split matches it
+    test_fraction: float = 0.2
+    calibration: Literal["none", "temperature", "isotonic", "platt"] = "none"
+    overlap: float = 0.0  # overlap of context-length crops inside longer windows, in [0, 1)
+    voting: Literal["soft", "majority"] = "soft"
+    register: bool = False  # register the calibrated model as a new version of the same name
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise DataError("config key 'model' is required: a registered fine-tuned model (NAME@alias, NAME/3)")
+        require_range("overlap", self.overlap, 0, 1, high_open=True)
+        if self.register and self.calibration == "none":
+            raise DataError("register=true needs a calibration method: an uncalibrated copy adds nothing")
+
+
+def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
+    wrapper, version = load_window_classifier(config.model)
+    data = config.data or version.tags.get("biosig.dataset.uri") or _run_dataset(version)
+    tags = {"biosig.evaluate.model": version.name, "biosig.evaluate.version": str(version.version)}
+    with tracked_run("evaluate", config, tags=tags) as ctx, tempfile.TemporaryDirectory() as tmp:
+        logged = use_dataset(ctx, data, SourceOptions(n_subjects=config.n_subjects,
+                             windows_per_subject=config.windows_per_subject, seed=config.seed),
+                             output_dir=config.data_dir, context="evaluation")
+        splits = subject_split(logged.windows, config.val_fraction, config.test_fraction, seed=config.seed)
+        ctx.set_tags({"biosig.test.digest": splits["test"].digest})
+        logits = {s: window_logits(wrapper, splits[s], config.overlap, config.voting) for s in ("val", "test")}
+        calibration = None
+        if config.calibration != "none":
+            calibration = fit_calibration(config.calibration, logits["val"], splits["val"].labels)
+            ctx.log_dict(calibration, "evaluation/calibration.json")
+        base = wrapper.meta.get("calibration")  # a model calibrated before keeps its calibration
+        metrics = {}
+        for split in ("val", "test"):
+            ws = splits[split]
+            before = apply_calibration(base, logits[split])
+            after = apply_calibration(calibration or base, logits[split])
+            metrics.update(_metrics(split, ws, before, after, wrapper.meta["class_names"], config.voting))
+            _predictions(ctx, Path(tmp), split, ws, before, after, wrapper.meta["class_names"])
+        ctx.log_metrics(metrics)
+        _plots(ctx, Path(tmp), splits["test"], apply_calibration(base, logits["test"]),
+               apply_calibration(calibration or base, logits["test"]), wrapper.meta["class_names"])
+        print(_summary(metrics, config.calibration))
+        if config.register and calibration:
+            _register_calibrated(ctx, wrapper, version, calibration, Path(tmp))
+        return metrics
+
+
+def window_logits(wrapper: WindowClassifier, ws: WindowSet, overlap: float, voting: str) -> np.ndarray:
+    """Scores per window; with overlap, mean scores (soft) or vote shares (majority, as log-shares) of
+    overlapping context-length crops."""
+    meta = wrapper.meta
+    context = meta["context_length"]
+    if overlap <= 0 or ws.n_samples <= context:
+        return wrapper.logits(prepare_windows(ws.signals, ws.channels, ws.fs, meta, where=ws.where))
+    if abs(ws.fs - meta["fs"]) > 1e-6:
+        raise DataError(f"{ws.where} is sampled at {ws.fs:g} Hz, the model at {meta['fs']:g} Hz: overlapping crops "
+                        "need the model's rate")
+    x = ChannelStats.from_dict(meta["normalisation"]).apply(select_channels(ws.signals, ws.channels,
+                                                                             meta["channels"], ws.where))
+    stride = max(1, int(round(context * (1 - overlap))))
+    starts = list(range(0, ws.n_samples - context + 1, stride))
+    if starts[-1] != ws.n_samples - context:
+        starts.append(ws.n_samples - context)  # the tail is covered too
+    crops = np.stack([wrapper.logits(np.ascontiguousarray(x[:, :, s:s + context])) for s in starts], axis=1)
+    if voting == "soft":
+        return crops.mean(axis=1)
+    votes = np.eye(crops.shape[2])[crops.argmax(axis=2)].mean(axis=1)
+    return np.log(np.clip(votes, 1e-6, None))
+
+
+def _metrics(split: str, ws: WindowSet, before: np.ndarray, after: np.ndarray, names: list[str],
+             voting: str) -> dict[str, float]:
+    y = ws.labels
+    out = {f"{split}_{k}": v for k, v in classification_metrics(y, after, names).items()}
+    out[f"{split}_brier"] = brier_score(y, after)
+    out[f"{split}_ece_uncalibrated"] = classification_metrics(y, before, names)["ece"]
+    out[f"{split}_brier_uncalibrated"] = brier_score(y, before)
+    out.update({f"{split}_f1.{n}": v for n, v in _per_class_f1(y, after, len(names), names).items()})
+    subjects, subject_prob = vote(after, ws.subject, voting)
+    subject_y = np.array([np.bincount(y[ws.subject == s], minlength=len(names)).argmax() for s in subjects])
+    subject = classification_metrics(subject_y, subject_prob, names)
+    out.update({f"{split}_subject_{k}": v for k, v in subject.items() if "." not in k})
+    out[f"{split}_subject_accuracy"] = float((subject_prob.argmax(axis=1) == subject_y).mean())
+    return out
+
+
+def _per_class_f1(y: np.ndarray, prob: np.ndarray, n: int, names: list[str]) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    values = f1_score(y, prob.argmax(axis=1), labels=list(range(n)), average=None, zero_division=0)
+    return dict(zip(names, map(float, values)))
+
+
+def _predictions(ctx: RunContext, tmp: Path, split: str, ws: WindowSet, before: np.ndarray, after: np.ndarray,
+                 names: list[str]) -> None:
+    frame = pd.DataFrame({"subject": ws.subject, "window": np.arange(ws.n_windows), "y_true": ws.labels,
+                          "y_pred": after.argmax(axis=1), "prob": list(after.astype(np.float32)),
+                          "prob_uncalibrated": list(before.astype(np.float32))})
+    for i, name in enumerate(ws.order_names):
+        frame[name] = ws.order[:, i]
+    path = tmp / f"{split}_preds.parquet"
+    frame.to_parquet(path, index=False)
+    ctx.log_artifact(path, "evaluation")
+
+
+def _plots(ctx: RunContext, tmp: Path, ws: WindowSet, before: np.ndarray, after: np.ndarray,
+           names: list[str]) -> None:
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    for label, prob in (("uncalibrated", before), ("calibrated", after)):
+        confidence, correct = prob.max(axis=1), prob.argmax(axis=1) == ws.labels
+        edges = np.linspace(0, 1, 16)
+        bins = np.clip(np.digitize(confidence, edges) - 1, 0, 14)
+        xs = [confidence[bins == b].mean() for b in range(15) if (bins == b).any()]
+        ys = [correct[bins == b].mean() for b in range(15) if (bins == b).any()]
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (test)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(tmp / "reliability.png", dpi=100)
+    plt.close(fig)
+    ctx.log_artifact(tmp / "reliability.png", "evaluation")
+    ctx.log_artifact(confusion_png(ws.labels, after, names, tmp / "confusion_matrix.png", "test"), "evaluation")
+
+
+def _summary(metrics: dict[str, float], method: str) -> str:
+    line = (f"test windows: auroc {metrics['test_auroc']:.3f}  f1 {metrics['test_f1']:.3f}  balanced_accuracy "
+            f"{metrics['test_balanced_accuracy']:.3f}  ece {metrics['test_ece_uncalibrated']:.3f} -> "
+            f"{metrics['test_ece']:.3f}  brier {metrics['test_brier_uncalibrated']:.3f} -> {metrics['test_brier']:.3f}"
+            f" ({method})\ntest subjects: accuracy {metrics['test_subject_accuracy']:.3f}  balanced_accuracy "
+            f"{metrics['test_subject_balanced_accuracy']:.3f}")
+    return line
+
+
+def _run_dataset(version) -> str:
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient().get_run(version.run_id).data.tags.get("biosig.dataset.uri") if version.run_id else None
+    if not uri:
+        raise DataError(f"{version.name} version {version.version} records no dataset: pass data=")
+    return uri
+
+
+def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, calibration: dict[str, Any],
+                         tmp: Path) -> str:
+    """The same weights with the calibration in biosig.json, as a new version of the same model."""
+    meta = {**wrapper.meta, "calibration": calibration,
+            "provenance": {**wrapper.meta["provenance"], "calibrated_by_run": ctx.run_id,
+                           "calibrated_from": f"{version.name}/{version.version}"}}
+    source = Path(wrapper.path)
+    checkpoint = tmp / "checkpoint"
+    shutil.copytree(source, checkpoint)
+    save_checkpoint(checkpoint, _weights(source), meta)
+    info = log_pyfunc(checkpoint, meta)
+    tags = {k: v for k, v in version.tags.items() if k in CARRIED_TAGS}
+    tags.update({"biosig.calibration": calibration["method"], "biosig.calibrated_from": str(version.version),
+                 "biosig.run_id": ctx.run_id})
+    new = publish_version(version.name, source=info.model_uri, model_id=info.model_id, run_id=ctx.run_id, tags=tags,
+                          description=f"{version.name} v{version.version} with {calibration['method']} calibration")
+    print(f"registered {version.name} version {new.version}: v{version.version} + {calibration['method']} "
+          "calibration (alias @candidate)")
+    return str(new.version)
+
+
+def _weights(path: Path):
+    from safetensors.torch import load_file
+
+    read_meta(path)  # a checkpoint directory, or a clear error
+    return load_file(path / "model.safetensors")
