@@ -81,3 +81,19 @@ def test_prepare_windows_follows_the_checkpoint_spec():
             "normalisation": {"channels": ["ECG", "PPG"], "mean": [1.0, 0.0], "std": [1.0, 2.0]}}
     out = prepare_windows(x, ["PPG", "ECG"], 125.0, spec, "input")
     assert out.shape == (2, 2, 16) and (out[:, 0] == 0).all() and (out[:, 1] == 0.5).all()
+
+
+def test_split_manifest_round_trip_and_errors(tmp_path):
+    from biosig.data.splits import manifest_split, write_manifest
+
+    ws = synthetic_cardio(n_subjects=6, windows_per_subject=3, with_acc=True, window_s=2.0, seed=4)
+    splits = subject_split(ws, 0.2, 0.2, seed=0)
+    path = write_manifest(splits, tmp_path / "m.csv")
+    again = manifest_split(ws, path)
+    assert {k: sorted(set(v.subject)) for k, v in again.items()} == {k: sorted(set(v.subject)) for k, v in splits.items()}
+    path.write_text("subject,split\nS000,train\n")
+    with pytest.raises(DataError, match="does not assign 5 subject"):
+        manifest_split(ws, path)
+    path.write_text("subject,split\n" + "".join(f"{s},holdout\n" for s in set(ws.subject)))
+    with pytest.raises(DataError, match=r"unknown split value\(s\) \['holdout'\]"):
+        manifest_split(ws, path)

@@ -24,7 +24,7 @@ def test_three_checkpoints_make_six_rows_on_one_split(tiny_pretrain, workdir, ca
     probe = board[board["mode"] == "probe"].trainable_params
     assert (probe < board[board["mode"] == "finetune"].trainable_params.min()).all()  # the probe is frozen
     names = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"leaderboard.csv", "leaderboard.md", "leaderboard.png"} <= names
+    assert {"leaderboard.csv", "leaderboard.md", "leaderboard.png", "split_manifest.csv"} <= names
     assert "ttm_ppg-ecg_c64_p32_m40_mae" in capsys.readouterr().out
 
 

@@ -3,6 +3,8 @@ subject's physiology leaks from training into evaluation."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from biosig.data.windowset import WindowSet
@@ -53,3 +55,33 @@ def _ensure_nonempty(assignment: np.ndarray, want_test: bool, rng: np.random.Gen
         donors = [s for s in SPLITS if (assignment == s).sum() > 1]
         donor = max(donors, key=lambda s: (assignment == s).sum())
         assignment[rng.choice(np.flatnonzero(assignment == donor))] = name
+
+
+def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
+    """Splits from a manifest CSV with columns `subject,split` (split: train, val or test), so that
+    several runs (e.g. a `compare`) provably share one split. Every subject of the data must be listed."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"split manifest not found: {path}")
+    table = pd.read_csv(path, dtype=str)
+    if list(table.columns[:2]) != ["subject", "split"]:
+        raise DataError(f"split manifest {path} must have the columns subject,split; it has {list(table.columns)}")
+    bad = sorted(set(table.split) - set(SPLITS))
+    if bad:
+        raise DataError(f"split manifest {path} has unknown split value(s) {bad}; use {', '.join(SPLITS)}")
+    mapping = dict(zip(table.subject, table.split))
+    missing = sorted(set(ws.subject) - set(mapping))
+    if missing:
+        raise DataError(f"split manifest {path} does not assign {len(missing)} subject(s) of {ws.where}, "
+                        f"e.g. {missing[:5]}")
+    window_split = np.array([mapping[s] for s in ws.subject])
+    return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
+
+
+def write_manifest(splits: dict[str, WindowSet], path: str | Path) -> Path:
+    """The subject -> split table of `splits`, as read by manifest_split."""
+    rows = sorted({(str(s), name) for name, part in splits.items() for s in np.unique(part.subject)})
+    Path(path).write_text("subject,split\n" + "".join(f"{s},{name}\n" for s, name in rows))
+    return Path(path)

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 
 from biosig.config import BaseConfig, load_config  # noqa: E402
 from biosig.data import SourceOptions  # noqa: E402
+from biosig.data.splits import manifest_split, subject_split, write_manifest  # noqa: E402
 from biosig.errors import ConfigError, DataError  # noqa: E402
 from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint  # noqa: E402
 from biosig.tracking.datasets import use_dataset  # noqa: E402
@@ -44,6 +45,7 @@ class CompareConfig(BaseConfig):
     modes: list[Literal["probe", "finetune"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
     metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
     finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
+    split_manifest: str = ""  # CSV subject,split; empty: a subject split written once and used by every row
 
     def validate(self) -> None:
         super().validate()
@@ -54,16 +56,18 @@ class CompareConfig(BaseConfig):
 
 
 def run_compare(config: CompareConfig) -> pd.DataFrame:
-    with tracked_run("compare", config) as ctx:
+    with tracked_run("compare", config) as ctx, tempfile.TemporaryDirectory() as tmp:
         references = expand_checkpoints(ctx.client, config.checkpoints)
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation")
         _check_fit(references, logged.windows.channels, logged.name)
+        manifest = _manifest(config, logged.windows, Path(tmp))
+        ctx.log_artifact(manifest)
         rows = []
         for reference in references:
             for mode in config.modes:
-                rows.append(_row(config, reference, mode, str(Path(logged.path).resolve())))
+                rows.append(_row(config, reference, mode, str(Path(logged.path).resolve()), str(manifest)))
         digests = {row.pop("test_digest") for row in rows}
         if len(digests) != 1:
             raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")
@@ -85,8 +89,17 @@ def _check_fit(references: list[str], channels: list[str], where: str) -> None:
                             "cannot be compared on this task")
 
 
-def _row(config: CompareConfig, reference: str, mode: str, data: str) -> dict:
-    overrides = {"checkpoint": reference, "data": data, "register": False, "experiment": config.experiment,
+def _manifest(config: CompareConfig, ws, tmp: Path) -> Path:
+    """The split manifest every row uses (logged with the leaderboard): given, or written once here."""
+    settings = load_config(FinetuneConfig, config.finetune_config or None, {"seed": config.seed})
+    splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
+              else subject_split(ws, settings.val_fraction, settings.test_fraction, seed=settings.seed))
+    return write_manifest(splits, tmp / "split_manifest.csv")
+
+
+def _row(config: CompareConfig, reference: str, mode: str, data: str, manifest: str) -> dict:
+    overrides = {"checkpoint": reference, "data": data, "split_manifest": manifest, "register": False,
+                 "experiment": config.experiment,
                  "tracking_uri": config.tracking_uri, "seed": config.seed, "run_name": f"{mode} {reference}"}
     if mode == "probe":  # frozen backbone: head-only epochs with a linear head
         overrides.update(head="linear", stage2_epochs=0, stage3_epochs=0)

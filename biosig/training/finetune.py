@@ -29,8 +29,8 @@ from biosig.config import BaseConfig, load_config, require_range
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
 from biosig.data.channels import check_channels
-from biosig.data.splits import subject_split
-from biosig.errors import ConfigError, TrainingError
+from biosig.data.splits import manifest_split, subject_split
+from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import save_checkpoint
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
@@ -83,6 +83,7 @@ class FinetuneConfig(BaseConfig):
     collapse_threshold: float = 0.1
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
     task: str = ""  # recorded on the registered version; default: the dataset's label name
     device: str = "auto"
     amp: Literal["auto", "off", "bf16"] = "auto"
@@ -188,7 +189,11 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
                             f"missing from the fine-tuning data ({where} has {ws.channels}, selected {channels})")
     n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
     class_names = ws.class_names or [str(k) for k in range(n_classes)]
-    splits = subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed)
+    splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
+              else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
+    for needed in ("train", "val", "test"):
+        if needed not in splits:
+            raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
     train_classes = np.unique(splits["train"].labels)
     if len(train_classes) < 2:
         raise TrainingError(f"the training split of {where} holds only class {class_names[train_classes[0]]!r}: "
