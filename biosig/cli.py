@@ -99,6 +99,37 @@ for _job in JOBS:
     job_command(*_job)
 
 
+@cli.command("server")
+@click.option("--backend-store-uri", default="", help="postgresql+psycopg2://user:pw@host/db or sqlite:///path "
+              "(default: sqlite:///$PWD/mlflow.db)")
+@click.option("--artifacts-destination", default="", help="s3://bucket/prefix (MinIO: set MLFLOW_S3_ENDPOINT_URL) "
+              "or a local directory (default: ./mlartifacts)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--basic-auth", is_flag=True, help="MLflow's basic-auth app (needs mlflow[auth] and "
+              "MLFLOW_AUTH_CONFIG_PATH with the admin password)")
+@click.option("--allowed-hosts", default="", help="extra Host headers to accept (comma-separated)")
+@click.option("--print-only", is_flag=True, help="print the mlflow server command instead of running it")
+def server_cmd(backend_store_uri: str, artifacts_destination: str, host: str, port: int, workers: int,
+               basic_auth: bool, allowed_hosts: str, print_only: bool) -> None:
+    """Start MLflow's own tracking server for a single machine (the compose stack without Docker)."""
+    import shlex
+
+    args = ["mlflow", "server", "--backend-store-uri", backend_store_uri or f"sqlite:///{os.getcwd()}/mlflow.db",
+            "--artifacts-destination", artifacts_destination or os.path.join(os.getcwd(), "mlartifacts"),
+            "--host", host, "--port", str(port), "--workers", str(workers)]
+    if basic_auth:
+        args += ["--app-name", "basic-auth"]
+    if allowed_hosts:
+        args += ["--allowed-hosts", f"localhost:*,127.0.0.1:*,{allowed_hosts}"]
+    from biosig.tracking.redact import redact_value
+
+    click.echo(f"biosig: {redact_value(shlex.join(args))}", err=True)
+    if not print_only:
+        os.execvp(args[0], args)
+
+
 @cli.group("registry")
 def registry_group() -> None:
     """Inspect registered models: versions with aliases and metrics, promotion history."""

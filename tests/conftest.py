@@ -82,3 +82,33 @@ def pretrained(tiny_pretrain):
 
     assert main(["pretrain", "--config", str(tiny_pretrain)]) == 0
     return tiny_pretrain
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3(monkeypatch, tmp_path):
+    """moto's S3 server over HTTP on a free port (a real S3 API, not an in-process mock); boto3 and
+    MLflow reach it through MLFLOW_S3_ENDPOINT_URL. Yields a boto3 client with the bucket `models`."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint,
+                       "BIOSIG_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="models")
+    client.endpoint = endpoint
+    yield client
+    server.stop()

@@ -1,7 +1,5 @@
 """Checkpoint discovery through the registry and all-or-nothing registration."""
 
-import socket
-
 import mlflow
 import pytest
 import torch
@@ -94,31 +92,6 @@ def test_registration_is_all_or_nothing(workdir, monkeypatch):
         register(workdir)
     versions = client.search_model_versions(f"name = '{NAME}'")
     assert [str(v.version) for v in versions] == ["1"]  # the half-made version 2 was deleted
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """moto's S3 server over HTTP on a free port; MLflow and boto3 reach it via MLFLOW_S3_ENDPOINT_URL."""
-    boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3", endpoint_url=endpoint)
-    client.create_bucket(Bucket="models")
-    yield client
-    server.stop()
 
 
 def test_s3_checkpoint_is_downloaded(workdir, s3):

@@ -2,7 +2,7 @@
 
 Specs: `synthetic:ppg-ecg` (2 ch, 1024 samples at 125 Hz), `synthetic:quality` (ACC_X/Y/Z, PPG, ECG,
 10 s at 125 Hz), `synthetic:eeg` (Muse AF7/AF8/TP9/TP10, 8 s at 256 Hz), or a local `.parquet` /
-`.npz` path.
+`.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from biosig.data.npz_io import read_npz
 from biosig.data.parquet_io import read_parquet
+from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
@@ -36,7 +37,7 @@ def load_source(spec: str, options: SourceOptions | None = None) -> WindowSet:
     options = options or SourceOptions()
     if spec.startswith("synthetic:"):
         return _synthetic(spec, options)
-    path = Path(spec)
+    path = fetch(spec) if spec.startswith("s3://") else Path(spec)
     if path.suffix == ".parquet":
         return read_parquet(path)
     if path.suffix == ".npz":

@@ -13,6 +13,7 @@ import mlflow
 from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
 from biosig.data.profile import plot_examples, profile
+from biosig.data.storage import fetch
 from biosig.errors import ConfigError
 from biosig.tracking.run import RunContext, tracked_run
 
@@ -77,6 +78,9 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     first (removed again if the run fails and the file is new)."""
     ws = load_source(source, options)
     name = dataset_name(ws, kind)
+    if source.endswith(".parquet") and source.startswith("s3://") and not output:
+        log_windowset(ctx, ws, name=name, uri=source, context=context)  # the object in S3 is the source
+        return LoggedDataset(name=name, path=fetch(source), digest=ws.digest, run_id=ctx.run_id, windows=ws)
     if source.endswith(".parquet") and not output:
         path = Path(source)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -112,19 +113,11 @@ class RunContext:
 def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
                 nested: bool = False, parent_run_id: str | None = None) -> Iterator[RunContext]:
     """`nested`: a child of the active run; `parent_run_id`: a child of that run, from any process."""
-    configure_tracking(config.tracking_uri)
+    uri = configure_tracking(config.tracking_uri)
     client = MlflowClient()
     nested = nested or parent_run_id is not None
-    run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
-    if run_id:  # `mlflow run` created the run in the experiment it was given (--experiment-name)
-        run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
-        _warn_experiment_mismatch(client, run, config.experiment)
-    else:
-        parent = client.get_run(parent_run_id) if parent_run_id else mlflow.active_run() if nested else None
-        experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
-        with _env_run_id_hidden():  # start_run would otherwise resume MLFLOW_RUN_ID instead of a child
-            run = mlflow.start_run(experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id,
-                                   run_name=config.run_name or None)
+    with _auth_errors(uri):
+        run = _start(client, config, nested, parent_run_id)
     ctx = RunContext(run, client)
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
@@ -151,6 +144,36 @@ def _env_run_id_hidden() -> Iterator[None]:
     finally:
         if saved is not None:
             os.environ["MLFLOW_RUN_ID"] = saved
+
+
+def _start(client: MlflowClient, config: BaseConfig, nested: bool, parent_run_id: str | None) -> mlflow.ActiveRun:
+    run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
+    if run_id:  # `mlflow run` created the run in the experiment it was given (--experiment-name)
+        run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
+        _warn_experiment_mismatch(client, run, config.experiment)
+    else:
+        parent = client.get_run(parent_run_id) if parent_run_id else mlflow.active_run() if nested else None
+        experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
+        with _env_run_id_hidden():  # start_run would otherwise resume MLFLOW_RUN_ID instead of a child
+            run = mlflow.start_run(experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id,
+                                   run_name=config.run_name or None)
+    return run
+
+
+@contextlib.contextmanager
+def _auth_errors(uri: str) -> Iterator[None]:
+    """A tracking server's 401/403 as one clear line instead of a REST traceback."""
+    try:
+        yield
+    except MlflowException as exc:
+        status = re.search(r"error code (40[13])\b", str(exc))
+        if exc.error_code == "UNAUTHENTICATED" or (status and status[1] == "401"):
+            raise TrackingError(f"the tracking server {redact_value(uri)} refused the credentials (HTTP 401): "
+                                "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        if exc.error_code == "PERMISSION_DENIED" or (status and status[1] == "403"):
+            raise TrackingError(f"the tracking server {redact_value(uri)} denied this user access (HTTP 403): "
+                                "ask an admin for EDIT permission on the experiment") from None
+        raise
 
 
 def _experiment_id(name: str) -> str:

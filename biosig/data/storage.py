@@ -1,0 +1,72 @@
+"""S3 access for datasets: `s3://bucket/key` through boto3, endpoint from MLFLOW_S3_ENDPOINT_URL or
+AWS_ENDPOINT_URL (MinIO, moto), credentials only from the environment or the AWS config files (never
+from params, tags or logs), retries with backoff, and a local content-addressed cache so a dataset is
+downloaded once per content (ETag + size), not once per run."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+from biosig.data.atomic import atomic_path
+from biosig.errors import DataError
+
+RETRIES = 5  # botocore "standard" mode: exponential backoff with jitter on throttling and 5xx
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BIOSIG_CACHE_DIR", Path.home() / ".cache" / "biosig")) / "s3"
+
+
+def s3_client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or None
+    return boto3.client("s3", endpoint_url=endpoint,
+                        config=Config(retries={"max_attempts": RETRIES, "mode": "standard"}))
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc or not parsed.path.strip("/"):
+        raise DataError(f"not an s3://bucket/key URI: {uri}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def fetch(uri: str) -> Path:
+    """A local copy of an S3 object, from the cache when its content (ETag, size) is already there."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(uri)
+    client = s3_client()
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise DataError(f"{uri} does not exist") from None
+        if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise DataError(f"access to {uri} was refused ({code}): check AWS credentials in the environment") \
+                from None
+        raise DataError(f"cannot read {uri}: {code or exc}") from None
+    except BotoCoreError as exc:
+        raise DataError(f"cannot reach S3 for {uri}: {exc}") from None
+    identity = f"{bucket}/{key}:{head.get('ETag', '')}:{head['ContentLength']}"
+    target = cache_dir() / hashlib.sha256(identity.encode()).hexdigest()[:32] / Path(key).name
+    if target.is_file() and target.stat().st_size == head["ContentLength"]:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target) as tmp:  # a failed download leaves no partial file in the cache
+        try:
+            client.download_file(bucket, key, str(tmp))
+        except (ClientError, BotoCoreError) as exc:
+            raise DataError(f"download of {uri} failed: {exc}") from None
+    return target
+
+
+def upload(path: str | Path, uri: str) -> None:
+    bucket, key = split_s3_uri(uri)
+    s3_client().upload_file(str(path), bucket, key)

@@ -1,0 +1,197 @@
+"""The team set-up for real, on loopback: PostgreSQL (a fresh database per test), moto's S3 server, and
+`mlflow server` on that database with its artifacts in that bucket. biosig talks to the server only."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from biosig.cli import main
+from biosig.data import write_parquet
+from biosig.data.storage import fetch, upload
+from biosig.data.synthetic import synthetic_cardio
+from biosig.errors import DataError
+from tests.conftest import TINY_NAME, free_port
+
+pytestmark = pytest.mark.integration
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+@pytest.fixture
+def postgres_db():
+    psycopg2 = pytest.importorskip("psycopg2")
+    try:
+        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 with trust auth ({exc})")
+    admin.autocommit = True
+    name = f"biosig_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    admin.close()
+
+
+class ServerProcess:
+    """`biosig server` (MLflow's own server) on a free port, started and stopped by PID."""
+
+    def __init__(self, workdir: Path, backend: str, *extra: str, env: dict | None = None) -> None:
+        self.workdir, self.backend, self.extra, self.port = workdir, backend, extra, free_port()
+        self.env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                    **(env or {})}
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        log = open(self.workdir / "server.log", "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "biosig.cli", "server", "--backend-store-uri", self.backend,
+             "--artifacts-destination", "s3://models/artifacts", "--port", str(self.port), "--workers", "1",
+             *self.extra], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.workdir)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+            if self.process.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(self.workdir / 'server.log').read_text()[-3000:]}")
+        self.stop()
+        pytest.fail("mlflow server did not become healthy in 120 s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def use_server(url: str, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+
+
+@pytest.fixture
+def server(postgres_db, s3, workdir, monkeypatch):
+    process = ServerProcess(workdir, postgres_db).start()
+    use_server(process.url, monkeypatch)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def mlflow_server(server):
+    return server.url
+
+
+def test_dataset_from_s3_pretrain_finetune_promote_through_the_server(mlflow_server, s3, tiny_pretrain, workdir):
+    ws = synthetic_cardio(n_subjects=8, windows_per_subject=6, with_acc=True, window_s=2.0, good_fraction=0.4, seed=5)
+    write_parquet(ws, workdir / "quality.parquet")
+    upload(workdir / "quality.parquet", "s3://models/datasets/quality.parquet")
+    source = "s3://models/datasets/quality.parquet"
+
+    assert main(["log-dataset", "--source", source]) == 0
+    assert main(["pretrain", "--config", str(tiny_pretrain)]) == 0
+    assert main(["finetune", "--pretrain-config", str(tiny_pretrain), "--data", source, "--stage1-epochs", "1",
+                 "--stage2-epochs", "1", "--unfreeze-last-n", "1", "--batch-size", "8"]) == 0
+    policy = workdir / "lenient.yaml"
+    policy.write_text("applies_to: '*'\nsync_stages: true\ntargets:\n  staging:\n    metrics: ['test_auroc >= 0.0']\n")
+    assert main(["promote", "--model", f"{TINY_NAME}_finetuned", "--to", "staging", "--policies", str(policy)]) == 0
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)  # a new client reads it back
+    runs = {r.data.tags["biosig.command"]: r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()])}
+    assert set(runs) == {"log_dataset", "pretrain", "finetune", "promote"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    assert runs["log_dataset"].inputs.dataset_inputs[0].dataset.source.find(source) >= 0
+    assert [m.step for m in client.get_metric_history(runs["pretrain"].info.run_id, "val_loss")] == [1, 2]
+    model = client.get_registered_model(f"{TINY_NAME}_finetuned")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"candidate": "1", "staging": "1"}  # str over REST
+    assert client.get_model_version(f"{TINY_NAME}_finetuned", "1").current_stage == "Staging"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="artifacts/")["Contents"]]
+    assert any(k.endswith("checkpoint/model.safetensors") for k in keys)  # artifacts live in the bucket
+    assert any(k.endswith("evaluation/predictions.parquet") for k in keys)
+    import mlflow
+
+    probs = mlflow.pyfunc.load_model(f"models:/{TINY_NAME}_finetuned@staging").predict(
+        __import__("pandas").read_parquet(workdir / "quality.parquet").head(3))
+    assert probs.shape == (3, 2)
+
+
+def test_s3_cache_reuses_content_and_reports_missing_objects(s3, workdir):
+    write_parquet(synthetic_cardio(n_subjects=2, windows_per_subject=2, window_s=2.0, seed=1), workdir / "a.parquet")
+    upload(workdir / "a.parquet", "s3://models/a.parquet")
+    first = fetch("s3://models/a.parquet")
+    assert fetch("s3://models/a.parquet") == first and first.read_bytes() == (workdir / "a.parquet").read_bytes()
+    with pytest.raises(DataError, match="s3://models/missing.parquet does not exist"):
+        fetch("s3://models/missing.parquet")
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "wrong"  # moto accepts any key: the refusal path is the server's
+    assert fetch("s3://models/a.parquet") == first
+
+
+def test_a_server_restart_mid_run_loses_no_metric(server):
+    from biosig.config import BaseConfig
+    from biosig.tracking.run import tracked_run
+
+    with tracked_run("restart-check", BaseConfig()) as ctx:
+        for step in range(1, 4):
+            ctx.log_metrics({"loss": 1.0 / step}, step=step)
+            ctx.metrics.flush(wait=False)
+        ctx.metrics.flush()
+        server.stop()  # the same database, the same port, a new process
+        server.start()
+        for step in range(4, 7):
+            ctx.log_metrics({"loss": 1.0 / step}, step=step)
+            ctx.metrics.flush(wait=False)
+        run_id = ctx.run_id
+    history = MlflowClient(tracking_uri=server.url).get_metric_history(run_id, "loss")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == [1, 2, 3, 4, 5, 6]
+    assert MlflowClient(tracking_uri=server.url).get_run(run_id).info.status == "FINISHED"
+
+
+def test_wrong_credentials_give_a_clear_auth_error(postgres_db, s3, workdir, monkeypatch, capsys):
+    auth = workdir / "basic_auth.ini"
+    auth.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = sqlite:///{workdir / 'auth.db'}\n"
+                    "admin_username = admin\nadmin_password = s3cret-admin-pw\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    process = ServerProcess(workdir, postgres_db, "--basic-auth", env={
+        "MLFLOW_AUTH_CONFIG_PATH": str(auth), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret"}).start()
+    try:
+        use_server(process.url, monkeypatch)
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+        assert main(["log-dataset", "--n-subjects", "2", "--windows-per-subject", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "refused the credentials" in err and "MLFLOW_TRACKING_USERNAME" in err
+        assert "not-the-password" not in err
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-admin-pw")
+        assert main(["log-dataset", "--n-subjects", "2", "--windows-per-subject", "2"]) == 0
+    finally:
+        process.stop()
+
+
+def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
+    import optuna
+
+    from tests.test_tune import TUNE
+
+    assert main([*TUNE, "--n-trials", "2", "--study", "pg", "--pruner", "none", "--storage", postgres_db]) == 0
+    study = optuna.load_study(study_name="pg", storage=postgres_db)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
