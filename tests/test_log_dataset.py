@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data import read_parquet, write_parquet
 from biosig.tracking import datasets as datasets_module
+from biosig.data.synthetic import synthetic_eeg
 from tests.conftest import finished_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +155,22 @@ def test_mlflow_run_entry_points(workdir):
     failed = finished_runs("FAILED")
     assert len(failed) == 1 and "good_fraction" in failed[0].data.tags["biosig.error"]
     assert not finished_runs("RUNNING")
+
+
+def test_a_directory_of_files_skips_unreadable_ones_into_data_errors_csv(workdir, cardio):
+    import csv
+
+    folder = workdir / "recordings"
+    folder.mkdir()
+    halves = [cardio.take(np.flatnonzero(np.isin(cardio.subject, np.unique(cardio.subject)[i::2]))) for i in (0, 1)]
+    write_parquet(halves[0], folder / "a.parquet")
+    write_parquet(halves[1], folder / "b.parquet")
+    (folder / "c.parquet").write_bytes(b"not parquet at all")
+    write_parquet(synthetic_eeg(n_subjects=2, parents_per_subject=1, subs_per_parent=2, window_s=2.0), folder / "d.parquet")
+    assert main(["log-dataset", "--source", str(folder)]) == 0
+    run = only_run("FINISHED")
+    assert run.data.tags["biosig.dataset.errors"] == "2"
+    assert run.inputs.dataset_inputs[0].dataset.name.endswith(f"{cardio.n_windows}windows_primary")
+    rows = list(csv.DictReader(open(MlflowClient().download_artifacts(run.info.run_id, "dataset/data_errors.csv"))))
+    assert [Path(r["file"]).name for r in rows] == ["c.parquet", "d.parquet"]
+    assert "cannot form one dataset" in rows[1]["error"]

@@ -195,3 +195,17 @@ def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
     assert main([*TUNE, "--n-trials", "2", "--study", "pg", "--pruner", "none", "--storage", postgres_db]) == 0
     study = optuna.load_study(study_name="pg", storage=postgres_db)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+
+def test_s3_prefix_source_records_unreadable_objects(s3, workdir):
+    from biosig.data.sources import FileError, load_source
+
+    for i in range(2):
+        write_parquet(synthetic_cardio(n_subjects=2, windows_per_subject=2, window_s=2.0, seed=i), workdir / f"{i}.parquet")
+        upload(workdir / f"{i}.parquet", f"s3://models/recordings/{i}.parquet")
+    s3.put_object(Bucket="models", Key="recordings/broken.parquet", Body=b"garbage")
+    errors: list[FileError] = []
+    ws = load_source("s3://models/recordings/", errors=errors)
+    assert ws.n_windows == 8 and [e.file for e in errors] == ["s3://models/recordings/broken.parquet"]
+    with pytest.raises(DataError, match="broken.parquet"):
+        load_source("s3://models/recordings/")  # without an error list the first failure is raised

@@ -2,7 +2,9 @@
 
 Specs: `synthetic:ppg-ecg` (2 ch, 1024 samples at 125 Hz), `synthetic:quality` (ACC_X/Y/Z, PPG, ECG,
 10 s at 125 Hz), `synthetic:eeg` (Muse AF7/AF8/TP9/TP10, 8 s at 256 Hz), or a local `.parquet` /
-`.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache).
+`.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache), or a
+directory / `s3://bucket/prefix/` of such files, concatenated: a file that fails to read is recorded in
+`LoadReport.errors` (written as data_errors.csv by the caller) instead of failing the whole load.
 """
 
 from __future__ import annotations
@@ -33,8 +35,18 @@ class SourceOptions:
     seed: int = 0
 
 
-def load_source(spec: str, options: SourceOptions | None = None) -> WindowSet:
+@dataclasses.dataclass
+class FileError:
+    file: str
+    error: str
+
+
+def load_source(spec: str, options: SourceOptions | None = None, errors: list[FileError] | None = None) -> WindowSet:
+    """The WindowSet of `spec`. For a directory or prefix, unreadable files are appended to `errors`
+    (when given) and skipped; with `errors=None` the first one is raised."""
     options = options or SourceOptions()
+    if spec.endswith("/") or (not spec.startswith(("s3://", "synthetic:")) and Path(spec).is_dir()):
+        return _load_many(spec, options, errors)
     if spec.startswith("synthetic:"):
         return _synthetic(spec, options)
     path = fetch(spec) if spec.startswith("s3://") else Path(spec)
@@ -46,6 +58,43 @@ def load_source(spec: str, options: SourceOptions | None = None) -> WindowSet:
         raise DataError(f"source not found: {spec} (expected one of {', '.join(SYNTHETIC_SOURCES)}, "
                         "or a .parquet/.npz file)")
     raise DataError(f"unsupported source file type '{path.suffix}' for {spec}: expected .parquet or .npz")
+
+
+DATA_SUFFIXES = (".parquet", ".npz")
+
+
+def _load_many(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
+    files = _list_s3(spec) if spec.startswith("s3://") else sorted(
+        str(p) for p in Path(spec).iterdir() if p.suffix in DATA_SUFFIXES)
+    if not files:
+        raise DataError(f"no .parquet or .npz files in {spec}")
+    parts: list[WindowSet] = []
+    failed: list[FileError] = []
+    for file in files:
+        try:
+            part = load_source(file, options)
+            if parts:
+                parts[0].check_compatible(part)
+            parts.append(part)
+        except DataError as exc:
+            if errors is None:
+                raise
+            failed.append(FileError(file, str(exc)))
+    if errors is not None:
+        errors.extend(failed)
+    if not parts:
+        raise DataError(f"none of the {len(files)} files in {spec} could be read; first error: {failed[0].error}")
+    return WindowSet.concat(parts, source=spec)
+
+
+def _list_s3(prefix: str) -> list[str]:
+    from biosig.data.storage import s3_client, split_s3_uri
+
+    bucket, key = split_s3_uri(prefix.rstrip("/") + "/x")
+    key = key[:-1]
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
+                  if o["Key"].endswith(DATA_SUFFIXES))
 
 
 def _synthetic(spec: str, o: SourceOptions) -> WindowSet:

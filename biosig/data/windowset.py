@@ -176,6 +176,28 @@ class WindowSet:
             meta={k: v[index] for k, v in self.meta.items()},
         )
 
+    def check_compatible(self, other: "WindowSet") -> None:
+        """DataError unless `other` can be appended: same channels, fs, length, order and meta columns."""
+        for attr in ("channels", "fs", "order_names", "class_names", "n_samples"):
+            if getattr(other, attr) != getattr(self, attr):
+                raise DataError(f"{other.where} has {attr} {getattr(other, attr)!r}, {self.where} has "
+                                f"{getattr(self, attr)!r}: they cannot form one dataset")
+        if sorted(other.meta) != sorted(self.meta):
+            raise DataError(f"{other.where} has meta columns {sorted(other.meta)}, {self.where} {sorted(self.meta)}")
+
+    @staticmethod
+    def concat(parts: list["WindowSet"], source: str = "") -> "WindowSet":
+        """One WindowSet from parts with the same channels, fs, order and meta columns, rows re-sorted."""
+        first = parts[0]
+        for part in parts[1:]:
+            first.check_compatible(part)
+        joined = dataclasses.replace(
+            first, signals=np.concatenate([p.signals for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]), subject=np.concatenate([p.subject for p in parts]),
+            order=np.concatenate([p.order for p in parts]),
+            meta={k: np.concatenate([p.meta[k] for p in parts]) for k in first.meta}, source=source or first.source)
+        return joined.sorted()
+
     def sorted(self) -> "WindowSet":
         keys = self.sort_keys()
         index = np.lexsort(keys.T[::-1])

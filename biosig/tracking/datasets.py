@@ -3,7 +3,9 @@ the parquet's URI as source, discovery tags, a profile and example plots."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -13,6 +15,7 @@ import mlflow
 from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
 from biosig.data.profile import plot_examples, profile
+from biosig.data.sources import FileError
 from biosig.data.storage import fetch
 from biosig.errors import ConfigError
 from biosig.tracking.run import RunContext, tracked_run
@@ -76,7 +79,10 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     """Load `source` into the run as an MLflow dataset input whose source is a parquet file: a parquet
     source is used in place; synthetic and npz sources are written to `{output_dir}/{name}.parquet`
     first (removed again if the run fails and the file is new)."""
-    ws = load_source(source, options)
+    errors: list[FileError] = []
+    ws = load_source(source, options, errors)
+    if errors:
+        _log_data_errors(ctx, errors)
     name = dataset_name(ws, kind)
     if source.endswith(".parquet") and source.startswith("s3://") and not output:
         log_windowset(ctx, ws, name=name, uri=source, context=context)  # the object in S3 is the source
@@ -91,6 +97,20 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
             ctx.on_failure(lambda: path.unlink(missing_ok=True))
     log_windowset(ctx, ws, name=name, uri=str(path.resolve()), context=context)
     return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
+
+
+def _log_data_errors(ctx: RunContext, errors: list[FileError]) -> None:
+    """Unreadable files do not fail the run: they are listed in dataset/data_errors.csv and tagged."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "data_errors.csv"
+        with path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "error"])
+            writer.writerows([e.file, e.error] for e in errors)
+        ctx.log_artifact(path, "dataset")
+    ctx.set_tags({"biosig.dataset.errors": len(errors)})
+    print(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
+          f"(first: {errors[0].file}: {errors[0].error})", file=sys.stderr)
 
 
 def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, context: str) -> None:
