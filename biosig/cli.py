@@ -135,32 +135,22 @@ def registry_group() -> None:
     """Inspect registered models: versions with aliases and metrics, promotion history."""
 
 
-@registry_group.command("show")
-@click.argument("name")
-@click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
-def registry_show_cmd(name: str, tracking_uri: str) -> None:
-    """Versions of NAME with aliases, stage, test metrics, parent checkpoint and dataset."""
-    from mlflow.tracking import MlflowClient
+def _registry_view(name: str, view: str, help_text: str) -> None:
+    @registry_group.command(name, help=help_text)
+    @click.argument("model")
+    @click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
+    def command(model: str, tracking_uri: str) -> None:
+        from mlflow.tracking import MlflowClient
 
-    from biosig.registry.report import show
-    from biosig.tracking.run import configure_tracking
+        from biosig.registry import report
+        from biosig.tracking.run import configure_tracking
 
-    configure_tracking(tracking_uri)
-    click.echo(show(MlflowClient(), name))
+        configure_tracking(tracking_uri)
+        click.echo(getattr(report, view)(MlflowClient(), model))
 
 
-@registry_group.command("history")
-@click.argument("name")
-@click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
-def registry_history_cmd(name: str, tracking_uri: str) -> None:
-    """Every promotion attempt for NAME (the audit log), oldest first."""
-    from mlflow.tracking import MlflowClient
-
-    from biosig.registry.report import history
-    from biosig.tracking.run import configure_tracking
-
-    configure_tracking(tracking_uri)
-    click.echo(history(MlflowClient(), name))
+_registry_view("show", "show", "Versions of MODEL with aliases, stage, test metrics, parent checkpoint and dataset.")
+_registry_view("history", "history", "Every promotion attempt for MODEL (the audit log), oldest first.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

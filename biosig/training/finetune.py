@@ -25,7 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
-from biosig.config import BaseConfig, load_config, require_range
+from biosig.config import load_config, require_range
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
 from biosig.data.channels import check_channels
@@ -53,7 +53,7 @@ TEST_DIGEST_TAG = "biosig.test.digest"
 
 
 @dataclasses.dataclass
-class FinetuneConfig(BaseConfig):
+class FinetuneConfig(loop.LoopConfig):
     """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
 
     data: str = "synthetic:quality"  # source spec or .parquet/.npz path
@@ -72,11 +72,6 @@ class FinetuneConfig(BaseConfig):
     stage2_epochs: int = 5
     stage3_epochs: int = 0
     unfreeze_last_n: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    batch_size: int = 64
     class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
     selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
     patience: int = 3
@@ -85,8 +80,6 @@ class FinetuneConfig(BaseConfig):
     test_fraction: float = 0.2
     split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
     task: str = ""  # recorded on the registered version; default: the dataset's label name
-    device: str = "auto"
-    amp: Literal["auto", "off", "bf16"] = "auto"
     register: bool = True
     promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
     policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
@@ -101,9 +94,7 @@ class FinetuneConfig(BaseConfig):
             require_range(key, getattr(self, key), 0)
         if self.stage1_epochs + self.stage2_epochs + self.stage3_epochs == 0:
             raise ConfigError("stage1_epochs, stage2_epochs and stage3_epochs are all 0: nothing to train")
-        require_range("batch_size", self.batch_size, 1)
         require_range("patience", self.patience, 1)
-        require_range("lr", self.lr, 0, low_open=True)
         require_range("collapse_threshold", self.collapse_threshold, 0, 1)
         require_range("head_dropout", self.head_dropout, 0, 1, high_open=True)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)

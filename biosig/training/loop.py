@@ -4,19 +4,40 @@ warm-up, finite-loss checks, and the per-epoch checkpoint/training-state files u
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from biosig.config import BaseConfig, require_range
 from biosig.errors import ConfigError, TrainingError
 
 TRAINING_STATE_FILE = "training_state.pt"
+
+
+@dataclasses.dataclass
+class LoopConfig(BaseConfig):
+    """Optimiser and device keys shared by every training command (pretrain, finetune, tune)."""
+
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    device: str = "auto"
+    amp: Literal["auto", "off", "bf16"] = "auto"
+
+    def validate(self) -> None:
+        super().validate()
+        require_range("batch_size", self.batch_size, 1)
+        require_range("lr", self.lr, 0, low_open=True)
+        require_range("warmup_fraction", self.warmup_fraction, 0, 1)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -24,7 +24,7 @@ import yaml
 from torch import nn
 
 import biosig
-from biosig.config import BaseConfig, require_range
+from biosig.config import require_range
 from biosig.data import SourceOptions
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
 from biosig.data.channels import check_channels
@@ -45,7 +45,7 @@ HISTORY_METRICS = ("train_loss", "val_loss", "lr")
 
 
 @dataclasses.dataclass
-class PretrainConfig(BaseConfig):
+class PretrainConfig(loop.LoopConfig):
     """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
 
     data: str = "synthetic:ppg-ecg"  # source spec or .parquet/.npz path (see log_dataset)
@@ -66,14 +66,7 @@ class PretrainConfig(BaseConfig):
     prediction_length: int = 96
     context_fit: ContextFit = "crop_or_pad"
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
     val_fraction: float = 0.2
-    device: str = "auto"
-    amp: Literal["auto", "off", "bf16"] = "auto"
     register: bool = True
     resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
 
@@ -84,10 +77,8 @@ class PretrainConfig(BaseConfig):
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)
-        require_range("warmup_fraction", self.warmup_fraction, 0, 1)
-        for key in ("epochs", "batch_size", "d_model", "num_layers", "expansion_factor", "prediction_length"):
+        for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length"):
             require_range(key, getattr(self, key), 1)
-        require_range("lr", self.lr, 0, low_open=True)
 
     def model_name(self) -> str:
         return ttm_name(channels=self.channels, context_length=self.context_length, patch_length=self.patch_length,
