@@ -175,3 +175,11 @@ def test_finetune_can_promote_to_staging_at_the_end(pretrained, workdir):
     assert run.data.tags["biosig.promote.staging"] == "promoted"
     (audit,) = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "promote"]
     assert audit.data.tags["mlflow.parentRunId"] == run.info.run_id
+
+
+def test_bad_class_weights_are_refused_before_a_run(workdir, capsys):
+    assert main(["finetune", "--class-weights", "1,heavy"]) == 2
+    assert "'class_weights' must be auto, none or comma-separated numbers" in capsys.readouterr().err
+    assert main(["finetune", "--class-weights", "1,-2"]) == 2
+    assert "'class_weights' must be positive" in capsys.readouterr().err
+    assert finished_runs() == []

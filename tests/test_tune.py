@@ -110,3 +110,14 @@ def test_bad_input_fails_before_any_trial(workdir, args, message, capsys):
     assert main([*TUNE, *args]) == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert runs_of("tune_trial") == []
+
+
+def test_search_space_file_errors_name_the_key(workdir, capsys):
+    space = workdir / "space.yaml"
+    for text, message in (("unfreeze_depth: [1, 2]\n", "'unfreeze_depth' cannot be searched here"),
+                          ("head_dropout: {low: 0.5, high: 0.1}\n", "'head_dropout' needs numbers low < high"),
+                          ("weight_decay: {low: 0, high: 0.1, log: true}\n", "has log: true, so low must be > 0")):
+        space.write_text(text)
+        assert main([*TUNE, "--search-space", str(space)]) == 2
+        assert message in capsys.readouterr().err
+    assert runs_of("tune") == []

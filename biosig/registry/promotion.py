@@ -26,9 +26,9 @@ from biosig.config import BaseConfig
 from biosig.errors import ConfigError, DataError
 from biosig.registry.policies import Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
+from biosig.tracking.datasets import TEST_DIGEST_TAG
 from biosig.tracking.run import configure_tracking, tracked_run
 
-TEST_DIGEST_TAG = "biosig.test.digest"
 STAGES = {"staging": "Staging", "production": "Production"}
 
 

@@ -76,7 +76,6 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts["checkpoint"]))
 
     def load(self, path: Path) -> "WindowClassifier":
-        self.path = Path(path)
         self.meta = read_meta(path)
         self.model = build_classifier(self.meta)
         load_weights(path, self.model)

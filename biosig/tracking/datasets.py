@@ -21,6 +21,8 @@ from biosig.errors import ConfigError
 from biosig.tracking.run import RunContext, tracked_run
 
 MLFLOW_DIGEST_LENGTH = 16  # MLflow's digest column is short; the full sha256 goes into a tag
+#: Content digest of a run's test split: promotion compares champions only on the same one.
+TEST_DIGEST_TAG = "biosig.test.digest"
 
 
 @dataclasses.dataclass

@@ -9,7 +9,6 @@ then vote per subject. The split is the fine-tune's: same fractions and seed giv
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Literal
@@ -26,17 +25,17 @@ from biosig.data import SourceOptions, WindowSet  # noqa: E402
 from biosig.data.adapt import ChannelStats, prepare_windows, select_channels  # noqa: E402
 from biosig.data.splits import subject_split  # noqa: E402
 from biosig.errors import DataError  # noqa: E402
-from biosig.models.checkpoint import read_meta, save_checkpoint  # noqa: E402
+from biosig.models.checkpoint import save_checkpoint  # noqa: E402
 from biosig.registry.publish import publish_version  # noqa: E402
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc  # noqa: E402
-from biosig.tracking.datasets import use_dataset  # noqa: E402
+from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset  # noqa: E402
 from biosig.tracking.run import RunContext, tracked_run  # noqa: E402
 from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote  # noqa: E402
 from biosig.training.metrics import classification_metrics  # noqa: E402
 from biosig.training.plots import confusion_png  # noqa: E402
 
 CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.uri", "biosig.dataset.name",
-                "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", "biosig.test.digest")
+                "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", TEST_DIGEST_TAG)
 
 
 @dataclasses.dataclass
@@ -73,7 +72,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation")
         splits = subject_split(logged.windows, config.val_fraction, config.test_fraction, seed=config.seed)
-        ctx.set_tags({"biosig.test.digest": splits["test"].digest})
+        ctx.set_tags({TEST_DIGEST_TAG: splits["test"].digest})
         logits = {s: window_logits(wrapper, splits[s], config.overlap, config.voting) for s in ("val", "test")}
         calibration = None
         if config.calibration != "none":
@@ -200,10 +199,7 @@ def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, ca
     meta = {**wrapper.meta, "calibration": calibration,
             "provenance": {**wrapper.meta["provenance"], "calibrated_by_run": ctx.run_id,
                            "calibrated_from": f"{version.name}/{version.version}"}}
-    source = Path(wrapper.path)
-    checkpoint = tmp / "checkpoint"
-    shutil.copytree(source, checkpoint)
-    save_checkpoint(checkpoint, _weights(source), meta)
+    checkpoint = save_checkpoint(tmp / "checkpoint", wrapper.model.state_dict(), meta)
     info = log_pyfunc(checkpoint, meta)
     tags = {k: v for k, v in version.tags.items() if k in CARRIED_TAGS}
     tags.update({"biosig.calibration": calibration["method"], "biosig.calibrated_from": str(version.version),
@@ -214,9 +210,3 @@ def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, ca
           "calibration (alias @candidate)")
     return str(new.version)
 
-
-def _weights(path: Path):
-    from safetensors.torch import load_file
-
-    read_meta(path)  # a checkpoint directory, or a clear error
-    return load_file(path / "model.safetensors")

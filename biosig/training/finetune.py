@@ -41,7 +41,7 @@ from biosig.registry.naming import FINETUNED_SUFFIX
 from biosig.registry.promotion import PromoteConfig, run_promote
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.registry.pyfunc import log_pyfunc
-from biosig.tracking.datasets import use_dataset
+from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
 from biosig.training import loop
 from biosig.training.metrics import SELECTION_METRICS, classification_metrics, collapsed_classes
@@ -49,7 +49,6 @@ from biosig.training.plots import confusion_png, roc_png
 from biosig.training.pretrain import PretrainConfig
 
 COLLAPSE_TAG = "biosig.warning"
-TEST_DIGEST_TAG = "biosig.test.digest"
 
 
 @dataclasses.dataclass

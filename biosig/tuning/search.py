@@ -29,12 +29,11 @@ from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
 from biosig.models.build import build_backbone
 from biosig.registry.discovery import resolve_checkpoint
-from biosig.tracking.datasets import use_dataset
+from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.redact import redact_value
 from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.training import loop
-from biosig.training.finetune import (TEST_DIGEST_TAG, FinetuneConfig, Trainer, build_model, finetune,
-                                     prepare_data)
+from biosig.training.finetune import FinetuneConfig, Trainer, build_model, finetune, prepare_data
 from biosig.tuning.space import Dimension, load_search_space
 from biosig.tuning.summary import log_study_summary
 
