@@ -20,6 +20,7 @@ from biosig.errors import BiosigError
 from biosig.pipeline import MainConfig
 from biosig.registry.promotion import PromoteConfig
 from biosig.tracking.datasets import DatasetConfig
+from biosig.tracking.splits import PrepareSplitsConfig
 from biosig.training.compare import CompareConfig
 from biosig.training.evaluate import EvaluateConfig
 from biosig.training.finetune import FinetuneConfig
@@ -78,6 +79,8 @@ def job_command(name: str, config_cls: type[BaseConfig], target: str, help_text:
 JOBS: list[tuple[str, type[BaseConfig], str, str, Callable[[Any], int] | None]] = [
     ("log-dataset", DatasetConfig, "biosig.tracking.datasets:log_dataset",
      "Build or read a windowed dataset, write the primary parquet and log it to MLflow.", None),
+    ("prepare-splits", PrepareSplitsConfig, "biosig.tracking.splits:prepare_splits",
+     "Subject-level split manifests (or k cross-validation folds), logged with their digests.", None),
     ("pretrain", PretrainConfig, "biosig.training.pretrain:pretrain",
      "Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name.", None),
     ("finetune", FinetuneConfig, "biosig.training.finetune:finetune",

@@ -40,6 +40,12 @@ class BaseConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def preset(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults that depend on keys the user set (e.g. arch=mamba2 selects the EEG model's sizes);
+        they rank below the YAML file and the command line."""
+        return {}
+
 
 def field_names(cls: type[BaseConfig]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
@@ -65,6 +71,10 @@ def load_config(
         values[key] = value
         origin[key] = "command line"
 
+    for key, value in cls.preset(values).items():
+        if key not in values:
+            values[key] = value
+            origin[key] = "defaults implied by the keys set"
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     kwargs = {}

@@ -65,23 +65,31 @@ TINY_FINETUNE = ["--data", "synthetic:quality", "--n-subjects", "8", "--windows-
                  "--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]
 
 
-@pytest.fixture
-def tiny_pretrain(workdir):
-    """A YAML file with the tiny pretrain config (what checkpoint=auto derives the name from)."""
+def write_yaml(path, keys: dict):
+    """A config file of `keys` (what checkpoint=auto derives a pretrained name from)."""
     import yaml
 
-    path = workdir / "pretrain.yaml"
-    path.write_text(yaml.safe_dump(TINY_PRETRAIN))
+    path.write_text(yaml.safe_dump(keys))
     return path
+
+
+def run_pretrain(config_file):
+    """Pretrain and register from `config_file`; returns the file for checkpoint=auto."""
+    from biosig.cli import main
+
+    assert main(["pretrain", "--config", str(config_file)]) == 0
+    return config_file
+
+
+@pytest.fixture
+def tiny_pretrain(workdir):
+    return write_yaml(workdir / "pretrain.yaml", TINY_PRETRAIN)
 
 
 @pytest.fixture
 def pretrained(tiny_pretrain):
     """The tiny pretrain run, registered as TINY_NAME version 1."""
-    from biosig.cli import main
-
-    assert main(["pretrain", "--config", str(tiny_pretrain)]) == 0
-    return tiny_pretrain
+    return run_pretrain(tiny_pretrain)
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -124,8 +123,11 @@ def test_wrong_architecture_checkpoint_fails(pretrained, workdir, capsys):
     meta = json.loads(open(f"{path}/biosig.json").read())
     meta["backbone"]["arch"] = "mamba2"
     open(f"{path}/biosig.json", "w").write(json.dumps(meta))
-    assert finetune(pretrained, "--checkpoint", path) == 2
+    assert finetune(pretrained, "--checkpoint", path, "--arch", "ttm") == 2
     assert "is a mamba2 model, but this config expects arch=ttm" in capsys.readouterr().err
+    assert finetune(pretrained, "--checkpoint", path) == 2  # arch=auto: any arch, but this one cannot be built
+    assert f"checkpoint {path}: its biosig.json describes a mamba2 backbone that cannot be built" in \
+        capsys.readouterr().err
     assert nothing_registered()
 
 

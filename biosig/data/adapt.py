@@ -27,8 +27,9 @@ def select_channels(signals: np.ndarray, have: list[str], want: list[str], where
 
 
 def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs: float, policy: ContextFit,
-                where: str) -> np.ndarray:
-    """[N, C, T] at `fs` -> [N, C, target_length] at `target_fs`.
+                where: str, patch_length: int = 0) -> np.ndarray:
+    """[N, C, T] at `fs` -> [N, C, target_length] at `target_fs`; windows shorter than one patch
+    (`patch_length`, when given) are refused whatever the policy.
 
     `resample` maps the whole window onto the context (polyphase, anti-aliased) and is the only policy
     that may change the sampling rate; `crop` keeps the centre, `pad` appends zeros (the channel mean
@@ -39,6 +40,9 @@ def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs
     wanted = f"{target_length} samples at {target_fs:g} Hz"
     if policy not in CONTEXT_FITS:
         raise DataError(f"context_fit must be one of {CONTEXT_FITS}, got {policy!r}")
+    if length * target_fs / fs < patch_length:  # padding would make tokens of nothing but fill
+        raise DataError(f"{where} has windows of {shape}, shorter than one patch of {patch_length} samples at "
+                        f"{target_fs:g} Hz: use longer windows or a smaller patch_length")
     if policy == "resample":
         if length == target_length:
             return signals

@@ -1,7 +1,8 @@
 """Turn a `source` spec into a WindowSet.
 
 Specs: `synthetic:ppg-ecg` (2 ch, 1024 samples at 125 Hz), `synthetic:quality` (ACC_X/Y/Z, PPG, ECG,
-10 s at 125 Hz), `synthetic:eeg` (Muse AF7/AF8/TP9/TP10, 8 s at 256 Hz), or a local `.parquet` /
+10 s at 125 Hz), `synthetic:eeg` (Muse AF7/AF8/TP9/TP10, 8 s at 256 Hz), `muse:DIR` / `muse:s3://…/`
+(Muse CSV exports, see biosig.data.muse), or a local `.parquet` /
 `.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache), or a
 directory / `s3://bucket/prefix/` of such files, concatenated: a file that fails to read is recorded in
 `LoadReport.errors` (written as data_errors.csv by the caller) instead of failing the whole load.
@@ -31,20 +32,33 @@ class SourceOptions:
     window_s: float = 0.0
     good_fraction: float = 0.24
     channels: list[str] | None = None  # for npz files without a channels array
-    fs: float | None = None  # for npz files without fs
+    fs: float | None = None  # for npz files without fs; Muse CSV sampling rate (default 256 Hz)
+    labels: str = ""  # Muse: participants CSV (Participant,Remission); default participants.csv beside the files
+    subs_per_parent: int = 4  # Muse: sub-windows per parent window
+    preprocess: str = ""  # BUT PPG / VitalDB: preprocessing YAML (biosig.data.preprocess); default per reader
+    missing_acc: str = "exclude"  # BUT PPG records without ACC: exclude | zero (zero-filled, acc_present=0)
+    ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
     seed: int = 0
 
 
 @dataclasses.dataclass
 class FileError:
+    """A problem with one input file, listed in the run's dataset/data_errors.csv."""
+
     file: str
     error: str
+    kind: str = "error"  # error: skipped | warning: read with repairs | rejected: windows dropped by a gate
+    count: int = 1
 
 
 def load_source(spec: str, options: SourceOptions | None = None, errors: list[FileError] | None = None) -> WindowSet:
     """The WindowSet of `spec`. For a directory or prefix, unreadable files are appended to `errors`
     (when given) and skipped; with `errors=None` the first one is raised."""
     options = options or SourceOptions()
+    if spec.startswith("muse:"):
+        return _load_muse(spec, options, errors)
+    if spec.startswith(("butppg:", "vitaldb:")):
+        return _load_recordings(spec, options, errors)
     if spec.endswith("/") or (not spec.startswith(("s3://", "synthetic:")) and Path(spec).is_dir()):
         return _load_many(spec, options, errors)
     if spec.startswith("synthetic:"):
@@ -87,14 +101,56 @@ def _load_many(spec: str, options: SourceOptions, errors: list[FileError] | None
     return WindowSet.concat(parts, source=spec)
 
 
-def _list_s3(prefix: str) -> list[str]:
-    from biosig.data.storage import s3_client, split_s3_uri
+def _list_s3(prefix: str, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[str]:
+    from biosig.data.storage import list_objects
 
-    bucket, key = split_s3_uri(prefix.rstrip("/") + "/x")
-    key = key[:-1]
-    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
-    return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", [])
-                  if o["Key"].endswith(DATA_SUFFIXES))
+    return [uri for uri in list_objects(prefix) if uri.endswith(suffixes)]
+
+
+def _load_muse(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
+    """`muse:DIR` or `muse:s3://bucket/prefix/`: every recording CSV there (see biosig.data.muse)."""
+    from biosig.data import muse
+
+    where = spec[len("muse:"):]
+    remote = where.startswith("s3://")
+    if remote:
+        files = _list_s3(where, (".csv",))
+    elif Path(where).is_dir():
+        files = sorted(str(p) for p in Path(where).glob("*.csv"))
+    else:
+        raise DataError(f"Muse source {spec}: {where} is not a directory (expected a folder of Muse CSV exports)")
+    labels_file = options.labels or next((f for f in files if Path(f).name == muse.PARTICIPANTS_FILE), "")
+    recordings_files = [f for f in files if Path(f).name != muse.PARTICIPANTS_FILE and f != labels_file]
+    if not recordings_files:
+        raise DataError(f"Muse source {spec}: no .csv recordings in {where}")
+    labels, participant_of = muse.read_participants(_local(labels_file)) if labels_file else ({}, {})
+    fs = options.fs or muse.MUSE_FS
+    recordings, problems = [], []
+    for file in recordings_files:
+        try:
+            rec = muse.read_muse_csv(_local(file), fs, participant_of.get(Path(file).stem))
+        except DataError as exc:
+            if errors is None:
+                raise
+            problems.append(FileError(file, str(exc)))
+            continue
+        recordings.append(rec)
+        problems += [FileError(file, warning, "warning") for warning in rec.warnings]
+    unlabelled = sorted({r.participant for r in recordings} - set(labels))
+    if labels_file and unlabelled:
+        problems.append(FileError(labels_file, f"no Remission label for participant(s) {unlabelled}: their "
+                                               "windows are unlabelled (-1)", "warning"))
+    if errors is not None:
+        errors.extend(problems)
+    if not recordings:
+        raise DataError(f"none of the {len(recordings_files)} Muse recordings in {where} could be read; first error: "
+                        f"{problems[0].error}")
+    return muse.window_recordings(recordings, labels, fs=fs, window_s=options.window_s or 8.0,
+                                  subs_per_parent=options.subs_per_parent, source=spec)
+
+
+def _local(file: str) -> Path:
+    return fetch(file) if file.startswith("s3://") else Path(file)
 
 
 def _synthetic(spec: str, o: SourceOptions) -> WindowSet:
@@ -114,3 +170,32 @@ def _synthetic(spec: str, o: SourceOptions) -> WindowSet:
         sizes.setdefault("window_s", 10.0 if with_acc else 1024 / 125)
         return synthetic_cardio(with_acc=with_acc, good_fraction=o.good_fraction, seed=o.seed, **sizes)
     raise DataError(f"unknown synthetic source '{spec}'; choose one of {', '.join(SYNTHETIC_SOURCES)}")
+
+
+def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
+    """`butppg:DIR` / `vitaldb:DIR` (local folder or s3:// prefix, mirrored into the cache first)."""
+    from biosig.data import recordings
+    from biosig.data.preprocess import PreprocessConfig
+    from biosig.data.storage import mirror_prefix
+
+    kind, where = spec.split(":", 1)
+    root = mirror_prefix(where) if where.startswith("s3://") else Path(where)
+    if not root.is_dir():
+        raise DataError(f"{kind} source {spec}: {where} is not a directory")
+    defaults = recordings.butppg_defaults() if kind == "butppg" else recordings.vitaldb_defaults()
+    config = PreprocessConfig.from_yaml(options.preprocess) if options.preprocess else defaults
+    problems: list[FileError] = []
+    labels = Path(options.labels) if options.labels else None
+    try:
+        if kind == "butppg":
+            return recordings.read_butppg(root, config, problems, missing_acc=options.missing_acc,
+                                          ppg_colour=options.ppg_colour, labels_file=labels, source=spec)
+        files = sorted(root.rglob("*.vital"))
+        if not files:
+            raise DataError(f"vitaldb source {spec}: no .vital files in {where}")
+        return recordings.read_vital_files(files, config, problems, labels_file=labels, source=spec)
+    finally:
+        if errors is not None:
+            errors.extend(problems)
+        elif any(p.kind == "error" for p in problems):
+            raise DataError(next(p.error for p in problems if p.kind == "error"))

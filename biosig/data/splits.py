@@ -85,3 +85,63 @@ def write_manifest(splits: dict[str, WindowSet], path: str | Path) -> Path:
     rows = sorted({(str(s), name) for name, part in splits.items() for s in np.unique(part.subject)})
     Path(path).write_text("subject,split\n" + "".join(f"{s},{name}\n" for s, name in rows))
     return Path(path)
+
+
+def recommended_split(ws: WindowSet, recommended: dict[str, str]) -> dict[str, WindowSet]:
+    """Splits from a dataset's own recommendation (subject -> train/val/test), e.g. a
+    `recommended_split` column shipped with the data. Every subject must have one."""
+    bad = sorted({v for v in recommended.values()} - set(SPLITS))
+    if bad:
+        raise DataError(f"recommended_split of {ws.where} has unknown value(s) {bad}; use {', '.join(SPLITS)}")
+    missing = sorted(set(ws.subject) - set(recommended))
+    if missing:
+        raise DataError(f"recommended_split of {ws.where} does not cover {len(missing)} subject(s), e.g. {missing[:5]}")
+    window_split = np.array([recommended[s] for s in ws.subject])
+    return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
+
+
+def subject_folds(ws: WindowSet, k: int, test_fraction: float, seed: int = 0,
+                  fixed_test: set[str] | None = None) -> list[dict[str, WindowSet]]:
+    """k subject-level folds for cross-validation: a test split held out once (`fixed_test`, else
+    `test_fraction` of the subjects, stratified), the other subjects cut into k groups stratified by
+    their majority label; fold i validates on group i and trains on the rest."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if k < 2:
+        raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {k}")
+    if fixed_test is None:  # the same stratified test subjects a single split with this seed would hold out
+        fixed_test = set(subject_split(ws, (1 - test_fraction) / 2, test_fraction, seed)["test"].subject) \
+            if test_fraction else set()
+    subjects, inverse = np.unique(ws.subject, return_inverse=True)
+    pool = np.array([i for i, s in enumerate(subjects) if s not in fixed_test])
+    if len(pool) < k:
+        raise DataError(f"{ws.where} has {len(pool)} {ws.subject_name}(s) outside the test split: too few for "
+                        f"{k} folds")
+    majority = np.array([np.bincount(ws.labels[inverse == i].clip(0)).argmax() for i in pool])
+    smallest = np.bincount(majority)[np.bincount(majority) > 0].min()
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if smallest >= k else None
+    groups = splitter.split(pool, majority) if splitter else _plain_folds(len(pool), k, seed)
+    folds = []
+    for _, val_index in groups:
+        assignment = np.full(len(subjects), "train", dtype=object)
+        assignment[[i for i, s in enumerate(subjects) if s in fixed_test]] = "test"
+        assignment[pool[val_index]] = "val"
+        window_split = assignment[inverse]
+        folds.append({name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS
+                      if (window_split == name).any()})
+    return folds
+
+
+def _plain_folds(n: int, k: int, seed: int):
+    """Unstratified folds when a class has fewer subjects than folds."""
+    order = np.random.default_rng(seed).permutation(n)
+    for part in np.array_split(order, k):
+        yield None, part
+
+
+def manifest_digest(path: str | Path) -> str:
+    """sha256 of a manifest's rows (sorted, so reordering lines does not change it)."""
+    import hashlib
+
+    lines = sorted(line.strip() for line in Path(path).read_text().splitlines()[1:] if line.strip())
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

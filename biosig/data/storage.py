@@ -70,3 +70,37 @@ def fetch(uri: str) -> Path:
 def upload(path: str | Path, uri: str) -> None:
     bucket, key = split_s3_uri(uri)
     s3_client().upload_file(str(path), bucket, key)
+
+
+def list_objects(prefix: str) -> list[str]:
+    """Every `s3://bucket/key` under `prefix`, sorted."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3_uri(prefix.rstrip("/") + "/x")
+    key = key[:-1]
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        return sorted(f"s3://{bucket}/{o['Key']}" for page in pages for o in page.get("Contents", []))
+    except ClientError as exc:
+        raise DataError(f"cannot list {prefix}: {exc.response.get('Error', {}).get('Code', exc)}") from None
+    except BotoCoreError as exc:
+        raise DataError(f"cannot reach S3 for {prefix}: {exc}") from None
+
+
+def mirror_prefix(prefix: str) -> Path:
+    """A local folder with every object under `prefix` at its relative path (files come from the content
+    cache; readers such as wfdb need real files side by side)."""
+    import shutil
+
+    objects = list_objects(prefix)
+    if not objects:
+        raise DataError(f"no objects under {prefix}: check the bucket and prefix")
+    base = prefix.rstrip("/") + "/"
+    root = cache_dir() / "mirrors" / hashlib.sha256(base.encode()).hexdigest()[:32]
+    for uri in objects:
+        target = root / uri[len(base):]
+        local = fetch(uri)
+        if not (target.is_file() and target.stat().st_size == local.stat().st_size):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local, target)
+    return root

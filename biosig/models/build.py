@@ -8,7 +8,7 @@ from torch import nn
 
 from biosig.errors import ConfigError
 
-ARCHITECTURES = ("ttm",)
+ARCHITECTURES = ("ttm", "mamba2")
 
 
 def build_backbone(arch: str, channels: list[str], config: dict[str, Any]) -> nn.Module:
@@ -16,6 +16,10 @@ def build_backbone(arch: str, channels: list[str], config: dict[str, Any]) -> nn
         from biosig.models.ttm import TTMBackbone
 
         return TTMBackbone(channels, **config)
+    if arch == "mamba2":
+        from biosig.models.mamba2 import Mamba2Backbone
+
+        return Mamba2Backbone(channels, **config)
     raise ConfigError(f"no backbone for architecture {arch!r} in this biosig; available: {', '.join(ARCHITECTURES)}")
 
 

@@ -56,7 +56,7 @@ class Classifier(nn.Module):
             raise ConfigError(f"config key 'pooling' must be one of {POOLINGS}, got {pooling!r}")
         self.backbone = backbone
         self.pooling = pooling
-        features = pooled_features(pooling, len(backbone.channels), backbone.num_patches, backbone.d_model)
+        features = pooled_features(pooling, backbone.embedding_rows, backbone.num_patches, backbone.d_model)
         self.head = make_head(head, features, n_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

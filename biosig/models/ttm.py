@@ -84,6 +84,14 @@ class TTMBackbone(nn.Module):
         return self.context_length // self.patch_length
 
     @property
+    def embedding_rows(self) -> int:
+        """Rows of the embedding grid [B, rows, patches, d]: one per channel."""
+        return len(self.channels)
+
+    #: common_channel TTM has no channel-dependent tensors; mix_channel ones are inflated by name
+    channel_flexible = True
+
+    @property
     def d_model(self) -> int:
         return int(self.config["d_model"])
 

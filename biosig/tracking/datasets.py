@@ -9,6 +9,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import mlflow
 
@@ -38,7 +39,12 @@ class DatasetConfig(BaseConfig):
     window_s: float = 0.0
     good_fraction: float = 0.24
     channels: list[str] | None = None  # npz files without a channels array
-    fs: float | None = None  # npz files without fs
+    fs: float | None = None  # npz files without fs; Muse CSV sampling rate (default 256)
+    labels: str = ""  # Muse: participants CSV with Participant,Remission (default DIR/participants.csv)
+    subs_per_parent: int = 4  # Muse: consecutive sub-windows per parent window
+    preprocess: str = ""  # butppg:/vitaldb: sources: preprocessing YAML (resampling, filters, gates)
+    missing_acc: Literal["exclude", "zero"] = "exclude"  # BUT PPG records without ACC
+    ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
     context: str = "primary"  # MLflow dataset input context
 
     def validate(self) -> None:
@@ -46,13 +52,16 @@ class DatasetConfig(BaseConfig):
         require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
         for key in ("n_subjects", "windows_per_subject", "window_s"):
             require_range(key, getattr(self, key), 0)
+        require_range("subs_per_parent", self.subs_per_parent, 1)
         if self.output and not self.output.endswith(".parquet"):
             raise ConfigError(f"config key 'output' must end in .parquet, got {self.output!r}")
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(n_subjects=self.n_subjects, windows_per_subject=self.windows_per_subject,
                              window_s=self.window_s, good_fraction=self.good_fraction,
-                             channels=self.channels, fs=self.fs, seed=self.seed)
+                             channels=self.channels, fs=self.fs, labels=self.labels,
+                             subs_per_parent=self.subs_per_parent, preprocess=self.preprocess,
+                             missing_acc=self.missing_acc, ppg_colour=self.ppg_colour, seed=self.seed)
 
 
 @dataclasses.dataclass
@@ -101,18 +110,34 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
 
 
-def _log_data_errors(ctx: RunContext, errors: list[FileError]) -> None:
-    """Unreadable files do not fail the run: they are listed in dataset/data_errors.csv and tagged."""
+def _log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
+    """Unreadable files do not fail the run: they (kind=error), files read with repairs (kind=warning:
+    dropped NaN rows, gaps) and windows dropped by quality gates (kind=rejected, with counts) are listed in
+    dataset/data_errors.csv, counted in tags, and the rejections logged as `rejected_windows.<reason>`."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data_errors.csv"
         with path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "error"])
-            writer.writerows([e.file, e.error] for e in errors)
+            writer.writerow(["file", "kind", "error", "count"])
+            writer.writerows([e.file, e.kind, e.error, e.count] for e in problems)
         ctx.log_artifact(path, "dataset")
-    ctx.set_tags({"biosig.dataset.errors": len(errors)})
-    print(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
-          f"(first: {errors[0].file}: {errors[0].error})", file=sys.stderr)
+    errors = [e for e in problems if e.kind == "error"]
+    warned = [e for e in problems if e.kind == "warning"]
+    rejected: dict[str, int] = {}
+    for e in problems:
+        if e.kind == "rejected":
+            rejected[e.error] = rejected.get(e.error, 0) + e.count
+    if rejected:
+        ctx.log_metrics({"rejected_windows": sum(rejected.values()),
+                         **{f"rejected_windows.{reason.replace(':', '.')}": n for reason, n in rejected.items()}})
+        print(f"biosig: note: quality gates rejected {sum(rejected.values())} window(s): "
+              + ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+    ctx.set_tags({"biosig.dataset.errors": len(errors), "biosig.dataset.warnings": len(warned)})
+    if errors:
+        print(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
+              f"(first: {errors[0].file}: {errors[0].error})", file=sys.stderr)
+    for problem in warned:
+        print(f"biosig: note: {problem.file}: {problem.error}", file=sys.stderr)
 
 
 def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, context: str) -> None:

@@ -109,6 +109,41 @@ class RunContext:
                 cleanup()
 
 
+class _NoMetrics:
+    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def flush(self, wait: bool = True) -> None:
+        pass
+
+
+class FollowerContext:
+    """The RunContext of a non-leader process in multi-process training (torchrun): the leader (rank 0)
+    owns the one MLflow run, so every tracking call here does nothing and nothing is registered twice."""
+
+    run = None
+    run_id = ""
+    metrics = _NoMetrics()
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        pass
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def on_failure(self, cleanup: Callable[[], None]) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
                 nested: bool = False, parent_run_id: str | None = None) -> Iterator[RunContext]:

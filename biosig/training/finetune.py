@@ -29,7 +29,7 @@ from biosig.config import load_config, require_range
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
 from biosig.data.channels import check_channels
-from biosig.data.splits import manifest_split, subject_split
+from biosig.data.splits import manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import save_checkpoint
@@ -37,18 +37,17 @@ from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, p
 from biosig.models.heads import Classifier
 from biosig.models.inflation import map_channels
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
-from biosig.registry.naming import FINETUNED_SUFFIX
+from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
 from biosig.registry.promotion import PromoteConfig, run_promote
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.registry.pyfunc import log_pyfunc
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
+from biosig.tracking.splits import SPLIT_DIGEST_TAG
 from biosig.training import loop
-from biosig.training.metrics import SELECTION_METRICS, classification_metrics, collapsed_classes
+from biosig.training.metrics import aggregate_by_subject, classification_metrics, collapsed_classes
 from biosig.training.plots import confusion_png, roc_png
-from biosig.training.pretrain import PretrainConfig
-
-COLLAPSE_TAG = "biosig.warning"
+from biosig.training.pretrain import WARNING_TAG, PretrainConfig
 
 
 @dataclasses.dataclass
@@ -62,7 +61,7 @@ class FinetuneConfig(loop.LoopConfig):
     channels: list[str] | None = None  # default: every channel of the data, in its order
     checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
     pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
-    arch: Literal["ttm"] = "ttm"
+    arch: Literal["auto", "ttm", "mamba2"] = "auto"  # auto: the pretrain config's (checkpoint=auto) or any
     context_fit: ContextFit = "crop"
     head: Literal["linear", "mlp"] = "linear"
     head_dropout: float = 0.1
@@ -73,6 +72,10 @@ class FinetuneConfig(loop.LoopConfig):
     unfreeze_last_n: int = 2
     class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
     selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
+    # Window probabilities aggregated per participant (subject): metrics at both levels are logged as
+    # {split}_window_* and {split}_participant_*; plain {split}_* are those of `selection_level`.
+    aggregate: Literal["none", "mean", "median", "vote"] = "none"
+    selection_level: Literal["window", "participant"] = "window"
     patience: int = 3
     collapse_threshold: float = 0.1
     val_fraction: float = 0.2
@@ -83,8 +86,14 @@ class FinetuneConfig(loop.LoopConfig):
     promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
     policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
 
+    @classmethod
+    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return FINETUNE_MAMBA2_PRESET if _requested_arch(values) == "mamba2" else {}
+
     def validate(self) -> None:
         super().validate()
+        if self.selection_level == "participant" and self.aggregate == "none":
+            raise ConfigError("config key 'selection_level' participant needs aggregate=mean, median or vote")
         if self.promote and not self.register:
             raise ConfigError("config key 'promote' needs register=true: only registered versions are promoted")
         if self.channels is not None:
@@ -103,6 +112,31 @@ class FinetuneConfig(loop.LoopConfig):
 
     def auto_name(self) -> str:
         return load_config(PretrainConfig, self.pretrain_config or None).model_name()
+
+    def expected_arch(self) -> str | None:
+        """The architecture the checkpoint must have: `arch`, else the pretrain config's for
+        checkpoint=auto, else any."""
+        if self.arch != "auto":
+            return self.arch
+        if self.checkpoint == "auto":
+            return load_config(PretrainConfig, self.pretrain_config or None).arch
+        return None
+
+
+#: Defaults when the checkpoint is a Mamba-2 EEG model (remission: a participant-level label).
+FINETUNE_MAMBA2_PRESET: dict[str, Any] = {"data": "synthetic:eeg", "selection_metric": "f1", "aggregate": "mean",
+                                          "batch_size": 32}
+
+
+def _requested_arch(values: dict[str, Any]) -> str | None:
+    """The architecture named by `arch`, the pretrain config file or a conventional checkpoint name."""
+    if values.get("arch") not in (None, "auto"):
+        return values["arch"]
+    checkpoint = str(values.get("checkpoint", "auto"))
+    if checkpoint == "auto":
+        return load_config(PretrainConfig, values.get("pretrain_config") or None).arch
+    name = checkpoint.removeprefix("models:/").split("@")[0].split("/")[0]
+    return parse_name(name).arch if is_conventional(name) else None
 
 
 @dataclasses.dataclass
@@ -137,7 +171,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
     if config.checkpoint == "auto" and auto_name is None:
         auto_name = config.auto_name()
     with tracked_run("finetune", config, nested=nested) as ctx, tempfile.TemporaryDirectory(prefix="biosig-ft-") as tmp:
-        parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.arch)
+        parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
         ctx.set_tags(parent.lineage())
         print(f"finetune from {parent.describe()}")
         parent_name = parent.name or parent.meta.get("name", "")
@@ -145,7 +179,8 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="training")
         data = prepare_data(logged.windows, logged.name, config, parent)
-        ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
+        ctx.set_tags({TEST_DIGEST_TAG: data.test_digest,
+                      **({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)} if config.split_manifest else {})})
         device = loop.resolve_device(config.device)
         generator = loop.seed_everything(config.seed)
         model, masks = build_model(ctx, parent, data, config)
@@ -192,7 +227,7 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
     for split, part in splits.items():
         selected = select_channels(part.signals, ws.channels, channels, where)
         x[split] = fit_context(selected, ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
-                               policy=config.context_fit, where=where)
+                               policy=config.context_fit, where=where, patch_length=parent.meta["patch_length"])
     stats = ChannelStats.fit(x["train"], channels)
     return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
                  subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
@@ -204,14 +239,23 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
     from safetensors.torch import load_file
 
     spec = parent.meta["backbone"]
-    backbone = build_backbone(spec["arch"], data.channels, spec["config"])
+    try:
+        backbone = build_backbone(spec["arch"], data.channels, spec["config"])
+    except ConfigError as exc:
+        raise TrainingError(f"checkpoint {parent.uri}: its biosig.json describes a {spec['arch']} backbone that "
+                            f"cannot be built: {exc}") from None
+    if not backbone.channel_flexible and data.channels != parent.meta["channels"]:
+        raise TrainingError(f"checkpoint {parent.uri} embeds all channels of {parent.meta['channels']} jointly "
+                            f"(tokenization=joint) and cannot take channels {data.channels}: select exactly those "
+                            "channels, in that order (config key 'channels'), or pretrain with per_channel tokens")
     pretrained = load_file(Path(parent.path) / "model.safetensors")
     mapping = map_channels(pretrained, backbone.state_dict(), parent.meta["channels"], data.channels)
     try:
         backbone.load_state_dict(mapping.state_dict, strict=True)
     except RuntimeError as exc:
         raise TrainingError(f"checkpoint {parent.uri} does not fit a {spec['arch']} backbone: {exc}") from None
-    print(f"  channel mapping ({spec['config'].get('mode', '?')}): {mapping.describe()}")
+    layout = spec["config"].get("mode") or spec["config"].get("tokenization", "?")
+    print(f"  channel mapping ({layout}): {mapping.describe()}")
     ctx.set_tags({"biosig.channel_mapping": mapping.describe()})
     model = Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
                        pooling=config.pooling)
@@ -332,17 +376,24 @@ class Trainer:
             probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
         prob = np.concatenate(probs)
         y_true = self.data.y[split]
-        metrics = {"loss": sum(losses) / len(y_true), **classification_metrics(y_true, prob, self.data.class_names)}
-        if not math.isfinite(metrics["loss"]):
-            raise TrainingError(f"{split} loss is {metrics['loss']} at epoch {self.epoch}: lower lr or set amp=off")
-        return metrics, prob
+        loss = sum(losses) / len(y_true)
+        if not math.isfinite(loss):
+            raise TrainingError(f"{split} loss is {loss} at epoch {self.epoch}: lower lr or set amp=off")
+        window = classification_metrics(y_true, prob, self.data.class_names)
+        if self.config.aggregate == "none":
+            return {"loss": loss, **window}, prob
+        _, y_subject, p_subject = aggregate_by_subject(self.data.subject[split], y_true, prob, self.config.aggregate)
+        participant = classification_metrics(y_subject, p_subject, self.data.class_names)
+        selected = participant if self.config.selection_level == "participant" else window
+        return {"loss": loss, **selected, **{f"window_{k}": v for k, v in window.items()},
+                **{f"participant_{k}": v for k, v in participant.items()}}, prob
 
     def _check_collapse(self) -> None:
         metrics = self.history[-1]
         val = {k[len("val_"):]: v for k, v in metrics.items() if k.startswith("val_")}
         self.collapsed = collapsed_classes(val, self.data.class_names, self.config.collapse_threshold)
         if self.collapsed:
-            self.ctx.set_tags({COLLAPSE_TAG: "mode_collapse", "biosig.collapsed_classes": ",".join(self.collapsed)})
+            self.ctx.set_tags({WARNING_TAG: "mode_collapse", "biosig.collapsed_classes": ",".join(self.collapsed)})
             print("!" * 78)
             print(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
                   f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
@@ -366,6 +417,13 @@ class Trainer:
                                     "y_pred": prob.argmax(axis=1), "prob": list(prob.astype(np.float32))})
         predictions.to_parquet(tmp / "predictions.parquet", index=False)
         self.ctx.log_artifact(tmp / "predictions.parquet", "evaluation")
+        if self.config.aggregate != "none":
+            subjects, y_subject, p_subject = aggregate_by_subject(self.data.subject["test"], y_true, prob,
+                                                                  self.config.aggregate)
+            pd.DataFrame({"subject": subjects, "y_true": y_subject, "y_pred": p_subject.argmax(axis=1),
+                          "prob": list(p_subject.astype(np.float32))}).to_parquet(tmp / "participant_predictions.parquet",
+                                                                                  index=False)
+            self.ctx.log_artifact(tmp / "participant_predictions.parquet", "evaluation")
         print(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
               f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
         return metrics

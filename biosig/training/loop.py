@@ -6,14 +6,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import random
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from biosig.config import BaseConfig, require_range
 from biosig.errors import ConfigError, TrainingError
@@ -63,10 +64,67 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
 
 
 def loader(arrays: Iterable[np.ndarray], batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-           drop_last: bool = False) -> DataLoader:
-    tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in arrays]
-    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      drop_last=drop_last)
+           drop_last: bool = False, dist: "Distributed | None" = None, seed: int = 0) -> DataLoader:
+    """Batches of tensors; under multi-process training (`dist.active`) each process gets its shard
+    (DistributedSampler, reshuffled per epoch by `set_epoch`)."""
+    dataset = TensorDataset(*[torch.from_numpy(np.ascontiguousarray(a)) for a in arrays])
+    if dist is not None and dist.active:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size, rank=dist.rank, shuffle=shuffle,
+                                     seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+
+
+@dataclasses.dataclass(frozen=True)
+class Distributed:
+    """This process's place in multi-process training started by torchrun (WORLD_SIZE, RANK, LOCAL_RANK)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def device(self, spec: str) -> torch.device:
+        device = resolve_device(spec)
+        return torch.device("cuda", self.local_rank) if self.active and device.type == "cuda" else device
+
+    def mean(self, total: float, count: int) -> float:
+        """sum(total) / sum(count) over all processes."""
+        if not self.active:
+            return total / count
+        values = torch.tensor([total, float(count)], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        return float(values[0] / values[1])
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
+
+
+@contextlib.contextmanager
+def distributed(device: str) -> Iterator[Distributed]:
+    """A process group when started by torchrun with more than one process (gloo on CPU, nccl on CUDA);
+    a single-process Distributed() otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1 or not torch.distributed.is_available():
+        yield Distributed()
+        return
+    info = Distributed(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    on_cuda = info.device(device).type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(info.local_rank)
+    torch.distributed.init_process_group("nccl" if on_cuda else "gloo")
+    try:
+        yield info
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def optimizer_and_schedule(groups: list[dict[str, Any]], lr: float, weight_decay: float, total_steps: int,

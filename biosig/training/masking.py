@@ -51,3 +51,56 @@ class PatchReconstructionHead(nn.Module):
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         return self.proj(embeddings)
+
+
+def prediction_variance_ratio(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """var(prediction) / var(target) over the scored values: near 0 means the model predicts the mean
+    (the known failure of masked reconstruction), near 1 means it reproduces the signal's spread."""
+    prediction, target = prediction.detach().float(), target.detach().float()
+    return prediction.var() / target.var().clamp_min(1e-12)
+
+
+class MaskedTokenModel(nn.Module):
+    """Masked-token reconstruction for token backbones (`embed`, `encode`, `token_values`,
+    `token_positions`, e.g. Mamba-2). Loss on masked tokens only.
+
+    `mae`: masked tokens are removed from the encoder input; a light decoder (`decoder_layers` layers
+    built by `make_layer`) sees the encoded visible tokens plus a learned mask token at every masked
+    slot, each with the slot's position embedding. `bert`: masked tokens' content is replaced by a
+    learned mask token (positions kept) and the whole sequence is encoded; a linear head reconstructs.
+    """
+
+    def __init__(self, backbone: nn.Module, masking_style: str, mask_ratio: float, decoder_layers: int = 1,
+                 make_layer=None) -> None:
+        super().__init__()
+        if masking_style not in ("mae", "bert"):
+            raise ConfigError(f"config key 'masking_style' must be 'mae' or 'bert', got {masking_style!r}")
+        if not 0 < mask_ratio < 1:
+            raise ConfigError(f"config key 'mask_ratio' must be in (0, 1), got {mask_ratio}")
+        d = backbone.d_model
+        self.backbone, self.style, self.mask_ratio = backbone, masking_style, mask_ratio
+        self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
+        if masking_style == "mae":
+            self.decoder_positions = nn.Parameter(torch.randn(backbone.num_tokens, d) * 0.02)
+            self.decoder = nn.Sequential(*(make_layer() for _ in range(decoder_layers)), nn.RMSNorm(d, eps=1e-5))
+        self.head = nn.Linear(d, backbone.token_width)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(masked MSE, prediction/target variance ratio) for one batch of windows [B, C, T]."""
+        target = self.backbone.token_values(x)  # [B, N, W]
+        b, n, _ = target.shape
+        mask = random_patch_mask((b, 1, n), self.mask_ratio, generator=generator).to(x.device)[:, 0]  # [B, N]
+        content = self.backbone.patch_embed(target)
+        positions = self.backbone.token_positions()
+        if self.style == "bert":
+            content = torch.where(mask[..., None], self.mask_token.to(content.dtype), content)
+            prediction = self.head(self.backbone.encode(content + positions))
+        else:
+            n_visible = int((~mask[0]).sum())
+            visible = torch.argsort(mask.to(torch.int8), dim=1, stable=True)[:, :n_visible]  # ascending slots
+            index = visible[..., None].expand(-1, -1, content.shape[-1])
+            encoded = self.backbone.encode((content + positions).gather(1, index))
+            slots = self.mask_token.to(encoded.dtype).expand(b, n, -1).scatter(1, index, encoded)
+            prediction = self.head(self.decoder(slots + self.decoder_positions))
+        prediction, target = prediction[mask].float(), target[mask].float()
+        return nn.functional.mse_loss(prediction, target), prediction_variance_ratio(prediction, target)

@@ -60,3 +60,25 @@ def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
 def collapsed_classes(metrics: dict[str, float], class_names: list[str], threshold: float) -> list[str]:
     """Classes whose recall is below `threshold`: the model (nearly) never predicts them."""
     return [name for name in class_names if metrics[f"recall.{name}"] < threshold]
+
+
+def aggregate_by_subject(subject: np.ndarray, y_true: np.ndarray, prob: np.ndarray,
+                         how: str = "mean") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Window probabilities [N, K] -> one row per subject: (subjects, label, probabilities).
+
+    `mean`/`median` of the window probabilities, or `vote`: the share of windows predicting each class.
+    The subject's label is its most frequent window label (participant-level labels such as remission
+    are the same on every window)."""
+    subjects, inverse = np.unique(subject, return_inverse=True)
+    k = prob.shape[1]
+    if how == "vote":
+        values = np.eye(k)[prob.argmax(axis=1)]
+    elif how in ("mean", "median"):
+        values = prob
+    else:
+        raise ValueError(f"aggregate must be mean, median or vote, got {how!r}")
+    reduce = np.median if how == "median" else np.mean
+    out = np.stack([reduce(values[inverse == i], axis=0) for i in range(len(subjects))])
+    out = out / out.sum(axis=1, keepdims=True)
+    labels = np.array([np.bincount(y_true[inverse == i], minlength=k).argmax() for i in range(len(subjects))])
+    return subjects, labels, out

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -27,21 +26,35 @@ import biosig
 from biosig.config import require_range
 from biosig.data import SourceOptions
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
-from biosig.data.channels import check_channels
+from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
 from biosig.data.splits import subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
+from biosig.models.mamba2 import MAMBA2_DEFAULTS, Mamba2Layer, check_mamba2_config
 from biosig.models.ttm import check_patching
-from biosig.registry.naming import parse_name, ttm_name
+from biosig.registry.naming import mamba2_name, parse_name, ttm_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
-from biosig.tracking.datasets import use_dataset
-from biosig.tracking.run import RunContext, tracked_run
+from biosig.data.naming import dataset_name
+from biosig.tracking.datasets import LoggedDataset, use_dataset
+from biosig.data.sources import load_source
+from biosig.tracking.run import FollowerContext, RunContext, tracked_run
 from biosig.training import loop
-from biosig.training.masking import PatchReconstructionHead, apply_mask, masked_mse, patchify, random_patch_mask
+from biosig.training.masking import (MaskedTokenModel, PatchReconstructionHead, apply_mask, masked_mse, patchify,
+                                     prediction_variance_ratio, random_patch_mask)
 
-BACKBONE_KEYS = ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode")
-HISTORY_METRICS = ("train_loss", "val_loss", "lr")
+BACKBONE_KEYS = {
+    "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
+    "mamba2": ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim",
+               "chunk_size", "tokenization", "bidirectional", "dropout"),
+}
+WARNING_TAG = "biosig.warning"  # mode_collapse (finetune), mean_collapse (pretrain)
+HISTORY_METRICS = ("train_loss", "val_loss", "val_pred_var_ratio", "lr")
+#: Defaults that follow from arch=mamba2 (the Muse EEG model of the product brief) unless set explicitly.
+MAMBA2_PRESET: dict[str, Any] = {
+    "data": "synthetic:eeg", "channels": MUSE_CHANNELS, "context_length": 2048, "patch_length": 16,
+    "d_model": 256, "num_layers": 2, "mask_ratio": 0.2, "dropout": 0.0, "batch_size": 32, "epochs": 3,
+}
 
 
 @dataclasses.dataclass
@@ -53,40 +66,66 @@ class PretrainConfig(loop.LoopConfig):
     windows_per_subject: int = 0
     data_dir: str = "data"  # where synthetic/npz sources are written as parquet
     channels: list[str] = dataclasses.field(default_factory=lambda: ["PPG", "ECG"])
-    arch: Literal["ttm"] = "ttm"
+    arch: Literal["ttm", "mamba2"] = "ttm"  # mamba2 switches the defaults to MAMBA2_PRESET (Muse EEG)
     context_length: int = 1024
     patch_length: int = 128
     d_model: int = 64
     num_layers: int = 3
-    expansion_factor: int = 2
+    expansion_factor: int = 2  # ttm
     dropout: float = 0.1
-    mode: Literal["common_channel", "mix_channel"] = "common_channel"
-    objective: Literal["mae", "fcst"] = "mae"
+    mode: Literal["common_channel", "mix_channel"] = "common_channel"  # ttm
+    objective: Literal["mae", "fcst"] = "mae"  # mae: masked reconstruction; fcst (ttm only): forecasting
     mask_ratio: float = 0.4
+    masking_style: Literal["mae", "bert"] = "mae"  # mamba2: masked tokens removed (mae) or replaced (bert)
     prediction_length: int = 96
+    d_state: int = MAMBA2_DEFAULTS["d_state"]  # mamba2
+    expand: int = MAMBA2_DEFAULTS["expand"]  # mamba2
+    headdim: int = MAMBA2_DEFAULTS["headdim"]  # mamba2
+    chunk_size: int = MAMBA2_DEFAULTS["chunk_size"]  # mamba2
+    tokenization: Literal["per_channel", "joint"] = "per_channel"  # mamba2
+    bidirectional: bool = True  # mamba2: add a reverse-direction mixer per layer
+    decoder_layers: int = 1  # mamba2 mae: the light decoder's depth
+    collapse_ratio: float = 0.02  # warn when val prediction/target variance falls below this
     context_fit: ContextFit = "crop_or_pad"
     epochs: int = 10
     val_fraction: float = 0.2
     register: bool = True
     resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
 
+    @classmethod
+    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return MAMBA2_PRESET if values.get("arch") == "mamba2" else {}
+
     def validate(self) -> None:
         super().validate()
         check_channels(self.channels, "config key 'channels'")
-        check_patching(self.context_length, self.patch_length)
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)
-        for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length"):
+        require_range("collapse_ratio", self.collapse_ratio, 0, 1)
+        for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length", "decoder_layers"):
             require_range(key, getattr(self, key), 1)
+        if self.arch == "ttm":
+            check_patching(self.context_length, self.patch_length)
+            if self.masking_style != "mae":
+                raise ConfigError(f"config key 'masking_style' {self.masking_style!r} needs arch=mamba2: TTM's "
+                                  "masked reconstruction fills masked patches in the input")
+        else:
+            check_mamba2_config(self.backbone_config())
+            if self.objective != "mae":
+                raise ConfigError(f"config key 'objective' {self.objective!r} is TTM-only: arch=mamba2 pretrains by "
+                                  "masked-token reconstruction (objective=mae, masking_style mae or bert)")
 
     def model_name(self) -> str:
+        if self.arch == "mamba2":
+            return mamba2_name(modality=infer_modality(self.channels), d_model=self.d_model,
+                               num_layers=self.num_layers, mask_ratio=self.mask_ratio, masking_style=self.masking_style)
         return ttm_name(channels=self.channels, context_length=self.context_length, patch_length=self.patch_length,
                         objective=self.objective, mask_ratio=self.mask_ratio,
                         prediction_length=self.prediction_length, mode=self.mode)
 
     def backbone_config(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in BACKBONE_KEYS}
+        return {key: getattr(self, key) for key in BACKBONE_KEYS[self.arch]}
 
     @property
     def window_length(self) -> int:
@@ -113,16 +152,27 @@ class PretrainModel(nn.Module):
         self.head = (PatchReconstructionHead(backbone.d_model, backbone.patch_length) if config.objective == "mae"
                      else ForecastHead(backbone.num_patches, backbone.d_model, config.prediction_length))
 
-    def loss(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, prediction/target variance ratio) for one batch of windows."""
         if self.objective == "fcst":
             context = self.backbone.context_length
-            prediction = self.head(self.backbone(x[..., :context]))
-            return nn.functional.mse_loss(prediction.float(), x[..., context:].float())
+            prediction, target = self.head(self.backbone(x[..., :context])).float(), x[..., context:].float()
+            return nn.functional.mse_loss(prediction, target), prediction_variance_ratio(prediction, target)
         patch = self.backbone.patch_length
         mask = random_patch_mask((x.shape[0], x.shape[1], x.shape[2] // patch), self.mask_ratio,
                                  generator=generator).to(x.device)
-        prediction = self.head(self.backbone(apply_mask(x, mask, patch)))
-        return masked_mse(prediction.float(), patchify(x, patch).float(), mask)
+        prediction, target = self.head(self.backbone(apply_mask(x, mask, patch))).float(), patchify(x, patch).float()
+        return masked_mse(prediction, target, mask), prediction_variance_ratio(prediction[mask], target[mask])
+
+
+def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
+    """Backbone + self-supervised objective: forward(x, generator) -> (loss, variance ratio)."""
+    backbone = build_backbone(config.arch, channels, config.backbone_config())
+    if config.arch == "ttm":
+        return PretrainModel(backbone, config)
+    mixer = {k: backbone.config[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
+    return MaskedTokenModel(backbone, config.masking_style, config.mask_ratio, config.decoder_layers,
+                            make_layer=lambda: Mamba2Layer(backbone.d_model, True, 0.0, **mixer))
 
 
 @dataclasses.dataclass
@@ -136,111 +186,172 @@ class PretrainResult:
 
 
 def pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
-    """The `pretrain` command: one run, one checkpoint, one registered version (unless register=false)."""
+    """The `pretrain` command: one run, one checkpoint, one registered version (unless register=false).
+
+    Under torchrun with several processes the model trains with DDP (gloo on CPU, nccl on CUDA), each
+    process on its shard of the training windows; rank 0 owns the MLflow run, validation, the checkpoint
+    and the registration, so N processes still make one run and one registered version."""
     name = config.model_name()
-    with tracked_run("pretrain", config, nested=nested, tags={"biosig.model_name": name}) as ctx, \
-            tempfile.TemporaryDirectory(prefix="biosig-pretrain-") as tmp:
-        work = Path(tmp)
-        previous = _fetch_resume(ctx, config, work) if config.resume else None  # fail before any data work
-        device = loop.resolve_device(config.device)
-        logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
-                             windows_per_subject=config.windows_per_subject, seed=config.seed),
-                             output_dir=config.data_dir, context="training")
-        ws = logged.windows
-        splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
-        arrays = {split: fit_context(select_channels(part.signals, ws.channels, config.channels, logged.name), ws.fs,
-                                     target_length=config.window_length, target_fs=ws.fs,
-                                     policy=config.context_fit, where=logged.name)
-                  for split, part in splits.items() if split != "test"}
-        stats = ChannelStats.fit(arrays["train"], config.channels)
-        arrays = {split: stats.apply(x) for split, x in arrays.items()}
-        generator = loop.seed_everything(config.seed)
-        model = PretrainModel(build_backbone(config.arch, config.channels, config.backbone_config()), config).to(device)
-        train_loader = loop.loader([arrays["train"]], config.batch_size, shuffle=True, generator=generator)
-        val_loader = loop.loader([arrays["val"]], config.batch_size, shuffle=False)
-        optimizer, scheduler = loop.optimizer_and_schedule(
-            [{"params": list(model.parameters())}], config.lr, config.weight_decay,
-            config.epochs * len(train_loader), config.warmup_fraction)
-        meta = _meta(config, name, ws.fs, stats, logged, ctx.run_id)
-        n_params = sum(p.numel() for p in model.backbone.parameters())
-        ctx.log_metrics({"backbone_params": n_params, "train_windows": len(arrays["train"]),
-                         "val_windows": len(arrays["val"])})
+    with loop.distributed(config.device) as dist, tempfile.TemporaryDirectory(prefix="biosig-pretrain-") as tmp:
+        if dist.active and config.resume:
+            raise ConfigError("config key 'resume' continues a run in one process: start it without torchrun")
+        if not dist.leader:
+            return _pretrain(FollowerContext(), config, name, dist, Path(tmp))
+        tags = {"biosig.model_name": name, **({"biosig.world_size": dist.world_size} if dist.active else {})}
+        with tracked_run("pretrain", config, nested=nested, tags=tags) as ctx:
+            return _pretrain(ctx, config, name, dist, Path(tmp))
+
+
+def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: str, dist: loop.Distributed,
+              work: Path) -> PretrainResult:
+    previous = _fetch_resume(ctx, config, work) if config.resume else None  # fail before any data work
+    device = dist.device(config.device)
+    logged = _load_data(ctx, config, dist)
+    ws = logged.windows
+    splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
+    arrays = {split: fit_context(select_channels(part.signals, ws.channels, config.channels, logged.name), ws.fs,
+                                 target_length=config.window_length, target_fs=ws.fs, policy=config.context_fit,
+                                 where=logged.name, patch_length=config.patch_length)
+              for split, part in splits.items() if split != "test"}
+    stats = ChannelStats.fit(arrays["train"], config.channels)
+    arrays = {split: stats.apply(x) for split, x in arrays.items()}
+    generator = loop.seed_everything(config.seed)
+    model = pretrain_model(config, config.channels).to(device)
+    train_loader = loop.loader([arrays["train"]], config.batch_size, shuffle=True, generator=generator, dist=dist,
+                               seed=config.seed)
+    val_loader = loop.loader([arrays["val"]], config.batch_size, shuffle=False)
+    if dist.active:  # different masks per process; DDP copies rank 0's initial weights to all
+        generator.manual_seed(config.seed * 1000 + dist.rank)
+    optimizer, scheduler = loop.optimizer_and_schedule(
+        _decay_groups(model), config.lr, config.weight_decay, config.epochs * len(train_loader),
+        config.warmup_fraction)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
+    meta = _meta(config, name, ws.fs, stats, logged, ctx.run_id, model.backbone)
+    n_params = sum(p.numel() for p in model.backbone.parameters())
+    ctx.log_metrics({"backbone_params": n_params, "train_windows": len(arrays["train"]),
+                     "val_windows": len(arrays["val"])})
+    if dist.leader:
         print(f"pretrain {name}: {n_params:,} backbone parameters, {len(arrays['train'])} train / "
-              f"{len(arrays['val'])} val windows of {logged.name}, device {device}, run {ctx.run_id}")
-        state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "history": []}
-        if previous is not None:
-            state = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
-        for epoch in range(state["epoch"] + 1, config.epochs + 1):
-            started = time.perf_counter()
-            train_loss = _train_epoch(model, train_loader, optimizer, scheduler, generator, device, config, epoch)
-            val_loss = _evaluate(model, val_loader, device, config)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": scheduler.get_last_lr()[0]}
-            state["history"].append(row)
-            ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
-            improved = val_loss < state["best_val_loss"]
-            if improved:
-                state.update(best_val_loss=val_loss, best_epoch=epoch)
-                _save(work / "checkpoint", model.backbone.state_dict(), meta, epoch=epoch, val_loss=val_loss)
-                ctx.log_artifacts(work / "checkpoint", "checkpoint")
-            state["epoch"] = epoch
-            _save_last(work / "last", model, optimizer, scheduler, generator, meta, state)
-            ctx.log_artifacts(work / "last", "last")
-            print(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}"
-                  f"{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
-        ctx.metrics.flush()
-        ctx.log_dict(state["history"], "history.json")
-        if state["best_epoch"] == 0:
-            raise TrainingError(f"run {config.resume} already trained {state['epoch']} epochs and no best "
-                                "checkpoint exists; raise epochs to continue")
-        ctx.set_tags({"biosig.best_epoch": state["best_epoch"]})
-        version = _register(ctx, config, name, logged, state) if config.register else None
-        return PretrainResult(ctx.run_id, name, version, state["best_epoch"], state["best_val_loss"], state["history"])
+              f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
+              f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "best_ratio": math.nan, "history": []}
+    if previous is not None:
+        state = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        started = time.perf_counter()
+        train_loss = _train_epoch(trained, train_loader, optimizer, scheduler, generator, device, config, epoch, dist)
+        state["epoch"] = epoch
+        if not dist.leader:
+            continue
+        val_loss, ratio = _evaluate(model, val_loader, device, config)
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
+               "lr": scheduler.get_last_lr()[0]}
+        state["history"].append(row)
+        ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
+        improved = val_loss < state["best_val_loss"]
+        if improved:
+            state.update(best_val_loss=val_loss, best_epoch=epoch, best_ratio=ratio)
+            _save(work / "checkpoint", model.backbone.state_dict(), meta, epoch=epoch, val_loss=val_loss)
+            ctx.log_artifacts(work / "checkpoint", "checkpoint")
+        _save_last(work / "last", model, optimizer, scheduler, generator, meta, state)
+        ctx.log_artifacts(work / "last", "last")
+        print(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+              f"pred/target var {ratio:.3f}{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
+    if not dist.leader:
+        return PretrainResult("", name, None, 0, math.nan, [])
+    ctx.metrics.flush()
+    ctx.log_dict(state["history"], "history.json")
+    if state["best_epoch"] == 0:
+        raise TrainingError(f"run {config.resume} already trained {state['epoch']} epochs and no best "
+                            "checkpoint exists; raise epochs to continue")
+    ctx.set_tags({"biosig.best_epoch": state["best_epoch"]})
+    _check_mean_collapse(ctx, state["best_ratio"], config.collapse_ratio)
+    version = _register(ctx, config, name, logged, state) if config.register else None
+    return PretrainResult(ctx.run_id, name, version, state["best_epoch"], state["best_val_loss"], state["history"])
 
 
-def _train_epoch(model: PretrainModel, batches, optimizer, scheduler, generator, device, config, epoch) -> float:
+def _load_data(ctx: RunContext | FollowerContext, config: PretrainConfig, dist: loop.Distributed) -> LoggedDataset:
+    """The leader logs the dataset (and writes its parquet); other processes read the same source."""
+    options = SourceOptions(n_subjects=config.n_subjects, windows_per_subject=config.windows_per_subject,
+                            seed=config.seed)
+    if dist.leader:
+        return use_dataset(ctx, config.data, options, output_dir=config.data_dir, context="training")
+    ws = load_source(config.data, options)
+    return LoggedDataset(name=dataset_name(ws), path=Path(config.data), digest=ws.digest, run_id="", windows=ws)
+
+
+def _decay_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """AdamW groups: parameters marked `_no_weight_decay` (Mamba-2's A_log, D, dt_bias) get none."""
+    params = list(model.parameters())
+    exempt = [p for p in params if getattr(p, "_no_weight_decay", False)]
+    groups = [{"params": [p for p in params if not getattr(p, "_no_weight_decay", False)]}]
+    return groups + ([{"params": exempt, "weight_decay": 0.0}] if exempt else [])
+
+
+def _check_mean_collapse(ctx: RunContext, ratio: float, threshold: float) -> None:
+    """Masked reconstruction's known failure: predicting the mean (variance ratio near 0)."""
+    if not ratio < threshold:
+        return
+    ctx.set_tags({WARNING_TAG: "mean_collapse", "biosig.pred_var_ratio": f"{ratio:.4g}"})
+    print("!" * 78)
+    print(f"!! MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
+          f"(< {threshold}).")
+    print("!! The model predicts (nearly) the mean; the embeddings are unlikely to be useful. Try a lower mask_ratio,")
+    print("!! a higher lr or more epochs. The run is tagged biosig.warning=mean_collapse.")
+    print("!" * 78)
+
+
+def _train_epoch(model: nn.Module, batches, optimizer, scheduler, generator, device, config, epoch,
+                 dist: loop.Distributed) -> float:
     model.train()
+    if dist.active:
+        batches.sampler.set_epoch(epoch)
     total, count = 0.0, 0
     for i, (x,) in enumerate(batches):
         x = x.to(device, non_blocking=True)
         with loop.autocast(device, config.amp):
-            loss = model.loss(x, generator)
+            loss, _ = model(x, generator)
         loop.check_finite(loss, f"epoch {epoch} step {i + 1}")
         loop.step(model, loss, optimizer, scheduler, config.grad_clip)
         total += loss.item() * len(x)
         count += len(x)
-    return total / count
+    return dist.mean(total, count)
 
 
 @torch.no_grad()
-def _evaluate(model: PretrainModel, batches, device, config) -> float:
-    """Val loss with the same masks every epoch (a fixed generator), so epochs are comparable."""
+def _evaluate(model: nn.Module, batches, device, config) -> tuple[float, float]:
+    """Val loss and prediction/target variance ratio with the same masks every epoch (a fixed
+    generator), so epochs are comparable."""
     model.eval()
     generator = torch.Generator().manual_seed(config.seed + 1)
-    total, count = 0.0, 0
+    total, ratio_total, count = 0.0, 0.0, 0
     for (x,) in batches:
         x = x.to(device, non_blocking=True)
         with loop.autocast(device, config.amp):
-            loss = model.loss(x, generator)
+            loss, ratio = model(x, generator)
         total += loss.item() * len(x)
+        ratio_total += ratio.item() * len(x)
         count += len(x)
     loss = total / count
     if not math.isfinite(loss):
         raise TrainingError(f"validation loss is {loss}: lower lr or check the data for extreme values")
-    return loss
+    return loss, ratio_total / count
 
 
-def _meta(config: PretrainConfig, name: str, fs: float, stats: ChannelStats, logged, run_id: str) -> dict[str, Any]:
+def _meta(config: PretrainConfig, name: str, fs: float, stats: ChannelStats, logged, run_id: str,
+          backbone: nn.Module) -> dict[str, Any]:
     return {
         "kind": "pretrained",
         "name": name,
-        "backbone": {"arch": config.arch, "channels": list(config.channels), "config": config.backbone_config()},
+        "backbone": backbone.describe(),
         "channels": list(config.channels),
         "fs": fs,
         "context_length": config.context_length,
         "patch_length": config.patch_length,
         "normalisation": stats.to_dict(),
         "objective": {"type": config.objective, "mask_ratio": config.mask_ratio,
+                      "masking_style": config.masking_style if config.arch == "mamba2" else "fill",
                       "prediction_length": config.prediction_length},
         "provenance": {"run_id": run_id, "dataset": logged.name, "dataset_digest": logged.digest,
                        "dataset_uri": str(Path(logged.path).resolve()), "biosig_version": biosig.__version__},
@@ -301,12 +412,14 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
         ctx.log_artifacts(work / "checkpoint", "checkpoint")
     history = yaml.safe_load(saved["history"]) or []
     for row in history:  # the whole curve in one run
-        ctx.log_metrics({k: row[k] for k in HISTORY_METRICS}, step=row["epoch"])
+        ctx.log_metrics({k: row[k] for k in HISTORY_METRICS if k in row}, step=row["epoch"])
     ctx.set_tags({"biosig.resumed_from": run_id, "biosig.resumed_at_epoch": saved["epoch"]})
     print(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
           f"val_loss {saved['best_val_loss']:.4f})")
+    best_ratio = next((row.get("val_pred_var_ratio", math.nan) for row in history
+                       if row["epoch"] == saved["best_epoch"]), math.nan)
     return {"epoch": int(saved["epoch"]), "best_val_loss": float(saved["best_val_loss"]),
-            "best_epoch": int(saved["best_epoch"]), "history": history}
+            "best_epoch": int(saved["best_epoch"]), "best_ratio": best_ratio, "history": history}
 
 
 def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state: dict) -> str:

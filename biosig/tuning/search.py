@@ -91,7 +91,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
     auto = config.auto_name() if config.checkpoint == "auto" else None
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
-        parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.arch)
+        parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.expected_arch())
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
                              context="training")
         # Workers and the refit read the parquet this run logged: the same windows, the same split.
@@ -176,7 +176,7 @@ def _optimise(config: TuneConfig, study: optuna.Study, dimensions: list[Dimensio
               share: int) -> None:
     if share <= 0:
         return
-    parent = resolve_checkpoint(config.checkpoint, expected_arch=config.arch)
+    parent = resolve_checkpoint(config.checkpoint, expected_arch=config.expected_arch())
     ws = load_source(config.data, _source_options(config))
     data = prepare_data(ws, Path(config.data).name, config, parent)
     spec = parent.meta["backbone"]

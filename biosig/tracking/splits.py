@@ -1,0 +1,105 @@
+"""`prepare_splits`: subject-level split manifests as run artifacts, with digests as tags.
+
+One split (`cv: 0`) or k cross-validation folds (`cv: k`, a fixed test split plus k train/val
+partitions of the other subjects), stratified by each subject's majority label and reproducible by seed.
+A `recommended_split` column in a parquet dataset (subject-level train/val/test shipped with the data)
+is honoured when present. Each manifest is a `subject,split` CSV that `finetune -P split_manifest=…`
+and `compare` read; its digest is the tag `biosig.split.digest` (per fold `biosig.split.fold<i>.digest`)
+here and on every fine-tune that uses it, so runs on the same split are recognisably comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from biosig.config import BaseConfig, require_range
+from biosig.data import SourceOptions
+from biosig.data.splits import manifest_digest, recommended_split, subject_folds, subject_split, write_manifest
+from biosig.errors import ConfigError, DataError
+from biosig.tracking.datasets import use_dataset
+from biosig.tracking.run import tracked_run
+
+SPLIT_DIGEST_TAG = "biosig.split.digest"
+RECOMMENDED_COLUMN = "recommended_split"
+
+
+@dataclasses.dataclass
+class PrepareSplitsConfig(BaseConfig):
+    """`prepare_splits`: subject-level train/val/test manifests (or k folds) for a dataset."""
+
+    data: str = "synthetic:quality"  # source spec or .parquet path
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    cv: int = 0  # 0: one split; k >= 2: k folds around a fixed test split
+    use_recommended: bool = True  # honour a recommended_split column when the parquet has one
+    output_dir: str = "data/splits"
+
+    def validate(self) -> None:
+        super().validate()
+        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        require_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        if self.cv < 0 or self.cv == 1:
+            raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {self.cv}")
+
+
+@dataclasses.dataclass
+class PreparedSplits:
+    run_id: str
+    manifests: list[Path]
+    digests: list[str]
+    source: str  # "recommended" or "stratified"
+
+
+def prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> PreparedSplits:
+    with tracked_run("prepare_splits", config, nested=nested) as ctx:
+        logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
+                             windows_per_subject=config.windows_per_subject, seed=config.seed),
+                             output_dir=config.data_dir)
+        ws = logged.windows
+        recommended = _recommended(logged.path, ws.subject_name) if config.use_recommended else None
+        origin = "recommended" if recommended else "stratified"
+        if config.cv:
+            fixed_test = {s for s, v in recommended.items() if v == "test"} if recommended else None
+            partitions = subject_folds(ws, config.cv, config.test_fraction, seed=config.seed, fixed_test=fixed_test)
+        elif recommended:
+            partitions = [recommended_split(ws, recommended)]
+        else:
+            partitions = [subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed)]
+        out = Path(config.output_dir) / logged.name
+        out.mkdir(parents=True, exist_ok=True)
+        manifests, digests, tags = [], [], {"biosig.split.source": origin, "biosig.split.folds": len(partitions)}
+        for i, splits in enumerate(partitions):
+            name = f"fold{i}.csv" if config.cv else "split.csv"
+            path = write_manifest(splits, out / name)
+            digest = manifest_digest(path)
+            manifests.append(path)
+            digests.append(digest)
+            tags[f"biosig.split.fold{i}.digest" if config.cv else SPLIT_DIGEST_TAG] = digest
+            ctx.log_artifact(path, "splits")
+            counts = {split: int(len(np.unique(part.subject))) for split, part in splits.items()}
+            ctx.log_metrics({f"{'fold%d.' % i if config.cv else ''}{split}_subjects": n for split, n in counts.items()})
+            print(f"{path}: {', '.join(f'{s} {n} subjects' for s, n in counts.items())} (sha256 {digest[:12]})")
+        ctx.set_tags(tags)
+        return PreparedSplits(ctx.run_id, manifests, digests, origin)
+
+
+def _recommended(path: Path, subject_column: str) -> dict[str, str] | None:
+    """subject -> split from the parquet's `recommended_split` column, if it has one (one value per
+    subject, else an error naming the subject)."""
+    import pyarrow.parquet as pq
+
+    if path.suffix != ".parquet" or RECOMMENDED_COLUMN not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=[subject_column, RECOMMENDED_COLUMN]).to_pandas()
+    per_subject = table.groupby(subject_column, observed=True)[RECOMMENDED_COLUMN].unique()
+    mixed = [s for s, values in per_subject.items() if len(values) > 1]
+    if mixed:
+        raise DataError(f"{path}: {RECOMMENDED_COLUMN} differs between windows of subject(s) {mixed[:5]}: "
+                        "splits must be subject-level")
+    return {str(s): str(values[0]) for s, values in per_subject.items()}
