@@ -123,11 +123,14 @@ def test_finetune_auto_from_the_pretrain_config_logs_both_levels_and_registers_a
 
 
 def test_finetune_by_name_and_alias_selecting_on_participant_level(m2_pretrained):
-    assert main(["finetune", "--checkpoint", f"{TINY_M2_NAME}@candidate", *FINETUNE_EEG,
-                 "--selection-level", "participant", "--aggregate", "vote", "--register", "false"]) == 0
-    run = finished_runs("FINISHED")[0]
+    assert main(["finetune", "--checkpoint", f"{TINY_M2_NAME}@candidate", *FINETUNE_EEG, "--channels",
+                 "TP10,AF8,AF7,TP9", "--selection-level", "participant", "--aggregate", "vote"]) == 0
+    run = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "finetune"][0]
     assert run.data.params["data"] == "synthetic:eeg"  # the Mamba-2 name implies the EEG defaults
     assert run.data.metrics["test_f1"] == run.data.metrics["test_participant_f1"]
+    # The same montage in another order keeps the checkpoint's order (channel embeddings line up by name).
+    model = mlflow.pyfunc.load_model(f"models:/{TINY_M2_NAME}_finetuned@candidate").unwrap_python_model()
+    assert model.meta["channels"] == ["AF7", "AF8", "TP9", "TP10"]
 
 
 def test_participant_split_is_stratified_disjoint_and_keeps_temporal_order():

@@ -39,7 +39,7 @@ class ChannelMapping:
 
     def describe(self) -> str:
         if not self.pretrained_masks:
-            return (f"no channel-dependent tensors: pretrained channels {list(self.positions)} load unchanged "
+            return (f"no channel-dependent tensors change shape: pretrained channels {list(self.positions)} load unchanged "
                     f"at positions {list(self.positions.values())}")
         return (f"inflated {len(self.pretrained_masks)} channel-mixer tensors; pretrained channels "
                 f"{list(self.positions)} keep their weights at positions {list(self.positions.values())}")

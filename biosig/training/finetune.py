@@ -208,6 +208,10 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
     if (ws.labels < 0).any():
         raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
     channels = config.channels or list(ws.channels)
+    if set(channels) == set(parent.meta["channels"]):
+        # Same montage in another order: take the checkpoint's, so channel-indexed weights (Mamba-2 channel
+        # embeddings, TTM channel mixers) line up; inputs are selected by name either way.
+        channels = list(parent.meta["channels"])
     missing = [c for c in parent.meta["channels"] if c not in channels]
     if missing:
         raise TrainingError(f"the checkpoint was pretrained on {parent.meta['channels']}; channels {missing} are "
