@@ -21,7 +21,6 @@ import torch  # noqa: E402
 
 from biosig.models.build import build_backbone  # noqa: E402
 from biosig.training.masking import MaskedTokenModel  # noqa: E402
-from biosig.models.mamba2 import Mamba2Layer  # noqa: E402
 
 MUSE = ["AF7", "AF8", "TP9", "TP10"]
 REFERENCE_WINDOWS_PER_S = 7.0  # the low end for per-channel patches, 2 threads
@@ -30,12 +29,7 @@ REFERENCE_WINDOWS_PER_S = 7.0  # the issue's low end for per-channel patches, 2 
 def measure(config: dict, *, objective: str | None, batch: int, steps: int) -> float:
     torch.manual_seed(0)
     backbone = build_backbone("mamba2", MUSE, config)
-    if objective:
-        mixer = {k: backbone.config[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
-        model = MaskedTokenModel(backbone, objective, 0.2, make_layer=lambda: Mamba2Layer(
-            backbone.d_model, True, 0.0, **mixer))
-    else:
-        model = backbone
+    model = MaskedTokenModel(backbone, objective, 0.2) if objective else backbone
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(batch, 4, config["context_length"])
     generator = torch.Generator().manual_seed(0)

@@ -313,6 +313,12 @@ class Mamba2Backbone(nn.Module):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, Mamba2Layer)]
 
+    def make_layer(self, bidirectional: bool = True) -> Mamba2Layer:
+        """A fresh layer shaped like this backbone's (e.g. a masked-reconstruction decoder)."""
+        c = self.config
+        mixer = {k: c[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
+        return Mamba2Layer(self.d_model, bidirectional, 0.0, **mixer)
+
     def describe(self) -> dict[str, Any]:
         return {"arch": self.arch, "channels": self.channels, "config": dict(self.config)}
 

@@ -65,13 +65,12 @@ class MaskedTokenModel(nn.Module):
     `token_positions`, e.g. Mamba-2). Loss on masked tokens only.
 
     `mae`: masked tokens are removed from the encoder input; a light decoder (`decoder_layers` layers
-    built by `make_layer`) sees the encoded visible tokens plus a learned mask token at every masked
+    from `backbone.make_layer()`) sees the encoded visible tokens plus a learned mask token at every masked
     slot, each with the slot's position embedding. `bert`: masked tokens' content is replaced by a
     learned mask token (positions kept) and the whole sequence is encoded; a linear head reconstructs.
     """
 
-    def __init__(self, backbone: nn.Module, masking_style: str, mask_ratio: float, decoder_layers: int = 1,
-                 make_layer=None) -> None:
+    def __init__(self, backbone: nn.Module, masking_style: str, mask_ratio: float, decoder_layers: int = 1) -> None:
         super().__init__()
         if masking_style not in ("mae", "bert"):
             raise ConfigError(f"config key 'masking_style' must be 'mae' or 'bert', got {masking_style!r}")
@@ -82,7 +81,8 @@ class MaskedTokenModel(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(d) * 0.02)
         if masking_style == "mae":
             self.decoder_positions = nn.Parameter(torch.randn(backbone.num_tokens, d) * 0.02)
-            self.decoder = nn.Sequential(*(make_layer() for _ in range(decoder_layers)), nn.RMSNorm(d, eps=1e-5))
+            self.decoder = nn.Sequential(*(backbone.make_layer() for _ in range(decoder_layers)),
+                                         nn.RMSNorm(d, eps=1e-5))
         self.head = nn.Linear(d, backbone.token_width)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

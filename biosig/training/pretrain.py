@@ -1,10 +1,12 @@
 """`pretrain`: self-supervised pretraining of a backbone, registered under its conventional name.
 
-Objectives: masked-patch reconstruction (`mae`, loss on masked patches only) and forecasting
-(`fcst`: the backbone sees `context_length` samples and a linear head predicts the next
-`prediction_length`). Each epoch logs train/val loss and writes `last/` (weights + optimiser state,
-for resume) as run artifacts; the best epoch by val loss is the `checkpoint/` directory that becomes a
-version of the registered model `ttm_{channels}_c{context}_p{patch}_...` with the alias `candidate`.
+Objectives: TTM masked-patch reconstruction (`mae`, masked patches filled in the input, loss on them
+only) or forecasting (`fcst`: the backbone sees `context_length` samples and a linear head predicts the
+next `prediction_length`); Mamba-2 masked-token reconstruction (`masking_style` mae: masked tokens
+removed from the encoder, or bert: replaced by a mask token). Each epoch logs train/val loss and the
+val prediction/target variance ratio (mean-collapse guard) and writes `last/` (weights + optimiser
+state, for resume) as run artifacts; the best epoch by val loss is the `checkpoint/` directory that
+becomes a version of the registered model `ttm_…` / `mamba2_…` with the alias `candidate`.
 """
 
 from __future__ import annotations
@@ -27,17 +29,17 @@ from biosig.config import require_range
 from biosig.data import SourceOptions
 from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
 from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
+from biosig.data.naming import dataset_name
+from biosig.data.sources import load_source
 from biosig.data.splits import subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
-from biosig.models.mamba2 import MAMBA2_DEFAULTS, Mamba2Layer, check_mamba2_config
+from biosig.models.mamba2 import MAMBA2_DEFAULTS, check_mamba2_config
 from biosig.models.ttm import check_patching
 from biosig.registry.naming import mamba2_name, parse_name, ttm_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
-from biosig.data.naming import dataset_name
 from biosig.tracking.datasets import LoggedDataset, use_dataset
-from biosig.data.sources import load_source
 from biosig.tracking.run import FollowerContext, RunContext, tracked_run
 from biosig.training import loop
 from biosig.training.masking import (MaskedTokenModel, PatchReconstructionHead, apply_mask, masked_mse, patchify,
@@ -170,9 +172,7 @@ def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
     backbone = build_backbone(config.arch, channels, config.backbone_config())
     if config.arch == "ttm":
         return PretrainModel(backbone, config)
-    mixer = {k: backbone.config[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
-    return MaskedTokenModel(backbone, config.masking_style, config.mask_ratio, config.decoder_layers,
-                            make_layer=lambda: Mamba2Layer(backbone.d_model, True, 0.0, **mixer))
+    return MaskedTokenModel(backbone, config.masking_style, config.mask_ratio, config.decoder_layers)
 
 
 @dataclasses.dataclass
