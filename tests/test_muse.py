@@ -105,3 +105,18 @@ def test_unusable_sources_are_clear_errors(tmp_path):
     muse_lsl(short / "p.csv", 5)
     with pytest.raises(DataError, match="no recording holds a gap-free stretch of 8 s"):
         load_source(f"muse:{short}", SourceOptions(window_s=8.0))
+
+
+def test_participants_file_problems(recordings):
+    folder, _ = recordings
+    (folder / "participants.csv").write_text("Participant,Remission,file\nP001,1,rec_a.csv\nP002,0,rec_b.csv\n")
+    problems: list[FileError] = []
+    ws = load_source(f"muse:{folder}", SourceOptions(), problems)
+    assert set(ws.subject[ws.labels == -1]) == {"P003"}
+    assert any("no Remission label for participant(s) ['P003']" in p.error for p in problems)
+    (folder / "participants.csv").write_text("Participant,Remission\nP001,yes\n")
+    with pytest.raises(DataError, match="Remission of participant 'P001' must be 0 or 1, got 'yes'"):
+        load_source(f"muse:{folder}", SourceOptions(), [])
+    (folder / "participants.csv").write_text("Subject,Label\nP001,1\n")
+    with pytest.raises(DataError, match="participants.csv: missing column 'Participant'"):
+        load_source(f"muse:{folder}", SourceOptions(), [])

@@ -80,6 +80,13 @@ def test_butppg_records_become_five_channel_windows_at_125_hz(butppg):
     assert any("unequal lengths (PPG 1.00 s, ECG 10.00 s" in p.error for p in problems)  # PPG header says 300 Hz
 
 
+def test_a_ppg_colour_the_records_lack_skips_them_with_the_reason(butppg):
+    problems: list[FileError] = []
+    with pytest.raises(DataError, match="no window survived"):
+        load_source(f"butppg:{butppg}", SourceOptions(ppg_colour=5), problems)
+    assert any("100001_PPG.hea has 3 channel(s); ppg_colour=5" in p.error for p in problems)
+
+
 def test_butppg_zero_fills_missing_acc_with_a_mask_column(butppg):
     ws = load_source(f"butppg:{butppg}", SourceOptions(missing_acc="zero"), [])
     assert list(ws.subject) == ["100", "100", "101"]
