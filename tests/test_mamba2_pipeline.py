@@ -182,3 +182,12 @@ def test_finetune_refuses_a_missing_channel_and_another_architecture(m2_pretrain
     assert main(["finetune", "--checkpoint", TINY_NAME, "--arch", "mamba2", *FINETUNE_EEG]) == 2
     assert "is a ttm model, but this config expects arch=mamba2" in capsys.readouterr().err
     assert not [n for n in registered_names() if n.endswith("_finetuned")]
+
+
+def test_tune_searches_the_unfreeze_depth_of_mamba2_blocks(m2_pretrained):
+    assert main(["tune", "--checkpoint", "auto", "--pretrain-config", str(m2_pretrained), *FINETUNE_EEG,
+                 "--n-trials", "3", "--study", "m2"]) == 0
+    trials = [r for r in finished_runs() if r.data.tags.get("biosig.command") == "tune_trial"]
+    assert len(trials) == 3
+    assert {int(t.data.params["unfreeze_last_n"]) for t in trials} <= {0, 1, 2}  # the checkpoint's 2 blocks
+    assert all(t.data.params["selection_metric"] == "f1" and "val_participant_f1" in t.data.metrics for t in trials)
