@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data.splits import subject_split
 from biosig.data.synthetic import synthetic_eeg
-from tests.conftest import finished_runs, run_pretrain, write_yaml
+from tests.conftest import finished_runs, free_port, run_pretrain, write_yaml
 
 #: A Mamba-2 small enough that pretraining takes a second or two on one CPU thread.
 TINY_MAMBA2 = {"arch": "mamba2", "d_model": 16, "num_layers": 2, "d_state": 8, "headdim": 8, "chunk_size": 16,
@@ -69,9 +69,8 @@ def test_arch_mamba2_defaults_to_the_muse_eeg_model():
     config = load_config(PretrainConfig, None, {"arch": "mamba2"})
     assert config.model_name() == "mamba2_eeg_d256_l2_m20_mae"
     assert (config.data, config.context_length, config.patch_length) == ("synthetic:eeg", 2048, 16)
-    assert load_config(PretrainConfig, "configs/pretrain_mamba2.yaml" if Path("configs").exists() else
-                       Path(__file__).parents[1] / "configs/pretrain_mamba2.yaml").model_name() == \
-        "mamba2_eeg_d256_l2_m20_mae"
+    shipped = Path(__file__).parents[1] / "configs" / "pretrain_mamba2.yaml"
+    assert load_config(PretrainConfig, shipped).model_name() == "mamba2_eeg_d256_l2_m20_mae"
 
 
 @pytest.mark.slow
@@ -80,7 +79,7 @@ def test_arch_mamba2_defaults_to_the_muse_eeg_model():
 def test_torchrun_two_processes_register_one_version(m2_config, workdir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(_port()), "-m", "biosig",
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "biosig",
                              "pretrain", "--config", str(m2_config)], cwd=workdir, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,12 +88,6 @@ def test_torchrun_two_processes_register_one_version(m2_config, workdir):
     runs = finished_runs()
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["biosig.world_size"] == "2"
-
-
-def _port() -> int:
-    from tests.conftest import free_port
-
-    return free_port()
 
 
 def test_finetune_auto_from_the_pretrain_config_logs_both_levels_and_registers_a_pyfunc(m2_pretrained):
@@ -191,3 +184,14 @@ def test_tune_searches_the_unfreeze_depth_of_mamba2_blocks(m2_pretrained):
     assert len(trials) == 3
     assert {int(t.data.params["unfreeze_last_n"]) for t in trials} <= {0, 1, 2}  # the checkpoint's 2 blocks
     assert all(t.data.params["selection_metric"] == "f1" and "val_participant_f1" in t.data.metrics for t in trials)
+
+
+def test_resume_under_torchrun_is_refused_before_any_run(m2_config, monkeypatch, capsys):
+    import contextlib
+
+    from biosig.training import loop
+
+    monkeypatch.setattr(loop, "distributed", lambda device: contextlib.nullcontext(loop.Distributed(0, 2, 0)))
+    assert main(["pretrain", "--config", str(m2_config), "--resume", "0123abcd"]) == 2
+    assert "'resume' continues a run in one process" in capsys.readouterr().err
+    assert finished_runs() == [] and registered_names() == []

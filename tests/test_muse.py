@@ -100,6 +100,11 @@ def test_unusable_sources_are_clear_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .csv recordings"):
         load_source(f"muse:{tmp_path / 'empty'}")
+    bad_time = tmp_path / "bad_time"
+    bad_time.mkdir()
+    (bad_time / "p.csv").write_text("timestamps,TP9,AF7,AF8,TP10\nnoon,1,2,3,4\nlater,1,2,3,4\n")
+    with pytest.raises(DataError, match=r"p.csv: timestamps are neither numbers nor date-times \(first: 'noon'\)"):
+        load_source(f"muse:{bad_time}")
     short = tmp_path / "short"
     short.mkdir()
     muse_lsl(short / "p.csv", 5)

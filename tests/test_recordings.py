@@ -154,6 +154,14 @@ def test_vitaldb_files_become_unlabelled_1024_sample_windows(tmp_path):
     assert dict(zip(*np.unique(ws.subject, return_counts=True))) == {"0001": 4, "0002": 3}
     assert (ws.labels == -1).all()
     assert [p.kind for p in problems if "broken" in p.file] == ["error"]
+    ecg, _ = cardiac(20.0, 500)
+    only_ecg = vitaldb.VitalFile()
+    only_ecg.dtstart, only_ecg.dtend = 1.7e9, 1.7e9 + 20
+    only_ecg.add_track("SNUADC/ECG_II", [{"dt": 1.7e9, "val": ecg.astype(np.float32)}], srate=500, unit="mV")
+    only_ecg.to_vital(str(folder / "0003.vital"))
+    problems = []
+    load_source(f"vitaldb:{folder}", SourceOptions(), problems)
+    assert any("0003.vital: track(s) ['SNUADC/PLETH'] not found" in p.error for p in problems if p.kind == "error")
     (tmp_path / "cases.csv").write_text("case,label\n0001,1\n")
     problems = []
     labelled = load_source(f"vitaldb:{folder}", SourceOptions(labels=str(tmp_path / "cases.csv")), problems)

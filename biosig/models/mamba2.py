@@ -253,9 +253,7 @@ class Mamba2Backbone(nn.Module):
         self.patch_embed = nn.Linear(token_width, d)
         self.position_embed = nn.Parameter(torch.randn(self.num_patches, d) * 0.02)
         self.channel_embed = None if self.joint else nn.Parameter(torch.randn(len(self.channels), d) * 0.02)
-        mixer = {k: c[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
-        self.layers = nn.ModuleList(Mamba2Layer(d, c["bidirectional"], c["dropout"], **mixer)
-                                    for _ in range(c["num_layers"]))
+        self.layers = nn.ModuleList(self.make_layer(c["bidirectional"], c["dropout"]) for _ in range(c["num_layers"]))
         self.norm_f = nn.RMSNorm(d, eps=1e-5)
         with torch.no_grad():  # mamba-ssm's residual rescaling: keeps the residual stream's scale with depth
             for layer in self.layers:
@@ -313,11 +311,11 @@ class Mamba2Backbone(nn.Module):
     def blocks(self) -> list[tuple[str, nn.Module]]:
         return [(name, m) for name, m in self.named_modules() if isinstance(m, Mamba2Layer)]
 
-    def make_layer(self, bidirectional: bool = True) -> Mamba2Layer:
-        """A fresh layer shaped like this backbone's (e.g. a masked-reconstruction decoder)."""
+    def make_layer(self, bidirectional: bool = True, dropout: float = 0.0) -> Mamba2Layer:
+        """A fresh layer shaped like this backbone's (its own layers, a masked-reconstruction decoder)."""
         c = self.config
         mixer = {k: c[k] for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size")}
-        return Mamba2Layer(self.d_model, bidirectional, 0.0, **mixer)
+        return Mamba2Layer(self.d_model, bidirectional, dropout, **mixer)
 
     def describe(self) -> dict[str, Any]:
         return {"arch": self.arch, "channels": self.channels, "config": dict(self.config)}
