@@ -4,7 +4,7 @@ log_dataset (the fine-tuning data) -> pretrain (small TTM on PPG+ECG) -> finetun
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 
@@ -16,7 +16,8 @@ from biosig.training.pretrain import PretrainConfig, pretrain
 
 #: Small enough for a 2-core laptop in a few minutes; any key can be overridden by the YAML files.
 MAIN_PRETRAIN: dict[str, Any] = {"epochs": 30}
-MAIN_FINETUNE: dict[str, Any] = {"stage1_epochs": 5, "stage2_epochs": 15, "patience": 5, "lr": 3e-3}
+MAIN_FINETUNE: dict[str, Any] = {"stage1_epochs": 5, "stage2_epochs": 15, "patience": 5, "lr": 3e-3,
+                                  "context_fit": "resample"}
 
 
 @dataclasses.dataclass
@@ -28,6 +29,8 @@ class MainConfig(BaseConfig):
     data_dir: str = "data"
     pretrain_config: str = ""  # YAML of pretrain keys (default: a small PPG+ECG TTM)
     finetune_config: str = ""  # YAML of finetune keys (default: 5 head-only + up to 15 partial-unfreeze epochs)
+    # reference models trained beside the fine-tune on the same split (features, scratch); [] for none
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
 
 
 def run_main(config: MainConfig) -> dict[str, Any]:
@@ -43,24 +46,33 @@ def run_main(config: MainConfig) -> dict[str, Any]:
         pretrained = pretrain(pretrain_config, nested=True)
         finetune_config = load_config(FinetuneConfig, config.finetune_config or None, {
             **({} if config.finetune_config else MAIN_FINETUNE), **shared, "data": str(dataset.path),
-            "checkpoint": "auto", "run_name": "finetune"})
+            "checkpoint": "auto", "run_name": "finetune", "reference": config.reference})
         finetuned = finetune(finetune_config, nested=True, auto_name=pretrain_config.model_name())
         summary = {"dataset": dataset.name, "pretrained": f"{pretrained.name}/{pretrained.version}",
                    "finetuned": f"{finetuned.name}/{finetuned.version}",
-                   **{f"test_{k}": v for k, v in finetuned.test.items()}}
+                   **{f"test_{k}": v for k, v in finetuned.test.items()},
+                   **{f"reference.{name}.test_{k}": metrics[k] for name, metrics in finetuned.references.items()
+                      for k in ("auroc", "f1", "balanced_accuracy")}}
         ctx.log_dict(summary, "summary.json")
         ctx.set_tags({"biosig.registered_model": finetuned.name, "biosig.registered_version": finetuned.version})
         experiment_id = ctx.run.info.experiment_id
-    _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test)
+    _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test,
+                         finetuned.references)
     return summary
 
 
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,
-                         test: dict[str, float]) -> None:
+                         test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
     uri = mlflow.get_tracking_uri()  # set by tracked_run from config, environment or the SQLite default
     ui = "http://127.0.0.1:5000"
     print()
-    print(f"done: test AUROC {test['auroc']:.3f}, F1 {test['f1']:.3f} for {finetuned}@candidate")
+    interval = (f" [95 % CI {test['auroc_ci_low']:.3f}-{test['auroc_ci_high']:.3f}]"
+                if "auroc_ci_low" in test else "")
+    print(f"done: test AUROC {test['auroc']:.3f}{interval}, F1 {test['f1']:.3f} for {finetuned}@candidate")
+    for name, metrics in references.items():
+        verdict = "beats it" if test["auroc"] >= metrics["auroc"] else "LOSES to it"
+        print(f"  reference '{name}' on the same test split: AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f} "
+              f"(the fine-tuned model {verdict})")
     print("where to look:")
     if uri.startswith("http"):
         ui = uri.rstrip("/")
@@ -71,3 +83,4 @@ def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pr
     print(f"  pretrained model:  {ui}/#/models/{pretrained}")
     print(f"  fine-tuned model:  {ui}/#/models/{finetuned}")
     print(f"  use it:            mlflow.pyfunc.load_model('models:/{finetuned}@candidate').predict(df)")
+    print(f"  promote it:        biosig promote --model {finetuned} --to staging")

@@ -8,7 +8,7 @@ from biosig.cli import main
 from tests.conftest import TINY_FINETUNE, finished_runs
 
 
-def test_three_checkpoints_make_six_rows_on_one_split(tiny_pretrain, workdir, capsys):
+def test_three_checkpoints_make_six_rows_plus_two_references_on_one_split(tiny_pretrain, workdir, capsys):
     for extra in ([], ["--patch-length", "32"], ["--mask-ratio", "0.5"]):
         assert main(["pretrain", "--config", str(tiny_pretrain), "--epochs", "1", *extra]) == 0
     data = TINY_FINETUNE[:TINY_FINETUNE.index("--stage1-epochs")]
@@ -17,9 +17,13 @@ def test_three_checkpoints_make_six_rows_on_one_split(tiny_pretrain, workdir, ca
     children = [r for r in finished_runs("FINISHED") if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 6 and len({r.data.tags["biosig.test.digest"] for r in children}) == 1
     board = pd.read_csv(MlflowClient().download_artifacts(parent.info.run_id, "leaderboard.csv"))
-    assert len(board) == 6 and set(board["mode"]) == {"probe", "finetune"}
+    assert len(board) == 8 and set(board["mode"]) == {"probe", "finetune", "features+sklearn", "scratch"}
     assert set(board.checkpoint) == {"ttm_ppg-ecg_c64_p16_m40_mae", "ttm_ppg-ecg_c64_p32_m40_mae",
-                                     "ttm_ppg-ecg_c64_p16_m50_mae"}
+                                     "ttm_ppg-ecg_c64_p16_m50_mae", "reference: features", "reference: scratch"}
+    references = [r for r in finished_runs("FINISHED") if "biosig.reference" in r.data.tags]
+    assert {r.data.tags["biosig.test.digest"] for r in references} == {r.data.tags["biosig.test.digest"]
+                                                                       for r in children}
+    board = board[~board.checkpoint.str.startswith("reference")]
     assert list(board.balanced_accuracy) == sorted(board.balanced_accuracy, reverse=True)
     probe = board[board["mode"] == "probe"].trainable_params
     assert (probe < board[board["mode"] == "finetune"].trainable_params.min()).all()  # the probe is frozen
@@ -57,4 +61,16 @@ def test_mlflow_run_compare_on_the_embedded_default(tiny_pretrain, workdir):
     assert done.returncode == 0, done.stderr[-3000:]
     (parent,) = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "compare"]
     board = pd.read_csv(MlflowClient().download_artifacts(parent.info.run_id, "leaderboard.csv"))
-    assert len(board) == 2 and not finished_runs("RUNNING")
+    assert len(board) == 4 and not finished_runs("RUNNING")  # probe, finetune, two references
+
+
+def test_compare_cross_validates_every_row_on_the_same_folds(tiny_pretrain, workdir):
+    assert main(["pretrain", "--config", str(tiny_pretrain), "--epochs", "1"]) == 0
+    assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_p16_m40_mae", "--modes", "probe", "--cv", "3",
+                 "--reference", "features", "--n-subjects", "9", "--windows-per-subject", "4"]) == 0
+    (parent,) = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "compare"]
+    board = pd.read_csv(MlflowClient().download_artifacts(parent.info.run_id, "leaderboard.csv"))
+    assert len(board) == 2 and set(board.checkpoint) == {"ttm_ppg-ecg_c64_p16_m40_mae", "reference: features"}
+    assert {"split_manifest.csv"}.isdisjoint(a.path for a in MlflowClient().list_artifacts(parent.info.run_id))
+    folds = [r for r in finished_runs("FINISHED") if "biosig.cv.fold" in r.data.tags]
+    assert len(folds) == 3

@@ -25,8 +25,13 @@ def test_main_runs_the_whole_chain_as_child_runs(tiny_pretrain, tiny_finetune, c
     assert "where to look:" in out and f"models:/{TINY_NAME}_finetuned@candidate" in out
     runs = finished_runs("FINISHED")
     (parent,) = [r for r in runs if r.data.tags["biosig.command"] == "main"]
-    children = {r.data.tags["biosig.command"]: r for r in runs if r is not parent}
+    references = {r.data.tags["biosig.reference"]: r for r in runs if "biosig.reference" in r.data.tags}
+    children = {r.data.tags["biosig.command"]: r for r in runs if r is not parent and r.data.tags.get(
+        "biosig.reference") is None}
     assert set(children) == {"log_dataset", "pretrain", "finetune"}
+    assert set(references) == {"features", "scratch"}  # main trains both references by default
+    assert all(r.data.tags["mlflow.parentRunId"] == children["finetune"].info.run_id for r in references.values())
+    assert "reference 'features' on the same test split" in out
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children.values())
     assert children["finetune"].data.tags["biosig.parent.name"] == TINY_NAME
     assert children["finetune"].data.tags["biosig.dataset.digest"] == \
@@ -40,7 +45,7 @@ def test_mlflow_run_main_and_a_failing_finetune(tiny_pretrain, tiny_finetune, wo
     done = _mlflow_run(workdir, "-e", "main", "--experiment-name", "biosig", "-P", f"pretrain_config={tiny_pretrain}",
                        "-P", f"finetune_config={tiny_finetune}", "-P", f"data_dir={workdir / 'data'}")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(finished_runs("FINISHED")) == 4
+    assert len(finished_runs("FINISHED")) == 6  # main, log_dataset, pretrain, finetune + its two references
     bad = _mlflow_run(workdir, "-e", "finetune", "--experiment-name", "biosig", "-P", "checkpoint=ttm_nope",
                       "-P", f"data_dir={workdir / 'data'}")
     assert bad.returncode != 0

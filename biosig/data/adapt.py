@@ -74,8 +74,17 @@ def _pad(signals: np.ndarray, length: int) -> np.ndarray:
     return np.pad(signals, width)
 
 
+Normalisation = Literal["auto", "global", "window"]
+#: normalisation=auto switches to per-window scaling when subjects' typical amplitudes differ this much
+UNIT_MISMATCH_RATIO = 30.0
+
+
 class ChannelStats:
-    """Per-channel mean/std fitted on the training split only and stored in checkpoints."""
+    """Per-channel mean/std fitted on the training split only and stored in checkpoints (`global`).
+    Keeps absolute amplitude, which quality labels depend on (a flat or saturated channel), but assumes
+    every subject was recorded in the same units."""
+
+    kind = "global"
 
     def __init__(self, channels: list[str], mean: np.ndarray, std: np.ndarray) -> None:
         self.channels = list(channels)
@@ -92,11 +101,62 @@ class ChannelStats:
         return ((signals - self.mean[None, :, None]) / self.std[None, :, None]).astype(np.float32)
 
     def to_dict(self) -> dict:
-        return {"channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {"kind": self.kind, "channels": self.channels, "mean": self.mean.tolist(), "std": self.std.tolist()}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ChannelStats":
+    def from_dict(cls, data: dict) -> "ChannelStats | WindowScaling":
+        """The normaliser a checkpoint stored (checkpoints before `kind` existed are global)."""
+        if data.get("kind") == WindowScaling.kind:
+            return WindowScaling(data["channels"])
         return cls(data["channels"], np.array(data["mean"]), np.array(data["std"]))
+
+
+class WindowScaling:
+    """`window`: each window and channel centred on its median and divided by its typical local
+    amplitude (the median of the standard deviations of 8 equal segments). Unit-free, so subjects
+    recorded in mV and in raw ADC counts share one input scale; a local artefact (burst, flat line,
+    clipping) is still measured against the window's own clean amplitude, which a plain per-window
+    z-score would shrink. Nothing is fitted."""
+
+    kind = "window"
+    segments = 8
+
+    def __init__(self, channels: list[str]) -> None:
+        self.channels = list(channels)
+
+    @classmethod
+    def fit(cls, signals: np.ndarray, channels: list[str]) -> "WindowScaling":  # noqa: ARG003
+        return cls(channels)
+
+    def apply(self, signals: np.ndarray) -> np.ndarray:
+        x = np.asarray(signals, dtype=np.float64)
+        usable = x.shape[-1] - x.shape[-1] % self.segments
+        local = x[..., :usable].reshape(*x.shape[:-1], self.segments, -1).std(axis=-1)
+        scale = np.median(local, axis=-1, keepdims=True)
+        overall = x.std(axis=-1, keepdims=True)
+        scale = np.maximum(scale, 1e-3 * overall)  # a mostly flat channel: its rare excursions set the scale
+        scale = np.where(scale > 1e-12, scale, 1.0)  # an entirely flat channel stays flat
+        return ((x - np.median(x, axis=-1, keepdims=True)) / scale).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "channels": self.channels}
+
+
+def unit_mismatch(signals: np.ndarray, subject: np.ndarray, channels: list[str]) -> dict[str, float]:
+    """Channels whose subjects' median window std differ by more than UNIT_MISMATCH_RATIO (max/min over
+    subjects): the sign of recordings in different units (mV vs ADC counts)."""
+    std = signals.std(axis=-1)  # [N, C]
+    out = {}
+    subjects = np.unique(subject)
+    if len(subjects) < 2:
+        return out
+    typical = np.stack([np.median(std[subject == s], axis=0) for s in subjects])  # [S, C]
+    for i, channel in enumerate(channels):
+        low, high = typical[:, i].min(), typical[:, i].max()
+        ratio = high / low if low > 0 else (np.inf if high > 0 else 1.0)
+        if ratio > UNIT_MISMATCH_RATIO:
+            out[channel] = float(ratio)
+    return out
 
 
 def prepare_windows(signals: np.ndarray, channels: list[str], fs: float, spec: dict, where: str) -> np.ndarray:

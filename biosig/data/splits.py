@@ -132,6 +132,32 @@ def subject_folds(ws: WindowSet, k: int, test_fraction: float, seed: int = 0,
     return folds
 
 
+def cv_folds(ws: WindowSet, cv: str, val_fraction: float, seed: int = 0) -> list[dict[str, WindowSet]]:
+    """Cross-validation folds whose *test* splits partition the subjects: `cv` = k (subjects cut into k
+    groups stratified by majority label) or `loso` (one fold per subject). Within each fold a stratified
+    `val_fraction` of the remaining subjects validates and the rest trains, so every subject is tested
+    exactly once and never trains the model that tests it."""
+    from sklearn.model_selection import StratifiedKFold
+
+    subjects, inverse = np.unique(ws.subject, return_inverse=True)
+    k = len(subjects) if cv == "loso" else int(cv)
+    if len(subjects) < max(k, 3) or (cv == "loso" and len(subjects) < 3):
+        raise DataError(f"{ws.where} has {len(subjects)} {ws.subject_name}(s): cv={cv} needs at least "
+                        f"{max(k, 3)} (a test, a val and a train subject per fold)")
+    majority = np.array([np.bincount(ws.labels[inverse == i].clip(0)).argmax() for i in range(len(subjects))])
+    counts = np.bincount(majority)
+    if cv != "loso" and counts[counts > 0].min() >= k:
+        groups = [test for _, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(subjects, majority)]
+    else:
+        groups = [part for _, part in _plain_folds(len(subjects), k, seed)]
+    folds = []
+    for test in groups:
+        is_test = np.isin(np.arange(len(subjects)), test)[inverse]
+        rest = subject_split(ws.take(np.flatnonzero(~is_test)), val_fraction, 0.0, seed)
+        folds.append({**rest, "test": ws.take(np.flatnonzero(is_test))})
+    return folds
+
+
 def _plain_folds(n: int, k: int, seed: int):
     """Unstratified folds when a class has fewer subjects than folds."""
     order = np.random.default_rng(seed).permutation(n)

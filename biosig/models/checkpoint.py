@@ -38,6 +38,13 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], meta:
     return final
 
 
+def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
+    """biosig.json alone, for checkpoint directories whose model is not a state dict (features reference)."""
+    path = Path(directory) / META_FILE
+    path.write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2, default=str))
+    return path
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     meta_file = path / META_FILE

@@ -45,6 +45,37 @@ class ChannelMapping:
                 f"{list(self.positions)} keep their weights at positions {list(self.positions.values())}")
 
 
+def drop_channels(pretrained: dict[str, torch.Tensor], kept_fresh: dict[str, torch.Tensor], old_channels: list[str],
+                  kept: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """`pretrained` (trained on `old_channels`) reduced to the channels `kept`, by name: the shapes of
+    `kept_fresh` (a model built for `kept`) tell which tensors are channel-dependent. Channel dimensions
+    keep the kept channels' slices; hidden dimensions (channels x expansion, mix_channel MLPs) keep their
+    first units. common_channel TTM has no channel-dependent tensors and loads unchanged. Returns the
+    reduced state dict and the names of the re-sliced tensors."""
+    positions = torch.tensor([old_channels.index(c) for c in kept])
+    n_old, n_kept = len(old_channels), len(kept)
+    out, resliced = {}, []
+    for name, old in pretrained.items():
+        target = kept_fresh.get(name)
+        if target is None or old.shape == target.shape:
+            out[name] = old
+            continue
+        reduced = old
+        for dim, (size_old, size_new) in enumerate(zip(old.shape, target.shape)):
+            if size_old == size_new:
+                continue
+            if size_old == n_old and size_new == n_kept:
+                reduced = reduced.index_select(dim, positions)
+            elif size_old % n_old == 0 and size_new == (size_old // n_old) * n_kept:
+                reduced = reduced.narrow(dim, 0, size_new)
+            else:
+                raise DataError(f"cannot drop channels from {name}: dimension {size_old} -> {size_new} for "
+                                f"{n_old} -> {n_kept} channels")
+        out[name] = reduced.contiguous()
+        resliced.append(name)
+    return out, resliced
+
+
 def map_channels(pretrained: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], old_channels: list[str],
                  new_channels: list[str]) -> ChannelMapping:
     """Map `pretrained` (trained on `old_channels`) onto the shapes of `fresh` (a freshly initialised
@@ -52,7 +83,7 @@ def map_channels(pretrained: dict[str, torch.Tensor], fresh: dict[str, torch.Ten
     missing = [c for c in old_channels if c not in new_channels]
     if missing:
         raise DataError(f"the checkpoint was pretrained on {old_channels}; channels {missing} are missing "
-                        f"from the fine-tuning data channels {new_channels}")
+                        f"from the fine-tuning data channels {new_channels} (drop_channels first)")
     if set(pretrained) != set(fresh):
         extra = sorted(set(pretrained) ^ set(fresh))[:5]
         raise DataError(f"checkpoint tensors do not match the model built from its config (e.g. {extra})")

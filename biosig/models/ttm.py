@@ -19,7 +19,7 @@ from biosig.errors import ConfigError
 #: TinyTimeMixerConfig keys biosig sets; everything else keeps granite-tsfm's default.
 TTM_DEFAULTS: dict[str, Any] = {
     "context_length": 1024,
-    "patch_length": 128,
+    "patch_length": 64,
     "d_model": 64,
     "num_layers": 3,
     "expansion_factor": 2,

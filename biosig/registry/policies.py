@@ -11,12 +11,15 @@
         requires_alias: staging            # the version holds staging now or was promoted to it before
         metrics: ["test_auroc >= 0.85"]
         champion: {metric: test_auroc, min_delta: 0.01}   # beat the current holder on the same test digest
+        beats_reference: {reference: features, metric: test_auroc, min_delta: 0.0}  # beat a reference model
+                                           # trained on the same split (finetune reference=[features])
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import operator
 import re
 from pathlib import Path
@@ -31,8 +34,10 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
 _RULE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.\-]*)\s*(?P<op>[<>=!]+)\s*(?P<value>\S+)\s*$")
 _TOP_KEYS = {"name", "description", "applies_to", "sync_stages", "targets"}
-_TARGET_KEYS = {"metrics", "min_class_recall", "requires_alias", "champion"}
+_TARGET_KEYS = {"metrics", "min_class_recall", "requires_alias", "champion", "beats_reference"}
 _CHAMPION_KEYS = {"metric", "min_delta"}
+_REFERENCE_KEYS = {"reference", "metric", "min_delta"}
+REFERENCES = ("features", "scratch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +60,21 @@ class Champion:
 
 
 @dataclasses.dataclass(frozen=True)
+class BeatsReference:
+    """The version's run must reach `reference.<reference>.<metric>` + min_delta on `metric`."""
+
+    reference: str
+    metric: str = "test_auroc"
+    min_delta: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
 class TargetRules:
     metrics: tuple[MetricRule, ...] = ()
     min_class_recall: float | None = None
     requires_alias: str | None = None
     champion: Champion | None = None
+    beats_reference: BeatsReference | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +181,31 @@ def _target_rules(rules: Any, target: str, fail) -> TargetRules:
         if not _is_number(delta) or delta < 0:
             raise fail(f"champion min_delta must be a number >= 0, got {delta!r}", *where, "champion", "min_delta")
         champion = Champion(str(champion["metric"]), float(delta))
-    if not parsed and recall is None and champion is None:
-        raise fail(f"target '{target}' has no thresholds: give metrics, min_class_recall or champion", *where)
-    return TargetRules(parsed, None if recall is None else float(recall), alias, champion)
+    beats = _beats_reference(rules.get("beats_reference"), fail, (*where, "beats_reference"))
+    if not parsed and recall is None and champion is None and beats is None:
+        raise fail(f"target '{target}' has no thresholds: give metrics, min_class_recall, champion or "
+                   "beats_reference", *where)
+    return TargetRules(parsed, None if recall is None else float(recall), alias, champion, beats)
+
+
+def _beats_reference(rule: Any, fail, where: tuple) -> BeatsReference | None:
+    if rule is None:
+        return None
+    if not isinstance(rule, dict) or "reference" not in rule:
+        raise fail("beats_reference must be a mapping with 'reference' (features or scratch) and optional "
+                   "'metric' and 'min_delta'", *where)
+    _check_keys(rule, _REFERENCE_KEYS, "beats_reference", fail, where)
+    if rule["reference"] not in REFERENCES:
+        raise fail(f"beats_reference reference must be one of {', '.join(REFERENCES)}, got {rule['reference']!r}",
+                   *where, "reference")
+    metric = rule.get("metric", "test_auroc")
+    if not isinstance(metric, str) or not metric.startswith("test_"):
+        raise fail(f"beats_reference metric must be a test_* metric such as test_auroc, got {metric!r}", *where,
+                   "metric")
+    delta = rule.get("min_delta", 0.0)
+    if not _is_number(delta) or not math.isfinite(delta):
+        raise fail(f"beats_reference min_delta must be a number, got {delta!r}", *where, "min_delta")
+    return BeatsReference(rule["reference"], metric, float(delta))
 
 
 def _metric_rule(rule: Any, fail, where: tuple) -> MetricRule:

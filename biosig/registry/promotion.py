@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from biosig.config import BaseConfig
 from biosig.errors import ConfigError, DataError
-from biosig.registry.policies import Policy, TargetRules, load_policies, select_policy
+from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
 from biosig.tracking.datasets import TEST_DIGEST_TAG
 from biosig.tracking.run import configure_tracking, tracked_run
@@ -103,6 +103,8 @@ def evaluate(client: MlflowClient, policy: Policy, name: str, version: str, targ
         results.append(_prerequisite_result(client, name, mv, rules.requires_alias))
     if rules.champion:
         results.append(_champion_result(client, name, mv, target, rules.champion, metrics))
+    if rules.beats_reference:
+        results.append(_reference_result(rules.beats_reference, metrics))
     return Decision(name, str(mv.version), target, policy, results, metrics)
 
 
@@ -164,6 +166,18 @@ def _champion_result(client: MlflowClient, name: str, mv, target: str, champion,
     required = best + champion.min_delta
     return RuleResult(rule, f">= {required:.4f} (v{holder} {best:.4f} + {champion.min_delta:g})", f"{value:.4f}",
                       value >= required)
+
+
+def _reference_result(rule: BeatsReference, metrics: dict[str, float]) -> RuleResult:
+    name = f"beats_reference {rule.reference} {rule.metric} {rule.min_delta:+g}"
+    ours, theirs = metrics.get(rule.metric), metrics.get(f"reference.{rule.reference}.{rule.metric}")
+    if theirs is None or ours is None:
+        return RuleResult(name, f"reference.{rule.reference}.{rule.metric} + {rule.min_delta:g}",
+                          f"the run has no {rule.reference} reference: fine-tune with reference=[{rule.reference}] "
+                          "to measure it on the same split", False)
+    required = theirs + rule.min_delta
+    ok = math.isfinite(ours) and math.isfinite(theirs) and ours >= required
+    return RuleResult(name, f">= {required:.4f} ({rule.reference} {theirs:.4f} {rule.min_delta:+g})", f"{ours:.4f}", ok)
 
 
 def run_promote(config: PromoteConfig, *, nested: bool = False) -> Decision:

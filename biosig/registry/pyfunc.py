@@ -1,11 +1,13 @@
-"""The MLflow pyfunc form of a fine-tuned classifier: windows in, class probabilities out.
+"""The MLflow pyfunc form of a fine-tuned classifier (or of a `features` reference model): windows in,
+class probabilities out.
 
 Input (enforced by the signature): a DataFrame with one column per channel whose cells are arrays of
 `n_samples` floats (the layout of biosig's parquet datasets, so `pd.read_parquet(file)` works as is;
 extra columns are ignored) or a dict {channel: float32 array [N, n_samples]}; `as_model_input` turns an
 [N, C, T] array into that dict. Output: a DataFrame with one probability column per class.
 Preprocessing (channel order by name, context fit, training normalisation) comes from the checkpoint's
-biosig.json, so it is exactly what fine-tuning used.
+biosig.json, so it is exactly what fine-tuning used. A features reference (`kind: features_reference`)
+takes the same input and computes its window features from the raw windows instead.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import biosig
-from biosig.data.adapt import prepare_windows
+from biosig.data.adapt import prepare_windows, select_channels
 from biosig.errors import DataError
 from biosig.models.build import build_classifier
 from biosig.models.checkpoint import load_weights, read_meta
 from biosig.training.calibration import apply_calibration
+from biosig.training.reference import FeatureModel
+
+FEATURES_KIND = "features_reference"
 
 PREDICT_BATCH = 256
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -49,7 +54,8 @@ def pip_requirements() -> list[str]:
     from importlib.metadata import version
 
     return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in
-            ("mlflow", "torch", "granite-tsfm", "numpy", "pandas", "scipy", "safetensors", "pyyaml")]
+            ("mlflow", "torch", "granite-tsfm", "numpy", "pandas", "scipy", "safetensors", "pyyaml",
+             "scikit-learn", "skops")]
 
 
 def log_pyfunc(checkpoint: Path, meta: dict[str, Any]):
@@ -77,6 +83,10 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
 
     def load(self, path: Path) -> "WindowClassifier":
         self.meta = read_meta(path)
+        if self.meta.get("kind") == FEATURES_KIND:
+            self.features = FeatureModel.load(path, self.meta)
+            return self
+        self.features = None
         self.model = build_classifier(self.meta)
         load_weights(path, self.model)
         self.model.eval()
@@ -92,6 +102,9 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
         spec = self.meta["input"]
         x = _windows(model_input, spec["channels"])
+        if self.features is not None:
+            x = select_channels(x, spec["channels"], self.meta["channels"], "the model input")
+            return pd.DataFrame(self.features.predict_proba(x), columns=self.meta["class_names"])
         x = prepare_windows(x, spec["channels"], spec["fs"], self.meta, where="the model input")
         prob = apply_calibration(self.meta.get("calibration"), self.logits(x))
         return pd.DataFrame(prob.astype(np.float64), columns=self.meta["class_names"])
@@ -112,8 +125,9 @@ def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
         raise DataError(f"no registered model version {reference!r}") from None
     model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
     wrapper = model.unwrap_python_model()
-    if not isinstance(wrapper, WindowClassifier):
-        raise DataError(f"{reference} is not a biosig fine-tuned classifier")
+    if not isinstance(wrapper, WindowClassifier) or wrapper.features is not None:
+        raise DataError(f"{reference} is not a biosig fine-tuned classifier"
+                        f"{' (it is a features reference model)' if isinstance(wrapper, WindowClassifier) else ''}")
     return wrapper, version
 
 

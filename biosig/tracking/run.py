@@ -81,6 +81,9 @@ class RunContext:
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(local_path), artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        mlflow.log_text(text, artifact_file)
+
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(local_dir), artifact_path)
 
@@ -135,6 +138,9 @@ class FollowerContext:
         pass
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
         pass
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:

@@ -46,6 +46,10 @@ class CompareConfig(BaseConfig):
     metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
     finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
     split_manifest: str = ""  # CSV subject,split; empty: a subject split written once and used by every row
+    # Reference rows on the same split: features (window features + scikit-learn) and scratch (the first
+    # checkpoint's architecture, random init); trained once, within the first row's run.
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
+    cv: str = ""  # k or loso: every row cross-validated on the same subject folds (pooled test metrics)
 
     def validate(self) -> None:
         super().validate()
@@ -53,6 +57,9 @@ class CompareConfig(BaseConfig):
             raise ConfigError("config key 'checkpoints' is empty: list registered names, URIs or patterns")
         if not self.modes:
             raise ConfigError(f"config key 'modes' is empty: choose from {', '.join(MODES)}")
+        if self.cv and self.split_manifest:
+            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
+                              "its own subject folds")
 
 
 def run_compare(config: CompareConfig) -> pd.DataFrame:
@@ -62,12 +69,14 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation")
         _check_fit(references, logged.windows.channels, logged.name)
-        manifest = _manifest(config, logged.windows, Path(tmp))
-        ctx.log_artifact(manifest)
+        manifest = "" if config.cv else _manifest(config, logged.windows, Path(tmp))
+        if manifest:
+            ctx.log_artifact(manifest)
         rows = []
         for reference in references:
             for mode in config.modes:
-                rows.append(_row(config, reference, mode, str(Path(logged.path).resolve()), str(manifest)))
+                wanted = config.reference if not rows else []
+                rows.extend(_rows(config, reference, mode, str(Path(logged.path).resolve()), str(manifest), wanted))
         digests = {row.pop("test_digest") for row in rows}
         if len(digests) != 1:
             raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")
@@ -97,8 +106,10 @@ def _manifest(config: CompareConfig, ws, tmp: Path) -> Path:
     return write_manifest(splits, tmp / "split_manifest.csv")
 
 
-def _row(config: CompareConfig, reference: str, mode: str, data: str, manifest: str) -> dict:
+def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest: str, references: list[str]) -> list[dict]:
+    """The row of one checkpoint x mode, plus the reference models' rows when asked for."""
     overrides = {"checkpoint": reference, "data": data, "split_manifest": manifest, "register": False,
+                 "reference": references, "cv": config.cv,
                  "experiment": config.experiment,
                  "tracking_uri": config.tracking_uri, "seed": config.seed, "run_name": f"{mode} {reference}"}
     if mode == "probe":  # frozen backbone: head-only epochs with a linear head
@@ -109,10 +120,16 @@ def _row(config: CompareConfig, reference: str, mode: str, data: str, manifest: 
     started = time.perf_counter()
     result = finetune(finetune_config, nested=True)
     test = result.test
-    return {"checkpoint": reference, "mode": mode, "auroc": test["auroc"], "f1": test["f1"],
-            "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],
-            "trainable_params": result.trainable_params, "wall_s": round(time.perf_counter() - started, 2),
-            "run_id": result.run_id, "test_digest": result.test_digest}
+    rows = [{"checkpoint": reference, "mode": mode, "auroc": test["auroc"], "f1": test["f1"],
+             "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],
+             "trainable_params": result.trainable_params, "wall_s": round(time.perf_counter() - started, 2),
+             "run_id": result.run_id, "test_digest": result.test_digest}]
+    for name, metrics in result.references.items():
+        rows.append({"checkpoint": f"reference: {name}", "mode": "features+sklearn" if name == "features" else "scratch",
+                     "auroc": metrics["auroc"], "f1": metrics["f1"], "balanced_accuracy": metrics["balanced_accuracy"],
+                     "ece": metrics.get("ece", float("nan")), "trainable_params": 0, "wall_s": float("nan"),
+                     "run_id": result.run_id, "test_digest": result.test_digest})
+    return rows
 
 
 def _markdown(board: pd.DataFrame) -> str:

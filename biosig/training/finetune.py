@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import math
 import tempfile
 import time
@@ -27,25 +28,29 @@ from torch import nn
 import biosig
 from biosig.config import load_config, require_range
 from biosig.data import SourceOptions, WindowSet
-from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
+from biosig.data.adapt import (ChannelStats, ContextFit, Normalisation, WindowScaling, fit_context, select_channels,
+                               unit_mismatch)
 from biosig.data.channels import check_channels
-from biosig.data.splits import manifest_digest, manifest_split, subject_split
+from biosig.data.splits import manifest_digest, manifest_split, subject_split, cv_folds
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.models.build import build_backbone
-from biosig.models.checkpoint import save_checkpoint
+from biosig.models.checkpoint import save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
 from biosig.models.heads import Classifier
-from biosig.models.inflation import map_channels
+from biosig.models.inflation import drop_channels, map_channels
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
 from biosig.registry.promotion import PromoteConfig, run_promote
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
-from biosig.registry.pyfunc import log_pyfunc
+from biosig.registry.card import model_card
+from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
 from biosig.tracking.splits import SPLIT_DIGEST_TAG
 from biosig.training import loop
-from biosig.training.metrics import aggregate_by_subject, classification_metrics, collapsed_classes
+from biosig.training.metrics import (INTERVAL_METRICS, aggregate_by_subject, classification_metrics,
+                                     collapsed_classes, subject_bootstrap)
+from biosig.training.reference import fit_feature_model
 from biosig.training.plots import confusion_png, roc_png
 from biosig.training.pretrain import WARNING_TAG, PretrainConfig
 
@@ -63,6 +68,9 @@ class FinetuneConfig(loop.LoopConfig):
     pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
     arch: Literal["auto", "ttm", "mamba2"] = "auto"  # auto: the pretrain config's (checkpoint=auto) or any
     context_fit: ContextFit = "crop"
+    # global: per-channel z-score fitted on train (keeps absolute amplitude); window: each window scaled by
+    # its own typical amplitude (unit-free); auto: global unless subjects' amplitudes differ > 30x (units)
+    normalisation: Normalisation = "auto"
     head: Literal["linear", "mlp"] = "linear"
     head_dropout: float = 0.1
     pooling: Literal["mean", "meanmax", "flatten"] = "meanmax"  # over patches; channels are always kept
@@ -82,6 +90,11 @@ class FinetuneConfig(loop.LoopConfig):
     test_fraction: float = 0.2
     split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
     task: str = ""  # recorded on the registered version; default: the dataset's label name
+    # Reference models trained and tested on the same split, each a nested run (tag biosig.reference):
+    # features (window features + scikit-learn) and scratch (this architecture, random init).
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=list)
+    cv: str = ""  # cross-validation: empty (one split), k >= 2 (subject folds) or loso (one subject per fold)
+    bootstrap: int = 1000  # subject-level bootstrap resamples for test_*_ci_low/high (0: no interval)
     register: bool = True
     promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
     policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
@@ -109,6 +122,15 @@ class FinetuneConfig(loop.LoopConfig):
         require_range("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
         if self.class_weights not in ("auto", "none"):
             _parse_weights(self.class_weights)
+        require_range("bootstrap", self.bootstrap, 0)
+        if len(set(self.reference)) != len(self.reference):
+            raise ConfigError(f"config key 'reference' lists a reference twice: {self.reference}")
+        if self.cv and self.cv != "loso" and not (self.cv.isdigit() and int(self.cv) >= 2):
+            raise ConfigError(f"config key 'cv' must be empty, an integer >= 2 (subject folds) or loso, "
+                              f"got {self.cv!r}")
+        if self.cv and self.split_manifest:
+            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
+                              "its own subject folds")
 
     def auto_name(self) -> str:
         return load_config(PretrainConfig, self.pretrain_config or None).model_name()
@@ -146,12 +168,13 @@ class FinetuneResult:
     version: str | None
     best_epoch: int
     val: dict[str, float]
-    test: dict[str, float]
+    test: dict[str, float]  # test metrics (pooled over folds under cv), with *_ci_low/high and *_mean/std
     mode_collapse: list[str]
     model_uri: str
     test_digest: str = ""
     trainable_params: int = 0  # the most any stage trained
     parent_name: str = ""
+    references: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> test metrics
 
 
 @dataclasses.dataclass
@@ -161,12 +184,26 @@ class FinetuneData:
     subject: dict[str, np.ndarray]
     class_names: list[str]
     channels: list[str]
-    stats: ChannelStats
+    stats: ChannelStats | WindowScaling
     test_digest: str  # content digest of the test split: champion comparisons need the same one
+    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # selected channels, before context fit
+    fs: float = 0.0
+    note: str = ""  # why normalisation=auto chose what it chose, when it matters
+
+
+@dataclasses.dataclass
+class Tested:
+    """One trained model's outcome on one split: what the evidence (intervals, CV pooling) is built from."""
+
+    metrics: dict[str, float]
+    prob: np.ndarray
+    y: np.ndarray
+    subject: np.ndarray
 
 
 def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | None = None) -> FinetuneResult:
-    """The `finetune` command: resolve the checkpoint first (fail fast), then train, test, register.
+    """The `finetune` command: resolve the checkpoint first (fail fast), then train, test (one split or
+    cross-validated), train the reference models on the same split(s), register with a model card.
     `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
     if config.checkpoint == "auto" and auto_name is None:
         auto_name = config.auto_name()
@@ -178,33 +215,280 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="training")
-        data = prepare_data(logged.windows, logged.name, config, parent)
-        ctx.set_tags({TEST_DIGEST_TAG: data.test_digest,
-                      **({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)} if config.split_manifest else {})})
-        device = loop.resolve_device(config.device)
-        generator = loop.seed_everything(config.seed)
-        model, masks = build_model(ctx, parent, data, config)
-        model.to(device)
-        check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
-        trainer = Trainer(ctx, config, model, masks, data, device, generator)
-        trainer.run()
-        test = trainer.test(Path(tmp))
-        meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
-        checkpoint = save_checkpoint(Path(tmp) / "checkpoint", trainer.best_state, meta)
-        model_info = log_pyfunc(checkpoint, meta)
+        if config.split_manifest:
+            ctx.set_tags({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)})
+        evidence = (_cross_validate if config.cv else _single_split)(ctx, config, parent, logged, Path(tmp))
+        trainer, meta, model_info = evidence.trainer, evidence.meta, evidence.model_info
         name = f"{parent_name}{FINETUNED_SUFFIX}"
         version = None
+        card = model_card(name=name, meta=meta, parent=parent, dataset=logged, evidence=evidence, config=config)
+        ctx.log_text(card.text, "model_card.md")
         if config.register:
-            version = _register(ctx, name, model_info, parent, logged, test, meta["task"], data.test_digest)
+            version = _register(ctx, name, model_info, parent, logged, evidence.test, meta["task"], evidence.test_digest,
+                                card)
             if config.promote:
                 _promote(ctx, config, name, version)
         trainable = max(c["trainable"] for c in trainer.stage_counts.values())
-        return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, test,
-                              trainer.collapsed, model_info.model_uri, data.test_digest, trainable, parent_name)
+        return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, evidence.test,
+                              trainer.collapsed, model_info.model_uri, evidence.test_digest, trainable, parent_name,
+                              {k: v.metrics for k, v in evidence.references.items()})
 
 
-def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint) -> FinetuneData:
-    """Labels checked, subject split, channels by name, context fit, train-only normalisation."""
+@dataclasses.dataclass
+class Evidence:
+    """What a finetune run knows at the end: the model to register (trainer, data), its test metrics with
+    intervals, the references' test metrics, and how to log the model (into which run)."""
+
+    trainer: "Trainer"
+    data: FinetuneData
+    test: dict[str, float]
+    test_digest: str
+    references: dict[str, Tested]
+    meta: dict[str, Any]  # the registered model's biosig.json
+    model_info: Any  # the logged pyfunc model (mlflow ModelInfo)
+    folds: int = 0
+    subjects: dict[str, int] = dataclasses.field(default_factory=dict)
+    windows: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, tmp: Path) -> Evidence:
+    data = prepare_data(logged.windows, logged.name, config, parent)
+    ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
+    trainer, tested = _train_and_test(ctx, config, parent, data, tmp)
+    test = {**tested.metrics, **_interval(ctx, config, tested, data.class_names)}
+    references = run_references(ctx, config, parent, data, logged, tmp)
+    _log_reference_deltas(ctx, test, references)
+    meta, model_info = _log_model(ctx, config, parent, logged, trainer, data, tmp)
+    return Evidence(trainer, data, test, data.test_digest, references, meta, model_info,
+                    subjects={s: len(np.unique(v)) for s, v in data.subject.items()},
+                    windows={s: len(v) for s, v in data.y.items()})
+
+
+def _train_and_test(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
+                    tmp: Path) -> tuple["Trainer", Tested]:
+    device = loop.resolve_device(config.device)
+    generator = loop.seed_everything(config.seed)
+    model, masks = build_model(ctx, parent, data, config)
+    model.to(device)
+    check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
+    trainer = Trainer(ctx, config, model, masks, data, device, generator)
+    trainer.run()
+    return trainer, trainer.test(tmp)
+
+
+def _interval(ctx: RunContext, config: FinetuneConfig, tested: Tested, class_names: list[str]) -> dict[str, float]:
+    """Subject-level bootstrap interval of the test metrics (at the selection level), logged as test_*_ci_*."""
+    if not config.bootstrap:
+        return {}
+    y, prob, subject = tested.y, tested.prob, tested.subject
+    if config.aggregate != "none" and config.selection_level == "participant":
+        subject, y, prob = aggregate_by_subject(subject, y, prob, config.aggregate)
+    ci = subject_bootstrap(y, prob, subject, class_names, n_resamples=config.bootstrap, seed=config.seed)
+    ctx.log_metrics({f"test_{k}": v for k, v in ci.items()})
+    return ci
+
+
+def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, tmp: Path) -> Evidence:
+    """Each fold a nested run (model + references); the parent logs pooled test metrics over every
+    fold's test predictions, per-fold mean/sd and a subject bootstrap interval; then one model is refit
+    on all subjects (train/val only) with the same settings and registered with this evidence."""
+    ws = logged.windows
+    folds = cv_folds(ws, config.cv, config.val_fraction, seed=config.seed)
+    print(f"cross-validation: {len(folds)} subject folds (cv={config.cv})")
+    outcomes: list[Tested] = []
+    ref_outcomes: dict[str, list[Tested]] = {name: [] for name in config.reference}
+    digests = []
+    for i, splits in enumerate(folds, start=1):
+        fold_config = dataclasses.replace(config, run_name=f"fold {i}/{len(folds)}", cv="", register=False)
+        with tracked_run("finetune", fold_config, nested=True, tags={"biosig.cv.fold": str(i)}) as fold_ctx:
+            print(f"fold {i}/{len(folds)}: test subjects {', '.join(map(str, np.unique(splits['test'].subject)))}")
+            data = prepare_data(ws, logged.name, fold_config, parent, splits=splits)
+            fold_ctx.set_tags({TEST_DIGEST_TAG: data.test_digest, **parent.lineage()})
+            _, tested = _train_and_test(fold_ctx, fold_config, parent, data, tmp)
+            outcomes.append(tested)
+            digests.append(data.test_digest)
+            for name, ref in run_references(fold_ctx, fold_config, parent, data, logged, tmp).items():
+                ref_outcomes[name].append(ref)
+    class_names = data.class_names
+    test_digest = hashlib.sha256("".join(digests).encode()).hexdigest()
+    ctx.set_tags({TEST_DIGEST_TAG: test_digest, "biosig.cv": config.cv, "biosig.cv.folds": str(len(folds))})
+    pooled = _pool(ctx, config, outcomes, class_names, "test_")
+    references = {}
+    for name, parts in ref_outcomes.items():
+        metrics = _pool(None, config, parts, class_names, "")
+        ctx.log_metrics({f"reference.{name}.test_{k}": v for k, v in metrics.items() if k in _REFERENCE_KEYS})
+        references[name] = Tested(metrics, np.concatenate([p.prob for p in parts]),
+                                  np.concatenate([p.y for p in parts]), np.concatenate([p.subject for p in parts]))
+    _log_reference_deltas(ctx, pooled, references)
+    print(f"  cross-validated test (pooled over {len(folds)} folds): auroc {pooled['auroc']:.3f} "
+          f"[{pooled.get('auroc_ci_low', math.nan):.3f}, {pooled.get('auroc_ci_high', math.nan):.3f}]  "
+          f"per-fold {pooled['auroc_mean']:.3f} +- {pooled['auroc_std']:.3f}")
+    refit_config = dataclasses.replace(config, run_name="refit on all subjects", cv="", register=False)
+    with tracked_run("finetune", refit_config, nested=True, tags={"biosig.cv.refit": "true"}) as refit_ctx:
+        print("refit on all subjects (train/val only) with the same settings")
+        splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
+        data = prepare_data(ws, logged.name, refit_config, parent, splits=splits)
+        refit_ctx.set_tags({**parent.lineage(), "biosig.cv.evidence_run": ctx.run_id})
+        device = loop.resolve_device(config.device)
+        model, masks = build_model(refit_ctx, parent, data, refit_config)
+        model.to(device)
+        trainer = Trainer(refit_ctx, refit_config, model, masks, data, device, loop.seed_everything(config.seed))
+        trainer.run()
+        meta, model_info = _log_model(refit_ctx, config, parent, logged, trainer, data, tmp)
+    counts = [len(np.unique(o.subject)) for o in outcomes]
+    return Evidence(trainer, data, pooled, test_digest, references, meta, model_info, folds=len(folds),
+                    subjects={"train": len(np.unique(data.subject["train"])), "val": len(np.unique(data.subject["val"])),
+                              "test (pooled over folds)": sum(counts)},
+                    windows={"train": len(data.y["train"]), "val": len(data.y["val"]),
+                             "test (pooled over folds)": sum(len(o.y) for o in outcomes)})
+
+
+_REFERENCE_KEYS = ("auroc", "f1", "balanced_accuracy", "auroc_ci_low", "auroc_ci_high")
+
+
+REFERENCE_TAG = "biosig.reference"
+
+
+def run_references(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData, logged,
+                   tmp: Path) -> dict[str, Tested]:
+    """Each reference of `config.reference` as a nested run on exactly this split (same test digest),
+    logged as a pyfunc with the fine-tuned model's input signature; the calling run gets
+    `reference.<name>.test_<metric>`."""
+    out: dict[str, Tested] = {}
+    for name in config.reference:
+        ref_config = dataclasses.replace(config, run_name=f"reference: {name}", register=False, reference=[], cv="")
+        tags = {REFERENCE_TAG: name, TEST_DIGEST_TAG: data.test_digest}
+        with tracked_run("finetune", ref_config, nested=True, tags=tags) as ref_ctx:
+            print(f"reference model '{name}' on the same split")
+            train = _features_reference if name == "features" else _scratch_reference
+            work = tmp / f"reference-{name}"
+            work.mkdir(parents=True, exist_ok=True)
+            tested = train(ref_ctx, ref_config, parent, data, logged, work)
+            tested.metrics.update(_interval(ref_ctx, ref_config, tested, data.class_names))
+        ctx.log_metrics({f"reference.{name}.test_{k}": tested.metrics[k] for k in _REFERENCE_KEYS
+                         if k in tested.metrics})
+        out[name] = tested
+    return out
+
+
+def _features_reference(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
+                        logged, tmp: Path) -> Tested:
+    """Window features of the raw windows (full length) + the scikit-learn model chosen on val."""
+    model, scores = fit_feature_model({s: data.raw[s] for s in ("train", "val")}, data.y, data.fs, data.channels,
+                                      len(data.class_names), seed=config.seed)
+    ctx.log_metrics({f"selection.val_auroc.{name}": value for name, value in scores.items()})
+    ctx.set_tags({"biosig.reference.choice": model.choice})
+    tested = {}
+    for split in ("val", "test"):
+        prob = model.predict_proba(data.raw[split])
+        metrics = split_metrics(data.y[split], prob, data.subject[split], data.class_names, config.aggregate,
+                                config.selection_level)
+        ctx.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
+        tested[split] = Tested(metrics, prob, data.y[split], data.subject[split])
+    print(f"  features reference ({model.choice}, chosen on val AUROC {scores[model.choice]:.3f}): test auroc "
+          f"{tested['test'].metrics['auroc']:.3f}  f1 {tested['test'].metrics['f1']:.3f}")
+    windows = logged.windows
+    meta = {"kind": FEATURES_KIND, "name": f"{parent.name or parent.meta.get('name', '')}_features_reference",
+            "task": config.task or windows.label_name, "class_names": data.class_names, "channels": data.channels,
+            "fs": data.fs, "reference": model.describe(),
+            "input": {"channels": list(windows.channels), "fs": windows.fs, "n_samples": windows.n_samples},
+            "provenance": {"run_id": ctx.run_id, "dataset": logged.name, "dataset_digest": logged.digest,
+                           "biosig_version": biosig.__version__}}
+    write_meta(model.save(tmp), meta)
+    log_pyfunc(tmp, meta)
+    return tested["test"]
+
+
+def _scratch_reference(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
+                       logged, tmp: Path) -> Tested:
+    """The fine-tuned model's architecture and head from random weights, every parameter trained for as
+    many epochs as all fine-tuning stages together (freezing random blocks would teach nothing)."""
+    device = loop.resolve_device(config.device)
+    generator = loop.seed_everything(config.seed)
+    model, _ = build_model(ctx, parent, data, config, pretrained=False)
+    model.to(device)
+    epochs = config.stage1_epochs + config.stage2_epochs + config.stage3_epochs
+    trainer = Trainer(ctx, config, model, None, data, device, generator, schedule=[(3, epochs, config.lr)])
+    trainer.run()
+    tested = trainer.test(tmp)
+    meta = {**_finetuned_meta(config, parent, parent.name or parent.meta.get("name", ""), data, logged, ctx.run_id,
+                              trainer, windows=logged.windows), "kind": "scratch_reference"}
+    log_pyfunc(save_checkpoint(tmp / "checkpoint", trainer.best_state, meta), meta)
+    return tested
+
+
+def _log_reference_deltas(ctx: RunContext, test: dict[str, float], references: dict[str, Tested]) -> None:
+    """`reference.<name>.delta_test_auroc` (model minus reference) and a side-by-side table on stdout."""
+    if not references:
+        return
+    ctx.log_metrics({f"reference.{name}.delta_test_{m}": test[m] - ref.metrics[m]
+                     for name, ref in references.items() for m in ("auroc", "f1") if m in ref.metrics})
+    rows = [("fine-tuned", test)] + [(f"reference: {name}", ref.metrics) for name, ref in references.items()]
+    print("  on the same test split:")
+    for label, metrics in rows:
+        ci = (f" [{metrics['auroc_ci_low']:.3f}, {metrics['auroc_ci_high']:.3f}]"
+              if math.isfinite(metrics.get("auroc_ci_low", math.nan)) else "")
+        print(f"    {label:<22} auroc {metrics['auroc']:.3f}{ci}  f1 {metrics['f1']:.3f}  "
+              f"balanced_accuracy {metrics['balanced_accuracy']:.3f}")
+
+
+def _log_model(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, trainer: "Trainer",
+               data: FinetuneData, tmp: Path) -> tuple[dict[str, Any], Any]:
+    """The best state as a checkpoint directory, logged as the active run's pyfunc model."""
+    parent_name = parent.name or parent.meta.get("name", "")
+    meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
+    checkpoint = save_checkpoint(tmp / "checkpoint", trainer.best_state, meta)
+    return meta, log_pyfunc(checkpoint, meta)
+
+
+def _pool(ctx: RunContext | None, config: FinetuneConfig, parts: list[Tested], class_names: list[str],
+          prefix: str) -> dict[str, float]:
+    """Metrics of all folds' test predictions together (each subject tested once), per-fold mean/sd of
+    the interval metrics, and the subject bootstrap interval of the pooled predictions."""
+    y = np.concatenate([p.y for p in parts])
+    prob = np.concatenate([p.prob for p in parts])
+    subject = np.concatenate([p.subject for p in parts])
+    tested = Tested(split_metrics(y, prob, subject, class_names, config.aggregate, config.selection_level), prob, y,
+                    subject)
+    metrics = dict(tested.metrics)
+    for metric in INTERVAL_METRICS:
+        values = np.array([p.metrics[metric] for p in parts], dtype=float)
+        finite = values[np.isfinite(values)]
+        metrics[f"{metric}_mean"] = float(finite.mean()) if len(finite) else math.nan
+        metrics[f"{metric}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+    if ctx is not None:
+        ctx.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
+        metrics.update(_interval(ctx, config, tested, class_names))
+    elif config.bootstrap:
+        metrics.update(_interval_values(config, tested, class_names))
+    return metrics
+
+
+def _interval_values(config: FinetuneConfig, tested: Tested, class_names: list[str]) -> dict[str, float]:
+    y, prob, subject = tested.y, tested.prob, tested.subject
+    if config.aggregate != "none" and config.selection_level == "participant":
+        subject, y, prob = aggregate_by_subject(subject, y, prob, config.aggregate)
+    return subject_bootstrap(y, prob, subject, class_names, n_resamples=config.bootstrap, seed=config.seed)
+
+
+def split_metrics(y: np.ndarray, prob: np.ndarray, subject: np.ndarray, class_names: list[str], aggregate: str,
+                  selection_level: str) -> dict[str, float]:
+    """Window metrics, and with `aggregate` the participant-level ones too: plain names are those of
+    `selection_level`, both levels are also given as window_* and participant_*."""
+    window = classification_metrics(y, prob, class_names)
+    if aggregate == "none":
+        return window
+    _, y_subject, p_subject = aggregate_by_subject(subject, y, prob, aggregate)
+    participant = classification_metrics(y_subject, p_subject, class_names)
+    selected = participant if selection_level == "participant" else window
+    return {**selected, **{f"window_{k}": v for k, v in window.items()},
+            **{f"participant_{k}": v for k, v in participant.items()}}
+
+
+def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint,
+                 splits: dict[str, WindowSet] | None = None) -> FinetuneData:
+    """Labels checked, subject split (unless given), channels by name, context fit, train-only
+    normalisation."""
     if (ws.labels < 0).any():
         raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
     channels = config.channels or list(ws.channels)
@@ -213,36 +497,52 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
         # embeddings, TTM channel mixers) line up; inputs are selected by name either way.
         channels = list(parent.meta["channels"])
     missing = [c for c in parent.meta["channels"] if c not in channels]
-    if missing:
+    if len(missing) == len(parent.meta["channels"]):
         raise TrainingError(f"the checkpoint was pretrained on {parent.meta['channels']}; channels {missing} are "
-                            f"missing from the fine-tuning data ({where} has {ws.channels}, selected {channels})")
+                            f"missing from the fine-tuning data ({where} has {ws.channels}, selected {channels}): "
+                            "no pretrained channel in common, a different modality needs its own checkpoint")
     n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
     class_names = ws.class_names or [str(k) for k in range(n_classes)]
-    splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
-              else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
-    for needed in ("train", "val", "test"):
-        if needed not in splits:
-            raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
+    if splits is None:
+        splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
+                  else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
+        for needed in ("train", "val", "test"):
+            if needed not in splits:
+                raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
     train_classes = np.unique(splits["train"].labels)
     if len(train_classes) < 2:
         raise TrainingError(f"the training split of {where} holds only class {class_names[train_classes[0]]!r}: "
                             "a classifier needs at least two classes in training")
-    x = {}
+    x, raw = {}, {}
     for split, part in splits.items():
-        selected = select_channels(part.signals, ws.channels, channels, where)
-        x[split] = fit_context(selected, ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
+        raw[split] = select_channels(part.signals, ws.channels, channels, where)
+        x[split] = fit_context(raw[split], ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
                                policy=config.context_fit, where=where, patch_length=parent.meta["patch_length"])
-    stats = ChannelStats.fit(x["train"], channels)
+    kind, note = config.normalisation, ""
+    if kind == "auto":
+        mismatch = unit_mismatch(x["train"], splits["train"].subject, channels)
+        kind = "window" if mismatch else "global"
+        if mismatch:
+            note = ("subjects' typical amplitudes differ by " + ", ".join(f"{c} {r:.0f}x" for c, r in mismatch.items())
+                    + " (different units?): normalising each window by its own amplitude (normalisation=window)")
+    stats = (WindowScaling if kind == "window" else ChannelStats).fit(x["train"], channels)
     return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
-                 subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
-                 stats=stats, test_digest=splits["test"].digest)
+                        subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
+                        stats=stats, test_digest=splits["test"].digest if "test" in splits else "", raw=raw, fs=ws.fs,
+                        note=note)
 
 
-def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData, config: FinetuneConfig):
-    """Backbone for the new channel layout with the pretrained weights mapped by channel name."""
+def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData, config: FinetuneConfig,
+                pretrained: bool = True):
+    """Backbone for the new channel layout with the pretrained weights mapped by channel name
+    (`pretrained=False`: the same architecture randomly initialised, for the scratch reference)."""
     from safetensors.torch import load_file
 
     spec = parent.meta["backbone"]
+    if data.note:
+        print(f"  note: {data.note}")
+        ctx.set_tags({"biosig.note.normalisation": data.note})
+    ctx.set_tags({"biosig.normalisation": data.stats.kind})
     try:
         backbone = build_backbone(spec["arch"], data.channels, spec["config"])
     except ConfigError as exc:
@@ -252,8 +552,22 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
         raise TrainingError(f"checkpoint {parent.uri} embeds all channels of {parent.meta['channels']} jointly "
                             f"(tokenization=joint) and cannot take channels {data.channels}: select exactly those "
                             "channels, in that order (config key 'channels'), or pretrain with per_channel tokens")
-    pretrained = load_file(Path(parent.path) / "model.safetensors")
-    mapping = map_channels(pretrained, backbone.state_dict(), parent.meta["channels"], data.channels)
+    if not pretrained:
+        return Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
+                          pooling=config.pooling), None
+    weights = load_file(Path(parent.path) / "model.safetensors")
+    old_channels = list(parent.meta["channels"])
+    dropped = [c for c in old_channels if c not in data.channels]
+    if dropped:  # a subset of the pretrained montage: keep the present channels' weights, by name
+        kept = [c for c in old_channels if c in data.channels]
+        weights, resliced = drop_channels(weights, build_backbone(spec["arch"], kept, spec["config"]).state_dict(),
+                                          old_channels, kept)
+        note = (f"pretrained channels {dropped} are absent from the data and were dropped"
+                f"{f'; {len(resliced)} channel-dependent tensors re-sliced by name' if resliced else ' (no channel-dependent tensors)'}")
+        print(f"  note: {note}")
+        ctx.set_tags({"biosig.channels_dropped": ",".join(dropped), "biosig.note.channels": note})
+        old_channels = kept
+    mapping = map_channels(weights, backbone.state_dict(), old_channels, data.channels)
     try:
         backbone.load_state_dict(mapping.state_dict, strict=True)
     except RuntimeError as exc:
@@ -273,8 +587,12 @@ class Trainer:
 
     def __init__(self, ctx: RunContext, config: FinetuneConfig, model: Classifier, masks: GradientMasks | None,
                  data: FinetuneData, device: torch.device, generator: torch.Generator,
-                 on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> None:
+                 on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                 schedule: list[tuple[int, int, float]] | None = None) -> None:
         self.ctx, self.config, self.model, self.masks, self.data = ctx, config, model, masks, data
+        c = config
+        #: (stage, epochs, lr): staged unfreezing by default; the scratch reference trains everything throughout
+        self.schedule = schedule or [(1, c.stage1_epochs, c.lr), (2, c.stage2_epochs, c.lr), (3, c.stage3_epochs, c.lr / 10)]
         self.on_epoch = on_epoch  # e.g. an Optuna trial's report/prune check
         self.device, self.generator = device, generator
         weights = _class_weights(config.class_weights, data.y["train"], len(data.class_names))
@@ -294,9 +612,7 @@ class Trainer:
         self.warned_nan_selection = False
 
     def run(self) -> None:
-        c = self.config
-        stages = [(1, c.stage1_epochs, c.lr), (2, c.stage2_epochs, c.lr), (3, c.stage3_epochs, c.lr / 10)]
-        for stage, epochs, lr in stages:
+        for stage, epochs, lr in self.schedule:
             if epochs:
                 self._stage(stage, epochs, lr)
             if stage == 1 and epochs:
@@ -383,14 +699,9 @@ class Trainer:
         loss = sum(losses) / len(y_true)
         if not math.isfinite(loss):
             raise TrainingError(f"{split} loss is {loss} at epoch {self.epoch}: lower lr or set amp=off")
-        window = classification_metrics(y_true, prob, self.data.class_names)
-        if self.config.aggregate == "none":
-            return {"loss": loss, **window}, prob
-        _, y_subject, p_subject = aggregate_by_subject(self.data.subject[split], y_true, prob, self.config.aggregate)
-        participant = classification_metrics(y_subject, p_subject, self.data.class_names)
-        selected = participant if self.config.selection_level == "participant" else window
-        return {"loss": loss, **selected, **{f"window_{k}": v for k, v in window.items()},
-                **{f"participant_{k}": v for k, v in participant.items()}}, prob
+        metrics = split_metrics(y_true, prob, self.data.subject[split], self.data.class_names, self.config.aggregate,
+                                self.config.selection_level)
+        return {"loss": loss, **metrics}, prob
 
     def _check_collapse(self) -> None:
         metrics = self.history[-1]
@@ -404,7 +715,7 @@ class Trainer:
             print("!! Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse")
             print("!" * 78)
 
-    def test(self, tmp: Path) -> dict[str, float]:
+    def test(self, tmp: Path) -> Tested:
         """Evaluate the best (not the last) state on test; log metrics, plots and predictions."""
         self.model.load_state_dict(self.best_state)
         metrics, prob = self.evaluate("test")
@@ -430,7 +741,7 @@ class Trainer:
             self.ctx.log_artifact(tmp / "participant_predictions.parquet", "evaluation")
         print(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
               f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
-        return metrics
+        return Tested(metrics, prob, y_true, self.data.subject["test"])
 
 
 def _promote(ctx: RunContext, config: FinetuneConfig, name: str, version: str) -> None:
@@ -492,7 +803,7 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
 
 
 def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint, logged, test: dict[str, float],
-              task: str, test_digest: str) -> str:
+              task: str, test_digest: str, card) -> str:
     tags = {
         "biosig.kind": "finetuned", "biosig.arch": parent.arch, "biosig.run_id": ctx.run_id, "biosig.task": task,
         "biosig.parent.name": parent.name or parent.meta.get("name", ""), "biosig.parent.version": parent.version or "",
@@ -501,8 +812,8 @@ def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint
         TEST_DIGEST_TAG: test_digest,
     }
     version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
-                              tags=tags, description=f"{task} classifier fine-tuned from {parent.uri}; see run "
-                                                     f"{ctx.run_id}", model_tags={"biosig.kind": "finetuned"})
+                              tags=tags, description=f"{card.headline}. Model card: run {ctx.run_id}, model_card.md",
+                              model_tags={"biosig.kind": "finetuned"})
     ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
     ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
     print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "

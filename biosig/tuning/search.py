@@ -62,6 +62,9 @@ class TuneConfig(FinetuneConfig):
             raise ConfigError(f"config key 'n_trials' must be >= 1, got {self.n_trials}")
         if self.n_jobs < 1:
             raise ConfigError(f"config key 'n_jobs' must be >= 1, got {self.n_jobs}")
+        if self.cv:
+            raise ConfigError("config key 'cv' does not apply to tune: trials search on one split (cross-validate "
+                              "the chosen settings with `biosig finetune --cv K`); 'reference' applies to the refit")
         if not 0 < self.lr_min < self.lr_max:
             raise ConfigError(f"learning-rate range [lr_min, lr_max] = [{self.lr_min}, {self.lr_max}] is empty or "
                               "inverted: need 0 < lr_min < lr_max")

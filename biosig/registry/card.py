@@ -1,0 +1,91 @@
+"""Model cards: one markdown page per fine-tuned version, logged as `model_card.md` in the run that
+registered it, with its headline as the version description. What a reviewer needs before promoting:
+task and classes, parent checkpoint, data (name, digest, subjects and windows per split), metrics with
+their subject-bootstrap intervals, the reference models and the deltas to them, calibration (ECE),
+per-class recall, and the known limits of the evidence."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+
+@dataclasses.dataclass
+class ModelCard:
+    headline: str
+    text: str
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def _with_interval(metrics: dict[str, float], metric: str) -> str:
+    low, high = metrics.get(f"{metric}_ci_low"), metrics.get(f"{metric}_ci_high")
+    interval = f" [{_fmt(low)}, {_fmt(high)}]" if low is not None and math.isfinite(low) else ""
+    return f"{_fmt(metrics.get(metric))}{interval}"
+
+
+def model_card(*, name: str, meta: dict[str, Any], parent, dataset, evidence, config) -> ModelCard:
+    """`evidence` is the finetune command's Evidence (test metrics, references, folds, split sizes)."""
+    test = evidence.test
+    scheme = (f"{evidence.folds}-fold subject cross-validation (cv={config.cv}), test predictions of all folds pooled;"
+              " the registered model is refit on all subjects with the same settings" if evidence.folds
+              else "one subject-level train/val/test split")
+    headline = (f"{meta['task']} classifier ({', '.join(meta['class_names'])}) fine-tuned from {parent.uri}: "
+                f"test AUROC {_with_interval(test, 'auroc')}, F1 {_fmt(test.get('f1'))} "
+                f"({'cross-validated' if evidence.folds else 'one split'}; 95 % subject-bootstrap interval)")
+    refs = evidence.references
+    if refs:
+        deltas = ", ".join(f"{n} {_fmt(r.metrics.get('auroc'))} (delta {test['auroc'] - r.metrics['auroc']:+.3f})"
+                           for n, r in refs.items())
+        headline += f"; references on the same split: {deltas}"
+    lines = [
+        f"# {name}", "", headline, "",
+        "## Task", f"- task: {meta['task']}; classes: {', '.join(meta['class_names'])}",
+        f"- input: channels {meta['input']['channels']} at {meta['input']['fs']:g} Hz, "
+        f"{meta['input']['n_samples']} samples per window; the model uses {meta['channels']}",
+        "", "## Parent checkpoint", f"- {parent.describe()}",
+        "", "## Data", f"- dataset: {dataset.name} (digest `{dataset.digest[:16]}`)",
+        f"- evaluation: {scheme}; test digest `{evidence.test_digest[:16]}`",
+        *(f"- {split}: {evidence.subjects.get(split, 0)} subjects, {evidence.windows.get(split, 0)} windows"
+          for split in evidence.windows),
+        "", "## Test metrics (95 % subject-bootstrap interval)", "| metric | value |", "|---|---|",
+        *(f"| {m} | {_with_interval(test, m)} |" for m in ("auroc", "f1", "balanced_accuracy")),
+        f"| ece (calibration) | {_fmt(test.get('ece'))} |",
+        *(f"| recall {k[len('recall.'):]} | {_fmt(v)} |" for k, v in test.items() if k.startswith("recall.")),
+    ]
+    if evidence.folds:
+        lines += ["", f"Per-fold AUROC: mean {_fmt(test.get('auroc_mean'))}, sd {_fmt(test.get('auroc_std'))}."]
+    lines += ["", "## Reference models (same split)"]
+    if refs:
+        lines += ["| model | AUROC | F1 | delta AUROC (this - reference) |", "|---|---|---|---|"]
+        lines += [f"| {n} | {_with_interval(r.metrics, 'auroc')} | {_fmt(r.metrics.get('f1'))} | "
+                  f"{test['auroc'] - r.metrics['auroc']:+.3f} |" for n, r in refs.items()]
+    else:
+        lines.append("None were trained: pass `reference=[features, scratch]` to measure this model against a "
+                     "window-feature baseline and the same architecture from scratch.")
+    lines += ["", "## Known limits", *_limits(test, evidence, config)]
+    return ModelCard(headline[:4900], "\n".join(lines) + "\n")
+
+
+def _limits(test: dict[str, float], evidence, config) -> list[str]:
+    out = []
+    n_test = evidence.subjects.get("test (pooled over folds)" if evidence.folds else "test", 0)
+    if n_test < 10:
+        out.append(f"- the test evidence rests on {n_test} subjects: intervals are wide and subject-specific "
+                   "effects dominate")
+    low = test.get("auroc_ci_low")
+    if low is not None and math.isfinite(low):
+        out.append(f"- with 95 % confidence the test AUROC is above {low:.3f}, not the point value")
+    for name, ref in evidence.references.items():
+        if test["auroc"] < ref.metrics["auroc"]:
+            out.append(f"- the `{name}` reference beats this model on test AUROC "
+                       f"({ref.metrics['auroc']:.3f} vs {test['auroc']:.3f}): prefer it unless other reasons hold")
+    if test.get("ece", 0.0) > 0.1:
+        out.append(f"- probabilities are not calibrated (ECE {test['ece']:.3f}): run `biosig evaluate "
+                   "calibration=temperature` before using them as risks")
+    out.append("- trained and tested on one data source; performance on other devices, sites or populations "
+               "is unknown")
+    return out
