@@ -52,3 +52,17 @@ def test_mlflow_run_main_and_a_failing_finetune(tiny_pretrain, tiny_finetune, wo
     (failed,) = finished_runs("FAILED")
     assert "no registered model named 'ttm_nope'" in failed.data.tags["biosig.error"]
     assert not finished_runs("RUNNING") and os.path.isdir(workdir / "data")
+
+
+@pytest.mark.slow
+def test_the_main_jobs_model_passes_the_shipped_staging_policy_but_not_production(workdir, capsys):
+    """The README's default path end to end: main (real defaults) -> promote to staging passes; production
+    is refused while the features reference beats the model on the same split (beats_reference)."""
+    assert main(["main"]) == 0
+    name = "ttm_ppg-ecg_c1024_p64_m40_mae_finetuned"
+    assert main(["promote", "--model", name, "--to", "staging"]) == 0
+    assert MlflowClient().get_registered_model(name).aliases["staging"] == 1
+    capsys.readouterr()
+    assert main(["promote", "--model", name, "--to", "production"]) == 1
+    out = capsys.readouterr().out
+    assert "beats_reference features test_auroc" in out and "rejected" in out

@@ -31,6 +31,14 @@ def runs_by(tag, value=None):
     return [r for r in finished_runs() if tag in r.data.tags and (value is None or r.data.tags[tag] == value)]
 
 
+def finetune_windows(pretrained, ws, path):
+    """Fine-tune the tiny checkpoint on `ws` written to `path`; the finished top-level run."""
+    write_parquet(ws, path)
+    assert main(["finetune", "--pretrain-config", str(pretrained), "--data", str(path), "--stage1-epochs", "2",
+                 "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]) == 0
+    return parent_finetune_run()
+
+
 def parent_finetune_run():
     runs = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "finetune"
             and "mlflow.parentRunId" not in r.data.tags]
@@ -182,10 +190,7 @@ def test_window_features_are_finite_named_and_mostly_scale_free():
 def test_a_checkpoint_fine_tunes_on_a_subset_of_its_channels(pretrained, workdir):
     ws = synthetic_cardio(n_subjects=8, windows_per_subject=6, with_acc=True, seed=4)
     ppg_only = dataclasses.replace(ws, signals=ws.signals[:, [3]].copy(), channels=["PPG"])
-    write_parquet(ppg_only, workdir / "ppg.parquet")
-    assert main(["finetune", "--pretrain-config", str(pretrained), "--data", str(workdir / "ppg.parquet"),
-                 "--stage1-epochs", "1", "--stage2-epochs", "1", "--unfreeze-last-n", "1", "--batch-size", "8"]) == 0
-    run = parent_finetune_run()
+    run = finetune_windows(pretrained, ppg_only, workdir / "ppg.parquet")
     assert run.data.tags["biosig.channels_dropped"] == "ECG"
     assert "no channel-dependent tensors" in run.data.tags["biosig.note.channels"]
 
@@ -206,11 +211,7 @@ def test_subjects_recorded_in_other_units_train_normally(pretrained, workdir, ca
     in_counts = np.isin(ws.subject, ws.subject[::12][:4])  # half the subjects in raw ADC-like units
     signals = ws.signals.copy()
     signals[in_counts] = signals[in_counts] * 1000 + 500
-    mixed = dataclasses.replace(ws, signals=signals)
-    write_parquet(mixed, workdir / "mixed.parquet")
-    assert main(["finetune", "--pretrain-config", str(pretrained), "--data", str(workdir / "mixed.parquet"),
-                 "--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]) == 0
-    run = parent_finetune_run()
+    run = finetune_windows(pretrained, dataclasses.replace(ws, signals=signals), workdir / "mixed.parquet")
     assert run.data.tags["biosig.normalisation"] == "window"
     assert "different units?" in run.data.tags["biosig.note.normalisation"]
     history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
