@@ -8,6 +8,7 @@ Unknown keys, wrong types and out-of-range values raise ConfigError naming the k
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -144,14 +145,19 @@ def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:
 def _number(value: Any, kind: type, where: str) -> int | float:
     """int accepts ints and integer strings; float also accepts ints. Booleans are never numbers."""
     accepted = (int,) if kind is int else (int, float)
+    number = None
     if isinstance(value, accepted) and not isinstance(value, bool):
-        return kind(value)
-    if isinstance(value, str):
+        number = kind(value)
+    elif isinstance(value, str):
         try:
-            return kind(value)
+            number = kind(value)
         except ValueError:
             pass
-    raise ConfigError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if number is None:
+        raise ConfigError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+    if not math.isfinite(number):  # nan/inf parse as floats but poison training and every comparison
+        raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    return number
 
 
 def require_range(name: str, value: float, low: float | None = None, high: float | None = None,

@@ -44,6 +44,9 @@ def test_unknown_key_names_key_and_file(tmp_path):
     ("epochs", 2.5, "must be an integer"),
     ("epochs", True, "must be an integer"),
     ("lr", "fast", "must be a number"),
+    ("lr", "nan", "must be a finite number, got 'nan'"),
+    ("lr", float("inf"), "must be a finite number, got inf"),
+    ("lr", "-Infinity", "must be a finite number"),
     ("amp", "maybe", "must be true or false"),
     ("head", "transformer", r"must be one of \['linear', 'mlp'\]"),
 ])

@@ -197,3 +197,23 @@ def test_two_simultaneous_production_promotions_leave_one_holder(policies, workd
     assert holder == v2 and promoted[-1]["version"] == v2 and sorted(codes) in ([0, 0], [0, 1])
     stages = {v: MlflowClient().get_model_version(NAME, v).current_stage for v in (v1, v2)}
     assert list(stages.values()).count("Production") == 1
+
+
+def test_first_registration_of_a_new_name_from_four_processes_at_once(workdir):
+    """Check-then-create failed one of two concurrent first registrations (8 of 8 tries); create-and-
+    tolerate lets every process register its version."""
+    code = textwrap.dedent("""
+        import sys, mlflow
+        from biosig.registry.publish import publish_version
+        with mlflow.start_run() as run:
+            mlflow.log_text("x", "model/MLmodel")
+        mv = publish_version(sys.argv[1], source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags={})
+        print(mv.version)
+    """)
+    MlflowClient().search_experiments()  # create the store's tables once: the race under test is the registry's
+    procs = [subprocess.Popen([sys.executable, "-c", code, "race_model_finetuned"], cwd=workdir,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    results = [(p.wait(timeout=300), p.stdout.read(), p.stderr.read()) for p in procs]
+    assert [code for code, _, _ in results] == [0, 0, 0, 0], [err[-800:] for _, _, err in results]
+    versions = MlflowClient().search_model_versions("name = 'race_model_finetuned'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]

@@ -75,6 +75,15 @@ def test_references_train_on_the_same_split_and_serve_like_the_model(pretrained,
     ours, theirs = model.predict(frame), reference.predict(as_model_input(ws.signals, ws.channels))
     assert list(ours.columns) == list(theirs.columns) == ["poor", "good"] and len(theirs) == 6
     np.testing.assert_allclose(theirs.sum(axis=1), 1.0, rtol=1e-6)
+    # A window with a NaN is refused by name (HTTP 400 under `mlflow models serve`), never NaN probabilities.
+    from mlflow.exceptions import MlflowException
+
+    broken = ws.signals.copy()
+    broken[4, 3, 100] = np.nan
+    for served in (model, reference):
+        with pytest.raises(MlflowException, match=r"1 input window\(s\) contain NaN .*rows \[4\], channels \['PPG'\]") as err:
+            served.predict(as_model_input(broken, ws.channels))
+        assert err.value.get_http_status_code() == 400
 
     # The model card: artifact of the registering run, headline as the version description.
     card = client.download_artifacts(parent.info.run_id, "model_card.md")

@@ -62,8 +62,14 @@ def test_two_processes_on_one_study_lose_and_duplicate_nothing(pretrained, workd
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in trial_runs}
 
 
-def test_n_jobs_workers_log_under_one_parent(pretrained, workdir):
+def test_n_jobs_workers_log_under_one_parent(pretrained, workdir, monkeypatch):
+    import tempfile
+
+    scratch = workdir / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     assert main([*TUNE, "--n-trials", "3", "--n-jobs", "2", "--study", "jobs", "--pruner", "none"]) == 0
+    assert not list(scratch.glob("biosig-tune-*"))  # the workers' folders are gone (they held the URIs)
     (parent,) = runs_of("tune", "FINISHED")
     trials = runs_of("tune_trial", "FINISHED")
     assert len(trials) == 3 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}

@@ -20,9 +20,7 @@ def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any]
                     model_tags: dict[str, str] | None = None) -> ModelVersion:
     """Register `source` (an artifact URI, or `models:/<model_id>` of a logged model) as a new version."""
     client = MlflowClient()
-    created_model = not _exists(client, name)
-    if created_model:
-        client.create_registered_model(name, tags=model_tags or {}, description=description or None)
+    created_model = _create_if_missing(client, name, model_tags or {}, description)
     version: ModelVersion | None = None
     tags = {k: str(v) for k, v in tags.items()}
     try:
@@ -43,21 +41,25 @@ def unpublish_version(name: str, version: str) -> None:
         client.delete_registered_model(name)
 
 
-def _exists(client: MlflowClient, name: str) -> bool:
+def _create_if_missing(client: MlflowClient, name: str, tags: dict[str, str], description: str) -> bool:
+    """Create the registered model unless it exists; True when this call created it. Create-and-tolerate
+    instead of check-then-create: two processes registering a new name at once both succeed."""
     try:
-        client.get_registered_model(name)
+        client.create_registered_model(name, tags=tags, description=description or None)
     except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        if exc.error_code == "RESOURCE_ALREADY_EXISTS":
             return False
         raise
     return True
 
 
 def _undo(client: MlflowClient, name: str, version: ModelVersion | None, created_model: bool) -> None:
+    """Remove our version; the model too when this call created it and no other process has put a version
+    under it meanwhile."""
     try:
-        if created_model:
-            client.delete_registered_model(name)
-        elif version is not None:
+        if version is not None:
             client.delete_model_version(name, version.version)
+        if created_model and not client.search_model_versions(f"name = '{name}'", max_results=1):
+            client.delete_registered_model(name)
     except MlflowException:
         pass

@@ -102,6 +102,7 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
         spec = self.meta["input"]
         x = _windows(model_input, spec["channels"])
+        _refuse_non_finite(x, spec["channels"])
         if self.features is not None:
             x = select_channels(x, spec["channels"], self.meta["channels"], "the model input")
             return pd.DataFrame(self.features.predict_proba(x), columns=self.meta["class_names"])
@@ -129,6 +130,21 @@ def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
         raise DataError(f"{reference} is not a biosig fine-tuned classifier"
                         f"{' (it is a features reference model)' if isinstance(wrapper, WindowClassifier) else ''}")
     return wrapper, version
+
+
+def _refuse_non_finite(x: np.ndarray, channels: list[str]) -> None:
+    """NaN probabilities are not an answer (and not valid JSON): name the windows instead. An
+    MlflowException with INVALID_PARAMETER_VALUE is what `mlflow models serve` turns into HTTP 400."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return
+    from mlflow.exceptions import MlflowException
+
+    rows = np.flatnonzero(bad.any(axis=(1, 2)))
+    where = sorted({channels[c] for c in np.flatnonzero(bad.any(axis=(0, 2)))})
+    raise MlflowException.invalid_parameter_value(
+        f"{len(rows)} input window(s) contain NaN or infinite samples (rows {rows[:10].tolist()}"
+        f"{' ...' if len(rows) > 10 else ''}, channels {where}): interpolate or drop them before predicting")
 
 
 def _windows(model_input: Any, channels: list[str]) -> np.ndarray:

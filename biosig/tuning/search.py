@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,11 @@ from biosig.tuning.space import Dimension, load_search_space
 from biosig.tuning.summary import log_study_summary
 
 STATE_TAG = "optuna.state"
+
+
+#: Optuna storage URL from the environment (e.g. postgresql://user:PASSWORD@host/db), so that a password
+#: need not appear in a config file or `-P`; the `storage` key wins when set.
+STORAGE_ENV = "BIOSIG_OPTUNA_STORAGE"
 
 
 @dataclasses.dataclass
@@ -88,7 +94,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     """The `tune` command. Everything that can be wrong with the input is checked before any trial."""
     tracking_uri = configure_tracking(config.tracking_uri)
     dimensions = load_search_space(config.search_space, FinetuneConfig)
-    storage = open_storage(config.storage, tracking_uri)
+    storage = open_storage(config.storage or os.environ.get(STORAGE_ENV, ""), tracking_uri)
     if config.parent_run_id:
         return _work(config, storage, dimensions)
     study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -106,8 +112,14 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
         print(f"tune: study '{study_name}', {config.n_trials} trial(s) on {max(1, config.n_jobs)} worker(s), "
               f"{config.direction} val_{config.selection_metric}")
         workers = _start_workers(base, ctx.run_id, study_name)
-        _optimise(base, study, dimensions, ctx.run_id, share=_share(config.n_trials, config.n_jobs, 0))
-        _wait(workers)
+        try:
+            _optimise(base, study, dimensions, ctx.run_id, share=_share(config.n_trials, config.n_jobs, 0))
+        except BaseException:
+            for worker in workers:
+                worker.terminate()
+            raise
+        finally:
+            _wait(workers)
         best = log_study_summary(ctx, study, config.selection_metric)
         registered = _refit(base, best) if config.register_best and best else None
         return TuneResult(ctx.run_id, study_name, best.value if best else None, best.params if best else {},
@@ -255,18 +267,26 @@ def _start_workers(config: TuneConfig, parent_run_id: str, study_name: str) -> l
         share = _share(config.n_trials, config.n_jobs, worker)
         if share == 0:
             continue
+        # URIs may carry credentials: they travel in the environment, never in the worker's file.
         spec = {**keys, "n_trials": share, "n_jobs": 1, "worker": worker, "parent_run_id": parent_run_id,
-                "study": study_name, "register_best": False, "tracking_uri": configure_tracking(config.tracking_uri)}
-        path = Path(tempfile.mkdtemp(prefix="biosig-tune-")) / "worker.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        env = {**os.environ}
+                "study": study_name, "register_best": False, "tracking_uri": "", "storage": ""}
+        folder = Path(tempfile.mkdtemp(prefix="biosig-tune-"))
+        (folder / "worker.yaml").write_text(yaml.safe_dump(spec))
+        env = {**os.environ, "MLFLOW_TRACKING_URI": configure_tracking(config.tracking_uri)}
+        if config.storage or os.environ.get(STORAGE_ENV):
+            env[STORAGE_ENV] = config.storage or os.environ[STORAGE_ENV]
         env.pop("MLFLOW_RUN_ID", None)
-        workers.append(subprocess.Popen([sys.executable, "-m", "biosig.cli", "tune", "--config", str(path)], env=env))
+        process = subprocess.Popen([sys.executable, "-m", "biosig.cli", "tune", "--config", str(folder / "worker.yaml")],
+                                   env=env)
+        process.biosig_folder = folder  # removed once the worker has exited
+        workers.append(process)
     return workers
 
 
 def _wait(workers: list[subprocess.Popen]) -> None:
     failed = [w.args for w in workers if w.wait() != 0]
+    for worker in workers:
+        shutil.rmtree(worker.biosig_folder, ignore_errors=True)
     if failed:
         print(f"tune: {len(failed)} worker process(es) exited with an error; their trials are in the study")
 
