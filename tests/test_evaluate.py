@@ -93,3 +93,26 @@ def test_evaluate_bad_input(workdir, capsys):
     assert "no registered model version 'nothing_finetuned@candidate'" in capsys.readouterr().err
     assert main(["evaluate", "--model", "x", "--overlap", "1.0"]) == 2
     assert "'overlap' must be in [0, 1)" in capsys.readouterr().err
+
+
+def test_a_calibration_that_worsens_validation_ece_is_not_registered_unless_forced(pretrained, workdir, monkeypatch,
+                                                                                   capsys):
+    import biosig.training.evaluate as evaluate
+
+    data = workdir / "four.parquet"
+    write_parquet(four_class_set(), data)
+    assert main(["finetune", "--pretrain-config", str(pretrained), "--data", str(data), "--stage1-epochs", "2",
+                 "--stage2-epochs", "1", "--batch-size", "8"]) == 0
+    name = f"{TINY_NAME}_finetuned"
+    # A temperature far below 1 makes every probability near 0 or 1: overconfident, so ECE and Brier rise.
+    monkeypatch.setattr(evaluate, "fit_calibration", lambda method, logits, y: {"method": method,
+                                                                                "temperature": 0.01})
+    assert main(["evaluate", "--model", f"{name}@candidate", "--calibration", "temperature", "--register", "true"]) == 0
+    out = capsys.readouterr().out
+    assert "not registered: temperature calibration made validation ECE" in out and "worse" in out
+    client = MlflowClient()
+    assert client.get_registered_model(name).aliases == {"candidate": 1}
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    assert main(["evaluate", "--model", f"{name}@candidate", "--calibration", "temperature", "--register", "true",
+                 "--force", "true"]) == 0
+    assert client.get_registered_model(name).aliases == {"candidate": 2}

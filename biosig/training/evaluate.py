@@ -53,6 +53,7 @@ class EvaluateConfig(BaseConfig):
     overlap: float = 0.0  # overlap of context-length crops inside longer windows, in [0, 1)
     voting: Literal["soft", "majority"] = "soft"
     register: bool = False  # register the calibrated model as a new version of the same name
+    force: bool = False  # register even when calibration made validation ECE or Brier worse
 
     def validate(self) -> None:
         super().validate()
@@ -91,8 +92,22 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
                apply_calibration(calibration or base, logits["test"]), wrapper.meta["class_names"])
         print(_summary(metrics, config.calibration))
         if config.register and calibration:
-            _register_calibrated(ctx, wrapper, version, calibration, Path(tmp))
+            worse = _worse_on_val(metrics)
+            if worse and not config.force:
+                print(f"not registered: {config.calibration} calibration made validation {worse} worse; the "
+                      f"@candidate alias stays on version {version.version} (force=true registers it anyway)")
+                ctx.set_tags({"biosig.evaluate.registered": "no", "biosig.evaluate.reason": f"val {worse} worse"})
+            else:
+                _register_calibrated(ctx, wrapper, version, calibration, Path(tmp))
         return metrics
+
+
+def _worse_on_val(metrics: dict[str, float]) -> str:
+    """'ECE 0.098 -> 0.119' (and/or Brier) when calibration raised them on the split it was fitted on."""
+    worse = [f"{name.upper() if name == 'ece' else name.title()} {metrics[f'val_{name}_uncalibrated']:.3f} -> "
+             f"{metrics[f'val_{name}']:.3f}" for name in ("ece", "brier")
+             if metrics[f"val_{name}"] > metrics[f"val_{name}_uncalibrated"] + 1e-9]
+    return " and ".join(worse)
 
 
 def window_logits(wrapper: WindowClassifier, ws: WindowSet, overlap: float, voting: str) -> np.ndarray:
