@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import click
 
 from biosig.config import BaseConfig, load_config
-from biosig.errors import BiosigError
+from biosig.errors import BiosigError, Terminated
 from biosig.pipeline import MainConfig
 from biosig.registry.promotion import PromoteConfig
 from biosig.tracking.datasets import DatasetConfig
@@ -177,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail_pending_run(exc)
         click.echo(f"biosig: error: {exc}", err=True)
         return 2
+    except Terminated:
+        _fail_pending_run(Terminated())
+        click.echo("biosig: terminated by SIGTERM; the run was ended KILLED", err=True)
+        return 143
     except BaseException as exc:
         _fail_pending_run(exc)
         raise

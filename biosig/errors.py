@@ -20,3 +20,7 @@ class TrackingError(BiosigError):
 
 class TrainingError(BiosigError):
     """Training cannot go on: a non-finite loss, unusable labels, nothing to resume from."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM so that the run ends KILLED, like Ctrl-C; the CLI exits 143."""

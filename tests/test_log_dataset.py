@@ -113,14 +113,14 @@ def test_ctrl_c_ends_run_killed(workdir, monkeypatch):
     assert only_run("KILLED").data.tags["biosig.error"].startswith("KeyboardInterrupt")
 
 
-def test_sigterm_ends_run_killed(workdir, monkeypatch):
+def test_sigterm_ends_run_killed_with_one_line_and_exit_143(workdir, monkeypatch, capsys):
     import signal
 
-    from biosig.tracking.run import Terminated
-
     monkeypatch.setattr(datasets_module, "load_source", lambda *a: os.kill(os.getpid(), signal.SIGTERM))
-    with pytest.raises(Terminated):
-        main(["log-dataset"])
+    assert main(["log-dataset"]) == 143
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "biosig: terminated by SIGTERM; the run was ended KILLED"
+    assert "Traceback" not in err
     assert only_run("KILLED").data.tags["biosig.error"] == "Terminated: terminated by SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
 

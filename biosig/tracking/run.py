@@ -26,17 +26,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.config import BaseConfig
-from biosig.errors import TrackingError
+from biosig.errors import Terminated, TrackingError
 from biosig.tracking.environment import environment
 from biosig.tracking.metrics import MetricBatcher
 from biosig.tracking.redact import redact, redact_value
 
 MAX_PARAM_LENGTH = 6000
 ERROR_TAG = "biosig.error"
-
-
-class Terminated(BaseException):
-    """Raised in the main thread on SIGTERM so that the run ends KILLED, like Ctrl-C."""
 
 
 def resolve_tracking_uri(configured: str = "") -> str:
