@@ -1,6 +1,6 @@
 """IBM Tiny Time Mixers backbone (granite-tsfm), built from a config: no hub access.
 
-Facts this module relies on (ARCHITECTURE.md): build from a fresh TinyTimeMixerConfig every time
+Facts this module relies on (measured with granite-tsfm 0.3.11): build from a fresh TinyTimeMixerConfig every time
 (building writes derived fields into the config); the backbone maps [B, T, C] to [B, C, patches, d];
 mixer blocks are `TinyTimeMixerLayer` modules; `import tsfm_public` is slow and resets logging, so it
 is imported lazily here and nowhere else.

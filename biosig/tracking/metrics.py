@@ -1,6 +1,6 @@
 """Batched metric logging: one log_batch call per flush instead of one request per value.
 
-Per-call log_metric is ~90/s on SQLite and ~14/s against a server (ARCHITECTURE.md).
+Per-call log_metric is ~90/s on SQLite and ~14/s against a server (measured on MLflow 3.17).
 """
 
 from __future__ import annotations
