@@ -236,8 +236,8 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
 
 @dataclasses.dataclass
 class Evidence:
-    """What a finetune run knows at the end: the model to register (trainer, data), its test metrics with
-    intervals, the references' test metrics, and how to log the model (into which run)."""
+    """What a finetune run knows at the end: the model to register (trainer, data, its biosig.json and the
+    logged pyfunc), its test metrics with intervals, the references' outcomes, split sizes for the card."""
 
     trainer: "Trainer"
     data: FinetuneData
@@ -278,12 +278,7 @@ def _train_and_test(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
 
 def _interval(ctx: RunContext, config: FinetuneConfig, tested: Tested, class_names: list[str]) -> dict[str, float]:
     """Subject-level bootstrap interval of the test metrics (at the selection level), logged as test_*_ci_*."""
-    if not config.bootstrap:
-        return {}
-    y, prob, subject = tested.y, tested.prob, tested.subject
-    if config.aggregate != "none" and config.selection_level == "participant":
-        subject, y, prob = aggregate_by_subject(subject, y, prob, config.aggregate)
-    ci = subject_bootstrap(y, prob, subject, class_names, n_resamples=config.bootstrap, seed=config.seed)
+    ci = _interval_values(config, tested, class_names)
     ctx.log_metrics({f"test_{k}": v for k, v in ci.items()})
     return ci
 
@@ -459,12 +454,14 @@ def _pool(ctx: RunContext | None, config: FinetuneConfig, parts: list[Tested], c
     if ctx is not None:
         ctx.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()})
         metrics.update(_interval(ctx, config, tested, class_names))
-    elif config.bootstrap:
+    else:
         metrics.update(_interval_values(config, tested, class_names))
     return metrics
 
 
 def _interval_values(config: FinetuneConfig, tested: Tested, class_names: list[str]) -> dict[str, float]:
+    if not config.bootstrap:
+        return {}
     y, prob, subject = tested.y, tested.prob, tested.subject
     if config.aggregate != "none" and config.selection_level == "participant":
         subject, y, prob = aggregate_by_subject(subject, y, prob, config.aggregate)
