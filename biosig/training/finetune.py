@@ -264,15 +264,22 @@ def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheck
                     windows={s: len(v) for s, v in data.y.items()})
 
 
-def _train_and_test(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
-                    tmp: Path) -> tuple["Trainer", Tested]:
+def _train(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData, *,
+           pretrained: bool = True, schedule: list[tuple[int, int, float]] | None = None) -> "Trainer":
+    """Build the classifier (pretrained weights, or random for the scratch reference) and run its schedule."""
     device = loop.resolve_device(config.device)
     generator = loop.seed_everything(config.seed)
-    model, masks = build_model(ctx, parent, data, config)
+    model, masks = build_model(ctx, parent, data, config, pretrained=pretrained)
     model.to(device)
     check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
-    trainer = Trainer(ctx, config, model, masks, data, device, generator)
+    trainer = Trainer(ctx, config, model, masks, data, device, generator, schedule=schedule)
     trainer.run()
+    return trainer
+
+
+def _train_and_test(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
+                    tmp: Path) -> tuple["Trainer", Tested]:
+    trainer = _train(ctx, config, parent, data)
     return trainer, trainer.test(tmp)
 
 
@@ -324,11 +331,7 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
         splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
         data = prepare_data(ws, logged.name, refit_config, parent, splits=splits)
         refit_ctx.set_tags({**parent.lineage(), "biosig.cv.evidence_run": ctx.run_id})
-        device = loop.resolve_device(config.device)
-        model, masks = build_model(refit_ctx, parent, data, refit_config)
-        model.to(device)
-        trainer = Trainer(refit_ctx, refit_config, model, masks, data, device, loop.seed_everything(config.seed))
-        trainer.run()
+        trainer = _train(refit_ctx, refit_config, parent, data)
         meta, model_info = _log_model(refit_ctx, config, parent, logged, trainer, data, tmp)
     counts = [len(np.unique(o.subject)) for o in outcomes]
     return Evidence(trainer, data, pooled, test_digest, references, meta, model_info, folds=len(folds),
@@ -398,13 +401,8 @@ def _scratch_reference(ctx: RunContext, config: FinetuneConfig, parent: Resolved
                        logged, tmp: Path) -> Tested:
     """The fine-tuned model's architecture and head from random weights, every parameter trained for as
     many epochs as all fine-tuning stages together (freezing random blocks would teach nothing)."""
-    device = loop.resolve_device(config.device)
-    generator = loop.seed_everything(config.seed)
-    model, _ = build_model(ctx, parent, data, config, pretrained=False)
-    model.to(device)
     epochs = config.stage1_epochs + config.stage2_epochs + config.stage3_epochs
-    trainer = Trainer(ctx, config, model, None, data, device, generator, schedule=[(3, epochs, config.lr)])
-    trainer.run()
+    trainer = _train(ctx, config, parent, data, pretrained=False, schedule=[(3, epochs, config.lr)])
     tested = trainer.test(tmp)
     meta = {**_finetuned_meta(config, parent, parent.name or parent.meta.get("name", ""), data, logged, ctx.run_id,
                               trainer, windows=logged.windows), "kind": "scratch_reference"}
