@@ -126,7 +126,7 @@ def server_cmd(backend_store_uri: str, artifacts_destination: str, host: str, po
         args += ["--app-name", "basic-auth"]
     if allowed_hosts:
         args += ["--allowed-hosts", f"localhost:*,127.0.0.1:*,{allowed_hosts}"]
-    from biosig.tracking.redact import redact_value
+    from biosig.secrets import redact_value
 
     click.echo(f"biosig: {redact_value(shlex.join(args))}", err=True)
     if not print_only:

@@ -17,6 +17,7 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 from biosig.errors import ConfigError
+from biosig.secrets import refuse_passwords
 
 C = TypeVar("C", bound="BaseConfig")
 
@@ -71,6 +72,7 @@ def load_config(
     for key, value in (overrides or {}).items():
         values[key] = value
         origin[key] = "command line"
+    refuse_passwords(values, origin)  # before anything can log them
 
     for key, value in cls.preset(values).items():
         if key not in values:

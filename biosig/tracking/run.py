@@ -29,7 +29,7 @@ from biosig.config import BaseConfig
 from biosig.errors import Terminated, TrackingError
 from biosig.tracking.environment import environment
 from biosig.tracking.metrics import MetricBatcher
-from biosig.tracking.redact import redact, redact_value
+from biosig.secrets import has_password, redact, redact_value
 
 MAX_PARAM_LENGTH = 6000
 ERROR_TAG = "biosig.error"
@@ -40,6 +40,10 @@ def resolve_tracking_uri(configured: str = "") -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if has_password(uri):  # MLflow would print it in every "View run … at:" line
+        raise TrackingError(
+            f"the tracking URI {redact_value(uri)} holds a password: pass it without one and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a postgresql:// store: PGPASSWORD or ~/.pgpass)")
     if uri.startswith("file:") or (("://" not in uri) and not uri.startswith("databricks")):
         raise TrackingError(
             f"tracking_uri {redact_value(uri)!r} is a file store, which biosig does not use: "
@@ -300,3 +304,16 @@ def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
         client.set_tag(run_id, ERROR_TAG, redact_value(f"{type(exc).__name__}: {exc}")[:5000])
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
         client.set_terminated(run_id, status=status)
+        purge_if_params_hold_secrets(client, run_id)
+
+
+def purge_if_params_hold_secrets(client: MlflowClient, run_id: str) -> None:
+    """`mlflow run -P key=URI-with-password` logs the value as a param before biosig can refuse it, and
+    MLflow never changes a param: delete that run (soft; `mlflow run` still reads it after we exit) and
+    say how to remove it for good."""
+    params = client.get_run(run_id).data.params
+    if not any(has_password(value) for value in params.values()):
+        return
+    client.delete_run(run_id)
+    print(f"biosig: run {run_id} held a password in its parameters (from -P) and was deleted; "
+          f"`biosig doctor --fix` (or `mlflow gc --run-ids {run_id}`) removes it for good", file=sys.stderr)

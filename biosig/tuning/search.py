@@ -31,7 +31,7 @@ from biosig.errors import ConfigError
 from biosig.models.build import build_backbone
 from biosig.registry.discovery import resolve_checkpoint
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
-from biosig.tracking.redact import redact_value
+from biosig.secrets import redact_value
 from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.training import loop
 from biosig.training.finetune import FinetuneConfig, Trainer, build_model, finetune, prepare_data
