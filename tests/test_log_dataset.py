@@ -34,8 +34,9 @@ def test_log_dataset_records_dataset_input_profile_and_plots(workdir):
                  "--windows-per-subject", "4", "--seed", "7"]) == 0
     run = only_run("FINISHED")
     name = "PPG_10s_accx-accy-accz-ppg-ecg_12windows_primary"
-    path = workdir / "data" / f"{name}.parquet"
+    (path,) = (workdir / "data").glob(f"{name}_*.parquet")
     ws = read_parquet(path)
+    assert path.name == f"{name}_{ws.digest[:12]}.parquet"  # content-addressed
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == name
     assert inp.dataset.digest == ws.digest[:16]
@@ -101,6 +102,25 @@ def test_existing_output_is_kept_when_a_rerun_fails(workdir, cardio, monkeypatch
     monkeypatch.setattr(datasets_module, "_log_profile", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
     with pytest.raises(ValueError):
         main(["log-dataset", "--source", str(out), "--output", str(out)])
+    assert out.read_bytes() == before
+
+
+def test_datasets_are_never_replaced(workdir, capsys):
+    """Another seed of the same shape gets its own file; every run's digest still matches its file;
+    an explicit output holding other content is refused and left as it was."""
+    for seed in (1, 2, 1):
+        assert main(["log-dataset", "--n_subjects", "2", "--windows_per_subject", "2", "--seed", str(seed)]) == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert len(runs) == 3 and len(list((workdir / "data").glob("*.parquet"))) == 2
+    for run in runs:
+        assert read_parquet(run.data.tags["biosig.dataset.uri"]).digest == run.data.tags["biosig.dataset.digest"]
+    out = workdir / "mine.parquet"
+    assert main(["log-dataset", "--n_subjects", "2", "--windows_per_subject", "2", "--output", str(out)]) == 0
+    before = out.read_bytes()
+    assert main(["log-dataset", "--n_subjects", "2", "--windows_per_subject", "2", "--seed", "5",
+                 "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"config key 'output': {out} already holds dataset" in err and "never replaced" in err
     assert out.read_bytes() == before
 
 

@@ -84,7 +84,7 @@ def test_recordings_become_ordered_windows_with_gaps_and_nans_reported(recording
 def test_log_dataset_names_the_primary_dataset_and_lists_problems(workdir, recordings):
     folder, _ = recordings
     assert main(["log-dataset", "--source", f"muse:{folder}"]) == 0
-    path = workdir / "data" / "EEG_8s_af7-af8-tp9-tp10_18windows_primary.parquet"
+    (path,) = (workdir / "data").glob("EEG_8s_af7-af8-tp9-tp10_18windows_primary_*.parquet")
     ws = read_parquet(path)  # the order Participant -> parent_window_id -> sub_window_id is verified here
     assert ws.subject_name == "Participant" and ws.label_name == "Remission"
     assert ws.order_names == ["parent_window_id", "sub_window_id"]

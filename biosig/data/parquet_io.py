@@ -41,6 +41,16 @@ def write_parquet(ws: WindowSet, path: str | Path) -> Path:
     return path
 
 
+def stored_digest(path: str | Path) -> str | None:
+    """The content digest a biosig parquet recorded when it was written (schema metadata only; None
+    when the file is not a readable biosig parquet). `read_parquet(path).digest` verifies the bytes."""
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+        return json.loads(raw).get("digest") if raw else None
+    except (pa.ArrowInvalid, OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def to_arrow(ws: WindowSet) -> pa.Table:
     columns: dict[str, pa.Array] = {
         ws.subject_name: pa.array(ws.subject, type=pa.string()).dictionary_encode(),

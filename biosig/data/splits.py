@@ -3,10 +3,12 @@ subject's physiology leaks from training into evaluation."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 
+from biosig.data.atomic import atomic_path
 from biosig.data.windowset import WindowSet
 from biosig.errors import ConfigError, DataError
 
@@ -82,9 +84,24 @@ def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
 
 def write_manifest(splits: dict[str, WindowSet], path: str | Path) -> Path:
     """The subject -> split table of `splits`, as read by manifest_split."""
-    rows = sorted({(str(s), name) for name, part in splits.items() for s in np.unique(part.subject)})
-    Path(path).write_text("subject,split\n" + "".join(f"{s},{name}\n" for s, name in rows))
+    Path(path).write_text(_manifest_text(splits))
     return Path(path)
+
+
+def write_manifest_once(splits: dict[str, WindowSet], folder: str | Path, stem: str) -> Path:
+    """`{folder}/{stem}_{digest12}.csv`, content-addressed: written atomically unless it already exists
+    (then it holds these rows), so another seed or fraction never replaces a manifest a run recorded."""
+    text = _manifest_text(splits)
+    path = Path(folder) / f"{stem}_{_rows_digest(text)[:12]}.csv"
+    if not path.exists():
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
+def _manifest_text(splits: dict[str, WindowSet]) -> str:
+    rows = sorted({(str(s), name) for name, part in splits.items() for s in np.unique(part.subject)})
+    return "subject,split\n" + "".join(f"{s},{name}\n" for s, name in rows)
 
 
 def recommended_split(ws: WindowSet, recommended: dict[str, str]) -> dict[str, WindowSet]:
@@ -167,7 +184,9 @@ def _plain_folds(n: int, k: int, seed: int):
 
 def manifest_digest(path: str | Path) -> str:
     """sha256 of a manifest's rows (sorted, so reordering lines does not change it)."""
-    import hashlib
+    return _rows_digest(Path(path).read_text())
 
-    lines = sorted(line.strip() for line in Path(path).read_text().splitlines()[1:] if line.strip())
+
+def _rows_digest(text: str) -> str:
+    lines = sorted(line.strip() for line in text.splitlines()[1:] if line.strip())
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()

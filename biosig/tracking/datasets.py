@@ -15,12 +15,14 @@ import mlflow
 
 from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
+from biosig.data.parquet_io import stored_digest
 from biosig.data.profile import plot_examples, profile
 from biosig.data.sources import FileError
 from biosig.data.storage import fetch
-from biosig.errors import ConfigError
+from biosig.errors import ConfigError, DataError
 from biosig.tracking.run import RunContext, tracked_run
 
+DIGEST_IN_FILE_NAME = 12
 MLFLOW_DIGEST_LENGTH = 16  # MLflow's digest column is short; the full sha256 goes into a tag
 #: Content digest of a run's test split: promotion compares champions only on the same one.
 TEST_DIGEST_TAG = "biosig.test.digest"
@@ -88,10 +90,10 @@ def log_dataset(config: DatasetConfig, *, nested: bool = False) -> LoggedDataset
 def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: str = "primary",
                 output_dir: str = "data", output: str = "", context: str = "primary") -> LoggedDataset:
     """Load `source` into the run as an MLflow dataset input whose source is a parquet file: a parquet
-    source is used in place; synthetic and npz sources are written to `{output_dir}/{name}.parquet`
-    first (removed again if the run fails and the file is new)."""
+    source is used in place; synthetic and npz sources are written once to the content-addressed
+    `{output_dir}/{name}_{digest12}.parquet` (or `output`), never replacing different content."""
     errors: list[FileError] = []
-    ws = load_source(source, options, errors)
+    ws = load_source(source, options, errors).sorted()  # files hold sorted rows: the digest describes the file
     if errors:
         _log_data_errors(ctx, errors)
     name = dataset_name(ws, kind)
@@ -101,13 +103,30 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     if source.endswith(".parquet") and not output:
         path = Path(source)
     else:
-        path = Path(output) if output else Path(output_dir) / f"{name}.parquet"
-        existed = path.exists()
-        write_parquet(ws, path)
-        if not existed:
-            ctx.on_failure(lambda: path.unlink(missing_ok=True))
+        path = Path(output) if output else Path(output_dir) / content_file_name(name, ws.digest)
+        _write_once(ctx, ws, path, key="output" if output else "output_dir")
     log_windowset(ctx, ws, name=name, uri=str(path.resolve()), context=context)
     return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
+
+
+def content_file_name(name: str, digest: str) -> str:
+    """`{conventional name}_{first 12 hex of the content digest}.parquet`: another seed, size or source
+    gives another file, so no run's recorded digest is ever invalidated by a later run."""
+    return f"{name}_{digest[:DIGEST_IN_FILE_NAME]}.parquet"
+
+
+def _write_once(ctx: RunContext, ws: WindowSet, path: Path, *, key: str) -> None:
+    """Write `ws` to `path` unless the file already holds exactly this content; a file holding other
+    content is never replaced. A file this run created is removed again if the run fails."""
+    if path.exists():
+        existing = stored_digest(path)
+        if existing != ws.digest:
+            held = f"dataset {existing[:12]}" if existing else "a file that is not a biosig dataset"
+            raise DataError(f"config key '{key}': {path} already holds {held}, not this one ({ws.digest[:12]}); "
+                            "datasets are never replaced: choose another path or remove the file")
+        return
+    write_parquet(ws, path)
+    ctx.on_failure(lambda: path.unlink(missing_ok=True))
 
 
 def _log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions
-from biosig.data.splits import manifest_digest, recommended_split, subject_folds, subject_split, write_manifest
+from biosig.data.splits import manifest_digest, recommended_split, subject_folds, subject_split, write_manifest_once
 from biosig.errors import ConfigError, DataError
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import tracked_run
@@ -71,12 +71,10 @@ def prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> Prep
             partitions = [recommended_split(ws, recommended)]
         else:
             partitions = [subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed)]
-        out = Path(config.output_dir) / logged.name
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(config.output_dir) / logged.path.stem  # the dataset's content-addressed name
         manifests, digests, tags = [], [], {"biosig.split.source": origin, "biosig.split.folds": len(partitions)}
         for i, splits in enumerate(partitions):
-            name = f"fold{i}.csv" if config.cv else "split.csv"
-            path = write_manifest(splits, out / name)
+            path = write_manifest_once(splits, out, f"fold{i}" if config.cv else "split")
             digest = manifest_digest(path)
             manifests.append(path)
             digests.append(digest)
