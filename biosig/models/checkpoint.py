@@ -61,6 +61,11 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> None:
     if not weights.is_file():
         raise DataError(f"checkpoint {path} has no {WEIGHTS_FILE}")
     try:
-        module.load_state_dict(load_file(weights), strict=True)
+        state = load_file(weights)
+    except Exception as exc:  # safetensors' own error types: truncated, not safetensors, bad header
+        raise DataError(f"checkpoint weights {weights} cannot be read ({type(exc).__name__}: {exc}); "
+                        "the file is truncated or not a safetensors file") from None
+    try:
+        module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
         raise DataError(f"checkpoint {path} does not fit the model built from its config: {exc}") from None

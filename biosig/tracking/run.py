@@ -28,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from biosig.config import BaseConfig
 from biosig.errors import Terminated, TrackingError
 from biosig.tracking.environment import environment
+from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
 from biosig.secrets import has_password, redact, redact_value
 
@@ -163,8 +164,9 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        _record_setup(ctx, command, config, tags or {})
-        yield ctx
+        _record_setup(ctx, command, config, {**(tags or {}), **owner_tags()})
+        with heartbeat(client, ctx.run_id):
+            yield ctx
         ctx.metrics.flush()
     except BaseException as exc:
         status = RunStatus.to_string(RunStatus.KILLED if isinstance(exc, (KeyboardInterrupt, Terminated))
@@ -305,6 +307,12 @@ def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
         client.set_terminated(run_id, status=status)
         purge_if_params_hold_secrets(client, run_id)
+
+
+def close_dead_run(client: MlflowClient, run_id: str, why: str) -> None:
+    """End a run whose process is gone as KILLED, saying why (`resume=`, `biosig doctor --fix`)."""
+    client.set_tag(run_id, ERROR_TAG, why)
+    client.set_terminated(run_id, status="KILLED")
 
 
 def purge_if_params_hold_secrets(client: MlflowClient, run_id: str) -> None:

@@ -26,6 +26,7 @@ from biosig.data.splits import manifest_split, subject_split, write_manifest  # 
 from biosig.errors import ConfigError, DataError  # noqa: E402
 from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint  # noqa: E402
 from biosig.tracking.datasets import use_dataset  # noqa: E402
+from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import tracked_run  # noqa: E402
 from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
 
@@ -63,7 +64,7 @@ class CompareConfig(BaseConfig):
 
 
 def run_compare(config: CompareConfig) -> pd.DataFrame:
-    with tracked_run("compare", config) as ctx, tempfile.TemporaryDirectory() as tmp:
+    with tracked_run("compare", config) as ctx, scratch_dir("compare") as tmp:
         references = expand_checkpoints(ctx.client, config.checkpoints)
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),

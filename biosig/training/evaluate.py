@@ -9,7 +9,6 @@ then vote per subject. The split is the fine-tune's: same fractions and seed giv
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from biosig.models.checkpoint import save_checkpoint  # noqa: E402
 from biosig.registry.publish import publish_version  # noqa: E402
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc  # noqa: E402
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset  # noqa: E402
+from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, tracked_run  # noqa: E402
 from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote  # noqa: E402
 from biosig.training.metrics import classification_metrics  # noqa: E402
@@ -68,7 +68,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
     wrapper, version = load_window_classifier(config.model)
     data = config.data or version.tags.get("biosig.dataset.uri") or _run_dataset(version)
     tags = {"biosig.evaluate.model": version.name, "biosig.evaluate.version": str(version.version)}
-    with tracked_run("evaluate", config, tags=tags) as ctx, tempfile.TemporaryDirectory() as tmp:
+    with tracked_run("evaluate", config, tags=tags) as ctx, scratch_dir("evaluate") as tmp:
         logged = use_dataset(ctx, data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation")

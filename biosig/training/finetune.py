@@ -14,7 +14,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import math
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -45,6 +44,7 @@ from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_
 from biosig.registry.card import model_card
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
+from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, tracked_run
 from biosig.tracking.splits import SPLIT_DIGEST_TAG
 from biosig.training import loop
@@ -207,7 +207,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
     `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
     if config.checkpoint == "auto" and auto_name is None:
         auto_name = config.auto_name()
-    with tracked_run("finetune", config, nested=nested) as ctx, tempfile.TemporaryDirectory(prefix="biosig-ft-") as tmp:
+    with tracked_run("finetune", config, nested=nested) as ctx, scratch_dir("finetune") as tmp:
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
         ctx.set_tags(parent.lineage())
         print(f"finetune from {parent.describe()}")

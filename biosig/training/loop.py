@@ -167,4 +167,8 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     path = directory / TRAINING_STATE_FILE
     if not path.is_file():
         raise TrainingError(f"{directory} has no {TRAINING_STATE_FILE}: nothing to resume from")
-    return torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # truncated zip, not a torch file, or objects weights_only refuses
+        raise TrainingError(f"{path} cannot be read ({type(exc).__name__}); the upload of last/ was "
+                            "interrupted or the file is damaged") from None

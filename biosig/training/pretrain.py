@@ -15,7 +15,6 @@ import dataclasses
 import datetime as dt
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +39,8 @@ from biosig.models.ttm import check_patching
 from biosig.registry.naming import mamba2_name, parse_name, ttm_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.tracking.datasets import LoggedDataset, use_dataset
-from biosig.tracking.run import FollowerContext, RunContext, tracked_run
+from biosig.tracking.liveness import liveness, scratch_dir
+from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
 from biosig.training import loop
 from biosig.training.masking import (MaskedTokenModel, PatchReconstructionHead, apply_mask, masked_mse, patchify,
                                      prediction_variance_ratio, random_patch_mask)
@@ -192,7 +192,7 @@ def pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
     process on its shard of the training windows; rank 0 owns the MLflow run, validation, the checkpoint
     and the registration, so N processes still make one run and one registered version."""
     name = config.model_name()
-    with loop.distributed(config.device) as dist, tempfile.TemporaryDirectory(prefix="biosig-pretrain-") as tmp:
+    with loop.distributed(config.device) as dist, scratch_dir("pretrain") as tmp:
         if dist.active and config.resume:
             raise ConfigError("config key 'resume' continues a run in one process: start it without torchrun")
         if not dist.leader:
@@ -382,6 +382,9 @@ def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
         raise ConfigError(f"config key 'resume': no run with id {run_id!r} in this tracking store")
     if run.data.tags.get("biosig.command") != "pretrain":
         raise ConfigError(f"config key 'resume': run {run_id} is not a pretrain run")
+    if run.info.status == "RUNNING" and (state := liveness(run)).alive:
+        raise ConfigError(f"config key 'resume': run {run_id} is still running ({state.reason}); stop it first, "
+                          "or let `biosig doctor --fix` close it once its process is gone")
     last = ctx.download_artifacts(run_id, "last", work / "previous")
     if last is None:
         raise TrainingError(f"run {run_id} logged no last/ checkpoint (it stopped before its first epoch ended)")
@@ -392,14 +395,20 @@ def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
     if differing:
         raise ConfigError(f"config key 'resume': run {run_id} trained a different model "
                           f"({', '.join(f'{k}: {had.get(k)!r} there, {wanted[k]!r} here' for k in differing)})")
+    if run.info.status == "RUNNING":  # its process died (kill -9, a lost node): this run takes over
+        close_dead_run(ctx.client, run_id, f"interrupted; continued by run {ctx.run_id}")
     return last
 
 
 def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator, work: Path) -> dict:
     """Continue from `last/`: weights, optimiser, schedule, RNG, the best checkpoint and the loss curve."""
     run_id = read_meta(last)["provenance"]["run_id"]
-    load_weights(last, model)
     saved = loop.load_training_state(last)
+    weights_epoch = read_meta(last)["provenance"].get("epoch")
+    if weights_epoch != saved["epoch"]:  # kill -9 while last/ was being uploaded: files of two epochs
+        raise TrainingError(f"last/ of run {run_id} mixes epoch {weights_epoch} weights with the epoch "
+                            f"{saved['epoch']} training state (its upload was interrupted): resume from another run")
+    load_weights(last, model)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     generator.set_state(saved["generator"])

@@ -30,8 +30,8 @@ from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
 from biosig.models.build import build_backbone
 from biosig.registry.discovery import resolve_checkpoint
-from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.secrets import redact_value
+from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.training import loop
 from biosig.training.finetune import FinetuneConfig, Trainer, build_model, finetune, prepare_data
@@ -270,7 +270,7 @@ def _start_workers(config: TuneConfig, parent_run_id: str, study_name: str) -> l
         # URIs may carry credentials: they travel in the environment, never in the worker's file.
         spec = {**keys, "n_trials": share, "n_jobs": 1, "worker": worker, "parent_run_id": parent_run_id,
                 "study": study_name, "register_best": False, "tracking_uri": "", "storage": ""}
-        folder = Path(tempfile.mkdtemp(prefix="biosig-tune-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"biosig-tune-{os.getpid()}-"))
         (folder / "worker.yaml").write_text(yaml.safe_dump(spec))
         env = {**os.environ, "MLFLOW_TRACKING_URI": configure_tracking(config.tracking_uri)}
         if config.storage or os.environ.get(STORAGE_ENV):

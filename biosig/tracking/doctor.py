@@ -1,0 +1,157 @@
+"""`biosig doctor`: check a tracking store for what interrupted or careless use leaves behind.
+
+- runs left RUNNING by a process that is gone (kill -9, a lost node): found by host + pid on this
+  machine and by the heartbeat tag elsewhere; `--fix` ends them KILLED, saying why;
+- runs whose recorded dataset digest no longer matches the bytes at the recorded source (the file
+  is missing, unreadable or was replaced): reported with the run ids that depend on it;
+- scratch folders (`$TMPDIR/biosig-{command}-{pid}-…`) of processes that are gone: `--fix` removes them;
+- runs whose parameters hold a password (from `mlflow run -P`): `--fix` deletes them and, on a
+  database store, removes them for good (what `mlflow gc` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import Iterable, Iterator
+
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+from biosig.errors import BiosigError, ConfigError
+from biosig.secrets import has_password
+from biosig.tracking.liveness import leftover_scratch, liveness
+from biosig.tracking.run import close_dead_run, configure_tracking
+
+DATASET_URI_TAG = "biosig.dataset.uri"
+DATASET_DIGEST_TAG = "biosig.dataset.digest"
+
+
+@dataclasses.dataclass
+class Finding:
+    kind: str  # stale-run | dataset | secret
+    subject: str  # a run id or a dataset URI
+    detail: str
+    fixed: bool = False
+
+    def line(self) -> str:
+        return f"{'fixed' if self.fixed else 'PROBLEM'}  {self.kind:<9} {self.subject}: {self.detail}"
+
+
+def run_doctor(experiments: Iterable[str] = (), tracking_uri: str = "", fix: bool = False,
+               stale_after_min: float | None = None) -> int:
+    """Print one line per finding and a summary; exit code 0 when nothing is left to fix, else 1."""
+    configure_tracking(tracking_uri)
+    client = MlflowClient()
+    ids = _experiment_ids(client, list(experiments))
+    stale_after_s = None if stale_after_min is None else stale_after_min * 60
+    findings = [*stale_runs(client, ids, fix, stale_after_s), *dataset_drift(client, ids),
+                *secret_runs(client, ids, fix), *scratch_leftovers(fix)]
+    for finding in findings:
+        print(finding.line())
+    left = [f for f in findings if not f.fixed]
+    print(f"doctor: {len(ids)} experiment(s) checked; {len(findings)} finding(s), {len(left)} left"
+          + ("" if fix or not left else " (--fix closes dead runs and purges runs holding passwords)"))
+    return 1 if left else 0
+
+
+def _experiment_ids(client: MlflowClient, names: list[str]) -> list[str]:
+    if not names:
+        return [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    ids = []
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise ConfigError(f"--experiment {name!r}: no such experiment in this tracking store")
+        ids.append(experiment.experiment_id)
+    return ids
+
+
+def _runs(client: MlflowClient, ids: list[str], filter_string: str = "",
+          view: int = ViewType.ACTIVE_ONLY) -> Iterator[Run]:
+    token = None
+    while ids:
+        page = client.search_runs(ids, filter_string, run_view_type=view, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def stale_runs(client: MlflowClient, ids: list[str], fix: bool, stale_after_s: float | None) -> list[Finding]:
+    findings = []
+    for run in _runs(client, ids, "attributes.status = 'RUNNING'"):
+        state = liveness(run, stale_after_s=stale_after_s)
+        if state.alive:
+            continue
+        finding = Finding("stale-run", run.info.run_id, f"RUNNING but {state.reason}")
+        if fix:
+            close_dead_run(client, run.info.run_id, f"closed by biosig doctor: {state.reason}")
+            finding.fixed, finding.detail = True, f"{finding.detail}; ended KILLED"
+        findings.append(finding)
+    return findings
+
+
+def dataset_drift(client: MlflowClient, ids: list[str]) -> list[Finding]:
+    """Every run's recorded dataset digest against the content now at its recorded source."""
+    expected: dict[tuple[str, str], list[str]] = {}
+    for run in _runs(client, ids):
+        uri, digest = run.data.tags.get(DATASET_URI_TAG), run.data.tags.get(DATASET_DIGEST_TAG)
+        if uri and digest:
+            expected.setdefault((uri, digest), []).append(run.info.run_id)
+    actual: dict[str, str] = {}
+    findings = []
+    for (uri, digest), run_ids in sorted(expected.items()):
+        if uri not in actual:
+            actual[uri] = _content_digest(uri)
+        now = actual[uri]
+        if now != digest:
+            what = now if now.startswith(("missing", "unreadable")) else f"holds {now[:12]}, not {digest[:12]}"
+            findings.append(Finding("dataset", uri, f"{what}; recorded by run(s) {', '.join(sorted(run_ids))}"))
+    return findings
+
+
+def _content_digest(uri: str) -> str:
+    from pathlib import Path
+
+    from biosig.data.parquet_io import read_parquet
+    from biosig.data.storage import fetch
+
+    try:
+        path = fetch(uri) if uri.startswith("s3://") else Path(uri)
+        if not path.exists():
+            return "missing"
+        return read_parquet(path).digest
+    except BiosigError as exc:
+        return f"unreadable ({exc})"
+
+
+def secret_runs(client: MlflowClient, ids: list[str], fix: bool) -> list[Finding]:
+    findings = []
+    store = client._tracking_client.store
+    for run in _runs(client, ids, view=ViewType.ALL):
+        keys = sorted(k for k, v in run.data.params.items() if has_password(v))
+        if not keys:
+            continue
+        finding = Finding("secret", run.info.run_id, f"parameter(s) {', '.join(keys)} hold a password")
+        if fix:
+            if run.info.lifecycle_stage != "deleted":
+                client.delete_run(run.info.run_id)
+            if hasattr(store, "_hard_delete_run"):  # what `mlflow gc` does on a database store
+                store._hard_delete_run(run.info.run_id)
+                finding.fixed, finding.detail = True, f"{finding.detail}; run removed"
+            else:
+                finding.detail += f"; deleted, the server's admin must run `mlflow gc --run-ids {run.info.run_id}`"
+        findings.append(finding)
+    return findings
+
+
+def scratch_leftovers(fix: bool) -> list[Finding]:
+    findings = []
+    for path in leftover_scratch():
+        finding = Finding("scratch", str(path), "temporary folder of a process that is gone")
+        if fix:
+            shutil.rmtree(path, ignore_errors=True)
+            finding.fixed, finding.detail = True, f"{finding.detail}; removed"
+        findings.append(finding)
+    return findings
