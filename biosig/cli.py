@@ -185,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except click.ClickException as exc:
         _fail_pending_run(exc)
-        exc.show()
+        context = getattr(exc, "ctx", None)
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        click.echo(f"biosig: error: {exc.format_message()}{hint}", err=True)  # one line, not click's usage block
         return exc.exit_code
     except BiosigError as exc:
         _fail_pending_run(exc)

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, ClassVar, Mapping, TypeVar
 
 import yaml
 
@@ -34,10 +34,22 @@ class BaseConfig:
     run_name: str = ""
     seed: int = 0
 
+    #: Keys holding a data source spec / a local input file: checked before any run starts, so a typo
+    #: in a path is one line and no FAILED run.
+    SOURCE_KEYS: ClassVar[tuple[str, ...]] = ()
+    FILE_KEYS: ClassVar[tuple[str, ...]] = ()
+
     def validate(self) -> None:
         """Range checks beyond types; subclasses extend and call super()."""
         if not self.experiment:
             raise ConfigError("experiment must not be empty")
+        for key in self.SOURCE_KEYS:
+            if getattr(self, key):
+                from biosig.data.sources import check_source_spec
+
+                check_source_spec(key, getattr(self, key))
+        for key in self.FILE_KEYS:
+            require_local_file(key, getattr(self, key))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -47,6 +59,12 @@ class BaseConfig:
         """Defaults that depend on keys the user set (e.g. arch=mamba2 selects the EEG model's sizes);
         they rank below the YAML file and the command line."""
         return {}
+
+
+def require_local_file(key: str, value: str) -> None:
+    """A non-empty local path must exist (s3:// and other URIs are checked where they are read)."""
+    if value and "://" not in value and not Path(value).exists():
+        raise ConfigError(f"config key '{key}': file not found: {value}")
 
 
 def field_names(cls: type[BaseConfig]) -> list[str]:
@@ -100,10 +118,17 @@ def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what} {path} must hold a mapping of keys to values")
     return data
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: `line 2: expected ',' or ']'`."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
 def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:

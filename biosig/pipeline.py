@@ -24,6 +24,9 @@ MAIN_FINETUNE: dict[str, Any] = {"stage1_epochs": 5, "stage2_epochs": 15, "patie
 class MainConfig(BaseConfig):
     """`main`: dataset -> pretrain -> finetune(checkpoint=auto) -> registered fine-tuned model."""
 
+    SOURCE_KEYS = ("data", "pretrain_data")
+    FILE_KEYS = ("pretrain_config", "finetune_config")
+
     data: str = "synthetic:quality"  # the fine-tuning dataset
     pretrain_data: str = "synthetic:ppg-ecg"
     data_dir: str = "data"

@@ -85,6 +85,14 @@ def test_pyfunc_predictions_match_the_tested_model(pretrained, workdir):
     test = ws.take(np.flatnonzero(np.isin(ws.subject, predictions.subject.unique())))
     probs = model.predict(as_model_input(test.signals, test.channels)).to_numpy()
     np.testing.assert_allclose(probs, np.stack(predictions.prob), atol=1e-5)
+    # DataFrames straight from the parquet, with any index: a subject filter, a random sample
+    frame = pd.read_parquet(run.data.tags["biosig.dataset.uri"])
+    everything = model.predict(frame).to_numpy()
+    one_subject = frame[frame.subject == frame.subject.iloc[-1]]
+    assert one_subject.index[0] != 0
+    np.testing.assert_allclose(model.predict(one_subject).to_numpy(), everything[one_subject.index], atol=1e-5)
+    sample = frame.sample(5, random_state=1)
+    np.testing.assert_allclose(model.predict(sample).to_numpy(), everything[sample.index], atol=1e-5)
 
 
 def test_single_class_training_labels_fail_and_register_nothing(pretrained, workdir, capsys):

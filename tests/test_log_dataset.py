@@ -65,11 +65,10 @@ def test_yaml_config_with_override(workdir):
     assert run.data.tags["biosig.dataset.name"] == "EEG_8s_af7-af8-tp9-tp10_8windows_pretrain"
 
 
-def test_bad_source_fails_run_and_writes_nothing(workdir, capsys):
+def test_a_missing_source_is_refused_before_any_run(workdir, capsys):
     assert main(["log-dataset", "--source", "recordings/missing.npz"]) == 2
-    assert "dataset file not found: recordings/missing.npz" in capsys.readouterr().err
-    run = only_run("FAILED")
-    assert "dataset file not found" in run.data.tags["biosig.error"]
+    assert "config key 'source': source not found: recordings/missing.npz" in capsys.readouterr().err
+    assert finished_runs() == []
     assert not (workdir / "data").exists()
 
 

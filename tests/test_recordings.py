@@ -98,12 +98,13 @@ def test_butppg_zero_fills_missing_acc_with_a_mask_column(butppg):
 def test_log_dataset_from_butppg_with_gates_counts_rejections(butppg, workdir):
     (workdir / "gates.yaml").write_text("window_s: 5\noverlap: 0.5\ngates: {enabled: true, min_cycles: 20}\n")
     assert main(["log-dataset", "--source", f"butppg:{butppg}", "--missing-acc", "zero"]) == 0
-    assert (workdir / "data" / "PPG_10s_accx-accy-accz-ppg-ecg_3windows_primary.parquet").is_file()
+    assert len(list((workdir / "data").glob("PPG_10s_accx-accy-accz-ppg-ecg_3windows_primary_*.parquet"))) == 1
     # 5 s windows with 50 % overlap: 3 per 10 s record; a 20-beat minimum rejects every one of them.
     assert main(["log-dataset", "--source", f"butppg:{butppg}", "--preprocess", str(workdir / "gates.yaml")]) == 2
     (workdir / "gates.yaml").write_text("window_s: 5\noverlap: 0.5\ngates: {enabled: true, min_cycles: 3}\n")
     assert main(["log-dataset", "--source", f"butppg:{butppg}", "--preprocess", str(workdir / "gates.yaml")]) == 0
-    ws = read_parquet(workdir / "data" / "PPG_5s_accx-accy-accz-ppg-ecg_6windows_primary.parquet")
+    (path,) = (workdir / "data").glob("PPG_5s_accx-accy-accz-ppg-ecg_6windows_primary_*.parquet")
+    ws = read_parquet(path)
     assert ws.order.tolist() == [[100001, 0], [100001, 1], [100001, 2], [101001, 0], [101001, 1], [101001, 2]]
     run = max(finished_runs("FINISHED"), key=lambda r: r.info.start_time)
     rows = list(csv.DictReader(open(MlflowClient().download_artifacts(run.info.run_id, "dataset/data_errors.csv"))))

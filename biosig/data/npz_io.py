@@ -18,8 +18,9 @@ def read_npz(path: str | Path, *, channels: list[str] | None = None, fs: float |
     path = require_input_file(path, ".npz", "a .npz file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise DataError(f"cannot read {path} as npz: {exc}") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError):
+        # numpy's own message for a non-npz file is a hint about allow_pickle, which must stay off
+        raise DataError(f"cannot read {path}: not a NumPy .npz archive (np.savez) or it is damaged") from None
     with archive:
         keys = set(archive.files)
         for required in ("signals", "labels"):

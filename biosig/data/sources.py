@@ -18,7 +18,7 @@ from biosig.data.parquet_io import read_parquet
 from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
-from biosig.errors import DataError
+from biosig.errors import ConfigError, DataError
 
 SYNTHETIC_SOURCES = ("synthetic:ppg-ecg", "synthetic:quality", "synthetic:eeg")
 
@@ -49,6 +49,28 @@ class FileError:
     error: str
     kind: str = "error"  # error: skipped | warning: read with repairs | rejected: windows dropped by a gate
     count: int = 1
+
+
+def check_source_spec(key: str, spec: str) -> None:
+    """What can be known about a source before reading it: a known synthetic name, an existing local
+    file of a supported type or directory (remote s3:// sources are checked when they are read)."""
+    where = spec.split(":", 1)[1] if spec.startswith(("muse:", "butppg:", "vitaldb:")) else spec
+    if spec.startswith("synthetic:"):
+        if spec not in SYNTHETIC_SOURCES:
+            raise ConfigError(f"config key '{key}': unknown synthetic source {spec!r} "
+                              f"(known: {', '.join(SYNTHETIC_SOURCES)})")
+        return
+    if where.startswith("s3://"):
+        return
+    path = Path(where)
+    if not path.exists():
+        raise ConfigError(f"config key '{key}': source not found: {where} (expected one of "
+                          f"{', '.join(SYNTHETIC_SOURCES)}, a .parquet/.npz file or a directory)")
+    if where != spec and not path.is_dir():
+        raise ConfigError(f"config key '{key}': {spec.split(':')[0]}: needs a directory, got the file {where}")
+    if path.is_file() and path.suffix not in DATA_SUFFIXES:
+        raise ConfigError(f"config key '{key}': unsupported source file type '{path.suffix}' for {spec}: "
+                          "expected .parquet or .npz")
 
 
 def load_source(spec: str, options: SourceOptions | None = None, errors: list[FileError] | None = None) -> WindowSet:

@@ -70,14 +70,14 @@ def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
     table = pd.read_csv(path, dtype=str)
     if list(table.columns[:2]) != ["subject", "split"]:
         raise DataError(f"split manifest {path} must have the columns subject,split; it has {list(table.columns)}")
-    bad = sorted(set(table.split) - set(SPLITS))
+    bad = sorted(str(v) for v in set(table.split) - set(SPLITS))
     if bad:
         raise DataError(f"split manifest {path} has unknown split value(s) {bad}; use {', '.join(SPLITS)}")
     mapping = dict(zip(table.subject, table.split))
-    missing = sorted(set(ws.subject) - set(mapping))
+    missing = sorted(str(s) for s in set(ws.subject) - set(mapping))  # plain str: no np.str_('S000') in messages
     if missing:
         raise DataError(f"split manifest {path} does not assign {len(missing)} subject(s) of {ws.where}, "
-                        f"e.g. {missing[:5]}")
+                        f"e.g. {', '.join(missing[:5])}")
     window_split = np.array([mapping[s] for s in ws.subject])
     return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
 
@@ -112,7 +112,7 @@ def recommended_split(ws: WindowSet, recommended: dict[str, str]) -> dict[str, W
         raise DataError(f"recommended_split of {ws.where} has unknown value(s) {bad}; use {', '.join(SPLITS)}")
     missing = sorted(set(ws.subject) - set(recommended))
     if missing:
-        raise DataError(f"recommended_split of {ws.where} does not cover {len(missing)} subject(s), e.g. {missing[:5]}")
+        raise DataError(f"recommended_split of {ws.where} does not cover {len(missing)} subject(s), e.g. {', '.join(map(str, missing[:5]))}")
     window_split = np.array([recommended[s] for s in ws.subject])
     return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
 

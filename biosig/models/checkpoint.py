@@ -45,26 +45,50 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
     return path
 
 
+#: Keys every checkpoint of a kind carries (what building and preparing inputs read).
+REQUIRED_KEYS = {
+    "pretrained": ("name", "backbone", "channels", "fs", "context_length", "patch_length", "normalisation"),
+    "pretrain-state": ("name", "backbone", "channels", "provenance"),
+    "finetuned": ("backbone", "channels", "fs", "context_length", "class_names", "input"),
+}
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """biosig.json of a checkpoint directory, checked for the keys its kind needs."""
     path = Path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file():
         raise DataError(f"{path} is not a biosig checkpoint directory (no {META_FILE})")
     try:
-        return json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{meta_file} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_file} must hold a JSON object")
+    kind = meta.get("kind", "pretrained")
+    missing = [key for key in REQUIRED_KEYS.get(kind, ()) if key not in meta]
+    if isinstance(meta.get("backbone"), dict) and not {"arch", "config"} <= set(meta["backbone"]):
+        missing.append("backbone.arch/config")
+    if missing:
+        raise DataError(f"{meta_file} ({kind} checkpoint) lacks the key(s) {', '.join(missing)}: "
+                        "it was not written by biosig or was edited")
+    return meta
 
 
-def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a checkpoint directory; a missing, truncated or foreign file is one DataError."""
     weights = Path(path) / WEIGHTS_FILE
     if not weights.is_file():
         raise DataError(f"checkpoint {path} has no {WEIGHTS_FILE}")
     try:
-        state = load_file(weights)
+        return load_file(weights)
     except Exception as exc:  # safetensors' own error types: truncated, not safetensors, bad header
         raise DataError(f"checkpoint weights {weights} cannot be read ({type(exc).__name__}: {exc}); "
                         "the file is truncated or not a safetensors file") from None
+
+
+def load_weights(path: str | Path, module: torch.nn.Module) -> None:
+    state = read_weights(path)
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches

@@ -46,7 +46,8 @@ def check_patching(context_length: int, patch_length: int) -> None:
             f"(e.g. {', '.join(str(p) for p in (64, 128, 256) if context_length % p == 0) or 'a divisor'})"
         )
     if context_length // patch_length < 2:
-        raise ConfigError(f"context_length {context_length} holds fewer than 2 patches of {patch_length}")
+        raise ConfigError(f"config key 'context_length': {context_length} holds fewer than 2 patches of "
+                          f"{patch_length} (patch_length)")
 
 
 class TTMBackbone(nn.Module):

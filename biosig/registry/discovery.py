@@ -141,6 +141,9 @@ def _from_registry(client: MlflowClient, ref: str, uri: str) -> ResolvedCheckpoi
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         raise DataError(_not_found(client, name, m["alias"], m["version"])) from None
+    kind = version.tags.get("biosig.kind", "pretrained")
+    if kind != "pretrained":
+        raise DataError(f"checkpoint {uri} is a {kind} model; fine-tuning starts from a pretrained one")
     source = version.source
     if source.startswith(("models:/", "runs:/")):  # indirect sources: ask the registry where they live
         source = client.get_model_version_download_uri(name, version.version)

@@ -36,6 +36,8 @@ STAGES = {"staging": "Staging", "production": "Production"}
 class PromoteConfig(BaseConfig):
     """`promote`: evaluate a registered version against its policy and move the alias if it passes."""
 
+    FILE_KEYS = ("policies",)
+
     model: str = ""  # registered model name
     version: str = ""  # version number or alias; empty: the version holding @candidate
     to: Literal["staging", "production"] = "staging"

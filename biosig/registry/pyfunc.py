@@ -37,6 +37,26 @@ PREDICT_BATCH = 256
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
+def tolerate_any_dataframe_index() -> None:
+    """MLflow 3.17's tensor-signature check reads `column[0]` by label, so a DataFrame whose index lacks 0
+    (`df[df.subject == "S005"]`, `df.sample(8)`) fails with `Error: 0` before the model sees it. Wrap
+    that check to read the column positionally; the input contract (the signature) is unchanged."""
+    from mlflow.models import utils
+
+    original = getattr(utils, "_reshape_and_cast_pandas_column_values", None)
+    if original is None or getattr(original, "biosig_positional", False):
+        return
+
+    def positional(name, pd_series, tensor_spec):
+        return original(name, pd_series.reset_index(drop=True), tensor_spec)
+
+    positional.biosig_positional = True
+    utils._reshape_and_cast_pandas_column_values = positional
+
+
+tolerate_any_dataframe_index()  # every process that loads a biosig pyfunc imports this module
+
+
 def as_model_input(signals: np.ndarray, channels: list[str]) -> dict[str, np.ndarray]:
     """[N, C, T] windows -> {channel: float32 [N, T]} as the pyfunc signature expects."""
     return {c: np.ascontiguousarray(signals[:, i, :], dtype=np.float32) for i, c in enumerate(channels)}
@@ -124,7 +144,15 @@ def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
         version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     except MlflowException:
         raise DataError(f"no registered model version {reference!r}") from None
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    kind = version.tags.get("biosig.kind", "")
+    if kind and kind != "finetuned":
+        raise DataError(f"{reference} is a {kind} model, not a fine-tuned classifier: evaluate takes a "
+                        f"`…_finetuned` name (fine-tune it first: biosig finetune --checkpoint {name})")
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    except (MlflowException, OSError) as exc:
+        raise DataError(f"{reference} cannot be loaded as an MLflow pyfunc model "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     wrapper = model.unwrap_python_model()
     if not isinstance(wrapper, WindowClassifier) or wrapper.features is not None:
         raise DataError(f"{reference} is not a biosig fine-tuned classifier"

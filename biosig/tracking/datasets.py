@@ -32,6 +32,9 @@ TEST_DIGEST_TAG = "biosig.test.digest"
 class DatasetConfig(BaseConfig):
     """`log_dataset`: build or read a windowed dataset, write the primary parquet, log it."""
 
+    SOURCE_KEYS = ("source",)
+    FILE_KEYS = ("preprocess", "labels")
+
     source: str = "synthetic:ppg-ecg"
     kind: str = "primary"
     output_dir: str = "data"

@@ -41,6 +41,8 @@ def resolve_tracking_uri(configured: str = "") -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not uri:
         uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        _require_writable_sqlite(Path(uri[len("sqlite:///"):]), uri)
     if has_password(uri):  # MLflow would print it in every "View run … at:" line
         raise TrackingError(
             f"the tracking URI {redact_value(uri)} holds a password: pass it without one and set "
@@ -51,6 +53,15 @@ def resolve_tracking_uri(configured: str = "") -> str:
             "use sqlite:///path/mlflow.db, postgresql://… or http(s)://server"
         )
     return uri
+
+
+def _require_writable_sqlite(db: Path, uri: str) -> None:
+    """SQLite creates the file but not its folder; say so instead of a 70-line SQLAlchemy traceback."""
+    folder = db.parent
+    if not folder.is_dir():
+        raise TrackingError(f"tracking store {uri}: the folder {folder} does not exist (or is a file)")
+    if (db.exists() and not os.access(db, os.W_OK)) or not os.access(folder, os.W_OK):
+        raise TrackingError(f"tracking store {uri} is not writable by this user")
 
 
 def configure_tracking(configured_uri: str = "") -> str:

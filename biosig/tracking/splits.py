@@ -30,6 +30,8 @@ RECOMMENDED_COLUMN = "recommended_split"
 class PrepareSplitsConfig(BaseConfig):
     """`prepare_splits`: subject-level train/val/test manifests (or k folds) for a dataset."""
 
+    SOURCE_KEYS = ("data",)
+
     data: str = "synthetic:quality"  # source spec or .parquet path
     n_subjects: int = 0
     windows_per_subject: int = 0

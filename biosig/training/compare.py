@@ -38,6 +38,9 @@ COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "tra
 class CompareConfig(BaseConfig):
     """`compare`: several checkpoints, one dataset and split, one leaderboard."""
 
+    SOURCE_KEYS = ("data",)
+    FILE_KEYS = ("finetune_config", "split_manifest")
+
     checkpoints: list[str] = dataclasses.field(default_factory=list)  # names, aliases, URIs or globs (ttm_*_mae)
     data: str = "synthetic:quality"
     n_subjects: int = 0

@@ -42,6 +42,8 @@ CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.ur
 class EvaluateConfig(BaseConfig):
     """`evaluate`: window- and subject-level metrics of a registered model, optional calibration."""
 
+    SOURCE_KEYS = ("data",)
+
     model: str = ""  # NAME@alias, NAME/3, models:/… (bare NAME: @candidate)
     data: str = ""  # source spec or .parquet; empty: the dataset the model was fine-tuned on
     n_subjects: int = 0

@@ -25,7 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
-from biosig.config import load_config, require_range
+from biosig.config import load_config, require_local_file, require_range
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import (ChannelStats, ContextFit, Normalisation, WindowScaling, fit_context, select_channels,
                                unit_mismatch)
@@ -33,7 +33,7 @@ from biosig.data.channels import check_channels
 from biosig.data.splits import manifest_digest, manifest_split, subject_split, cv_folds
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.models.build import build_backbone
-from biosig.models.checkpoint import save_checkpoint, write_meta
+from biosig.models.checkpoint import read_weights, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
 from biosig.models.heads import Classifier
 from biosig.models.inflation import drop_channels, map_channels
@@ -58,6 +58,9 @@ from biosig.training.pretrain import WARNING_TAG, PretrainConfig
 @dataclasses.dataclass
 class FinetuneConfig(loop.LoopConfig):
     """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
+
+    SOURCE_KEYS = ("data",)
+    FILE_KEYS = ("split_manifest", "pretrain_config", "policies")
 
     data: str = "synthetic:quality"  # source spec or .parquet/.npz path
     n_subjects: int = 0
@@ -156,6 +159,7 @@ def _requested_arch(values: dict[str, Any]) -> str | None:
         return values["arch"]
     checkpoint = str(values.get("checkpoint", "auto"))
     if checkpoint == "auto":
+        require_local_file("pretrain_config", str(values.get("pretrain_config") or ""))
         return load_config(PretrainConfig, values.get("pretrain_config") or None).arch
     name = checkpoint.removeprefix("models:/").split("@")[0].split("/")[0]
     return parse_name(name).arch if is_conventional(name) else None
@@ -531,8 +535,6 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
                 pretrained: bool = True):
     """Backbone for the new channel layout with the pretrained weights mapped by channel name
     (`pretrained=False`: the same architecture randomly initialised, for the scratch reference)."""
-    from safetensors.torch import load_file
-
     spec = parent.meta["backbone"]
     if data.note:
         print(f"  note: {data.note}")
@@ -550,7 +552,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
     if not pretrained:
         return Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
                           pooling=config.pooling), None
-    weights = load_file(Path(parent.path) / "model.safetensors")
+    weights = read_weights(parent.path)
     old_channels = list(parent.meta["channels"])
     dropped = [c for c in old_channels if c not in data.channels]
     if dropped:  # a subset of the pretrained montage: keep the present channels' weights, by name

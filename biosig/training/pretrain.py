@@ -63,6 +63,8 @@ MAMBA2_PRESET: dict[str, Any] = {
 class PretrainConfig(loop.LoopConfig):
     """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
 
+    SOURCE_KEYS = ("data",)
+
     data: str = "synthetic:ppg-ecg"  # source spec or .parquet/.npz path (see log_dataset)
     n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
     windows_per_subject: int = 0

@@ -50,6 +50,8 @@ STORAGE_ENV = "BIOSIG_OPTUNA_STORAGE"
 class TuneConfig(FinetuneConfig):
     """`tune`: every finetune key is the base of each trial; these keys shape the search."""
 
+    FILE_KEYS = (*FinetuneConfig.FILE_KEYS, "search_space")
+
     n_trials: int = 20  # trials this call runs (shared among n_jobs workers)
     lr_min: float = 1e-5
     lr_max: float = 3e-3
@@ -71,6 +73,11 @@ class TuneConfig(FinetuneConfig):
         if self.cv:
             raise ConfigError("config key 'cv' does not apply to tune: trials search on one split (cross-validate "
                               "the chosen settings with `biosig finetune --cv K`); 'reference' applies to the refit")
+        if self.storage and "://" not in self.storage:  # a journal file: its folder must be one
+            folder = next((p for p in Path(self.storage).absolute().parents if p.exists()), None)
+            if folder is not None and not folder.is_dir():
+                raise ConfigError(f"config key 'storage': {folder} is a file, so the journal {self.storage} "
+                                  "cannot be created under it")
         if not 0 < self.lr_min < self.lr_max:
             raise ConfigError(f"learning-rate range [lr_min, lr_max] = [{self.lr_min}, {self.lr_max}] is empty or "
                               "inverted: need 0 < lr_min < lr_max")
