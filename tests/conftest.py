@@ -26,6 +26,7 @@ def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exports it
     mlflow.set_tracking_uri(uri)  # mlflow keeps the URI in a module global across tests
     mlflow.set_registry_uri(uri)
     yield tmp_path

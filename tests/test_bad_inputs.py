@@ -33,6 +33,7 @@ def world(tmp_path_factory):
         mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         pretrain = write_yaml(root / "pretrain.yaml", TINY_PRETRAIN)

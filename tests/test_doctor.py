@@ -85,10 +85,10 @@ def test_kill_9_is_found_by_doctor_and_closed_by_resume(workdir, tiny_pretrain, 
 
 def test_doctor_closes_runs_whose_heartbeat_stopped_elsewhere(workdir, capsys):
     client = MlflowClient()
-    experiment = mlflow.set_experiment("remote")
-    silent = client.create_run(experiment.experiment_id, tags={HOST_TAG: "node-17", PID_TAG: "4242",
+    experiment_id = client.create_experiment("remote")
+    silent = client.create_run(experiment_id, tags={HOST_TAG: "node-17", PID_TAG: "4242",
                                                                HEARTBEAT_TAG: f"{time.time() - 3600:.0f}"})
-    beating = client.create_run(experiment.experiment_id, tags={HOST_TAG: "node-18", PID_TAG: "4242",
+    beating = client.create_run(experiment_id, tags={HOST_TAG: "node-18", PID_TAG: "4242",
                                                                 HEARTBEAT_TAG: f"{time.time():.0f}"})
     assert main(["doctor", "--experiment", "remote"]) == 1
     out = capsys.readouterr().out
@@ -122,8 +122,7 @@ def test_doctor_verifies_every_recorded_dataset_digest(workdir, capsys):
 
 def test_doctor_removes_runs_whose_params_hold_a_password(workdir, capsys):
     client = MlflowClient()
-    mlflow.set_experiment("leaky")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("leaky")) as run:
         mlflow.log_param("storage", "postgresql://alice:hunter2@db/optuna")
     assert main(["doctor"]) == 1
     out = capsys.readouterr().out

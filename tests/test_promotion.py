@@ -165,7 +165,7 @@ def test_bad_input_is_a_clear_error_and_moves_nothing(policies, capsys):
     assert "policy 'default'" in capsys.readouterr().err and "no rules for target 'production'" in \
         finished_runs("FAILED")[0].data.tags["biosig.error"]
     assert main(["promote", "--model", NAME, "--policies", str(policies / "missing.yaml")]) == 2
-    assert "policy location not found" in capsys.readouterr().err
+    assert "config key 'policies': file not found" in capsys.readouterr().err
     with mlflow.start_run() as run:
         pass
     MlflowClient().create_model_version(NAME, f"{run.info.artifact_uri}/m", run_id=run.info.run_id)

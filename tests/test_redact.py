@@ -36,8 +36,7 @@ def test_a_run_whose_params_hold_a_password_is_deleted(workdir, monkeypatch, cap
 
     from biosig.cli import main
 
-    mlflow.set_experiment("leaky")
-    with mlflow.start_run() as run:
+    with mlflow.start_run(experiment_id=mlflow.create_experiment("leaky")) as run:
         mlflow.log_param("tracking_uri", "http://alice:hunter2@localhost:5000")
     mlflow.tracking.MlflowClient().update_run(run.info.run_id, "RUNNING")
     monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)

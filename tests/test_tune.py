@@ -110,7 +110,7 @@ def test_register_best_refits_through_finetune(pretrained):
     (["--lr-min", "1e-3", "--lr-max", "1e-4"], r"learning-rate range .* is empty or inverted"),
     (["--n-trials", "0"], "'n_trials' must be >= 1"),
     (["--storage", "postgresql://nobody@127.0.0.1:1/nowhere"], "config key 'storage': cannot open"),
-    (["--search-space", "missing.yaml"], "search-space file not found"),
+    (["--search-space", "missing.yaml"], "config key .search_space.: file not found: missing.yaml"),
 ])
 def test_bad_input_fails_before_any_trial(workdir, args, message, capsys):
     assert main([*TUNE, *args]) == 2

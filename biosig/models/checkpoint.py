@@ -8,7 +8,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -45,16 +45,13 @@ def write_meta(directory: str | Path, meta: dict[str, Any]) -> Path:
     return path
 
 
-#: Keys every checkpoint of a kind carries (what building and preparing inputs read).
-REQUIRED_KEYS = {
-    "pretrained": ("name", "backbone", "channels", "fs", "context_length", "patch_length", "normalisation"),
-    "pretrain-state": ("name", "backbone", "channels", "provenance"),
-    "finetuned": ("backbone", "channels", "fs", "context_length", "class_names", "input"),
-}
+#: Keys a pretrained checkpoint must carry to be fine-tuned; a fine-tuned one to be served.
+PRETRAINED_KEYS = ("backbone.arch", "backbone.config", "channels", "fs", "context_length", "patch_length")
+FINETUNED_KEYS = ("backbone.arch", "backbone.config", "channels", "fs", "context_length", "class_names", "input")
 
 
-def read_meta(path: str | Path) -> dict[str, Any]:
-    """biosig.json of a checkpoint directory, checked for the keys its kind needs."""
+def read_meta(path: str | Path, require: Iterable[str] = ()) -> dict[str, Any]:
+    """biosig.json of a checkpoint directory; `require` lists keys (dotted for nested ones) it must have."""
     path = Path(path)
     meta_file = path / META_FILE
     if not meta_file.is_file():
@@ -65,14 +62,22 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise DataError(f"{meta_file} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise DataError(f"{meta_file} must hold a JSON object")
-    kind = meta.get("kind", "pretrained")
-    missing = [key for key in REQUIRED_KEYS.get(kind, ()) if key not in meta]
-    if isinstance(meta.get("backbone"), dict) and not {"arch", "config"} <= set(meta["backbone"]):
-        missing.append("backbone.arch/config")
-    if missing:
-        raise DataError(f"{meta_file} ({kind} checkpoint) lacks the key(s) {', '.join(missing)}: "
-                        "it was not written by biosig or was edited")
+    require_keys(meta, require, str(meta_file))
     return meta
+
+
+def require_keys(meta: dict[str, Any], keys: Iterable[str], where: str) -> None:
+    """DataError listing every key of `keys` that `meta` lacks (`a.b`: key b of the mapping a)."""
+    missing = []
+    for key in keys:
+        node: Any = meta
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(key)
+    if missing:
+        raise DataError(f"{where} ({meta.get('kind', 'pretrained')} checkpoint) lacks the key(s) {', '.join(missing)}: "
+                        "it was not written by biosig or was edited")
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

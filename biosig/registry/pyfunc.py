@@ -27,7 +27,7 @@ import biosig
 from biosig.data.adapt import prepare_windows, select_channels
 from biosig.errors import DataError
 from biosig.models.build import build_classifier
-from biosig.models.checkpoint import load_weights, read_meta
+from biosig.models.checkpoint import FINETUNED_KEYS, load_weights, read_meta, require_keys
 from biosig.training.calibration import apply_calibration
 from biosig.training.reference import FeatureModel
 
@@ -104,9 +104,11 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
     def load(self, path: Path) -> "WindowClassifier":
         self.meta = read_meta(path)
         if self.meta.get("kind") == FEATURES_KIND:
+            require_keys(self.meta, ("channels", "class_names", "input"), str(path))
             self.features = FeatureModel.load(path, self.meta)
             return self
         self.features = None
+        require_keys(self.meta, FINETUNED_KEYS, str(path))
         self.model = build_classifier(self.meta)
         load_weights(path, self.model)
         self.model.eval()

@@ -33,7 +33,7 @@ from biosig.data.channels import check_channels
 from biosig.data.splits import manifest_digest, manifest_split, subject_split, cv_folds
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.models.build import build_backbone
-from biosig.models.checkpoint import read_weights, save_checkpoint, write_meta
+from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
 from biosig.models.heads import Classifier
 from biosig.models.inflation import drop_channels, map_channels
@@ -213,6 +213,7 @@ def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | N
         auto_name = config.auto_name()
     with tracked_run("finetune", config, nested=nested) as ctx, scratch_dir("finetune") as tmp:
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
+        require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         ctx.set_tags(parent.lineage())
         print(f"finetune from {parent.describe()}")
         parent_name = parent.name or parent.meta.get("name", "")

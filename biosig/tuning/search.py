@@ -29,6 +29,7 @@ from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
 from biosig.models.build import build_backbone
+from biosig.models.checkpoint import PRETRAINED_KEYS, require_keys
 from biosig.registry.discovery import resolve_checkpoint
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
@@ -108,6 +109,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     auto = config.auto_name() if config.checkpoint == "auto" else None
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.expected_arch())
+        require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
                              context="training")
         # Workers and the refit read the parquet this run logged: the same windows, the same split.
