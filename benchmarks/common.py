@@ -14,8 +14,8 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 import mlflow  # noqa: E402
 
+from biosig.commands.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 from biosig.config import load_config  # noqa: E402
-from biosig.training.pretrain import PretrainConfig, pretrain  # noqa: E402
 
 
 def use_store(directory: Path) -> None:
@@ -30,4 +30,4 @@ def pretrained_checkpoint() -> str:
     """`runs:/…/checkpoint` of a one-epoch pretrain of the default PPG+ECG TTM (c1024, p128, d64)."""
     config = load_config(PretrainConfig, None, {"epochs": 1, "n_subjects": 4, "windows_per_subject": 8,
                                                 "register": False, "experiment": "benchmarks"})
-    return f"runs:/{pretrain(config).run_id}/checkpoint"
+    return f"runs:/{run_pretrain(config).run_id}/checkpoint"

@@ -18,10 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from biosig.data import WindowSet, read_parquet, write_parquet  # noqa: E402
-from biosig.data.channels import QUALITY_CHANNELS  # noqa: E402
+from biosig.data import WindowSet, read_parquet, write_parquet
+from biosig.data.channels import QUALITY_CHANNELS
 
 
 def make(n: int, c: int, t: int) -> WindowSet:

@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import pretrained_checkpoint, use_store  # noqa: E402
+import mlflow
+import torch
+from common import pretrained_checkpoint, use_store
 
-import mlflow  # noqa: E402
-import torch  # noqa: E402
-
-from biosig.config import load_config  # noqa: E402
-from biosig.data.adapt import prepare_windows  # noqa: E402
-from biosig.data.synthetic import synthetic_cardio  # noqa: E402
-from biosig.registry.pyfunc import as_model_input  # noqa: E402
-from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from biosig.commands.finetune import FinetuneConfig, run_finetune
+from biosig.config import load_config
+from biosig.data.adapt import prepare_windows
+from biosig.data.synthetic import synthetic_cardio
+from biosig.registry.pyfunc import as_model_input
 
 
 def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
@@ -52,7 +51,7 @@ def main() -> None:
         config = load_config(FinetuneConfig, None, {"checkpoint": pretrained_checkpoint(), "n_subjects": 8,
                                                     "stage1_epochs": 1, "stage2_epochs": 0,
                                                     "experiment": "benchmarks"})
-        result = finetune(config)
+        result = run_finetune(config)
         model = mlflow.pyfunc.load_model(f"models:/{result.name}@candidate")
         wrapper = model.unwrap_python_model()
         ws = synthetic_cardio(n_subjects=max(1, args.batch // 20 + 1), with_acc=True, window_s=10.0, seed=5)

@@ -17,10 +17,10 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from biosig.models.build import build_backbone  # noqa: E402
-from biosig.training.masking import MaskedTokenModel  # noqa: E402
+from biosig.models.build import build_backbone
+from biosig.models.masking import MaskedTokenModel
 
 MUSE = ["AF7", "AF8", "TP9", "TP10"]
 REFERENCE_WINDOWS_PER_S = 7.0  # the low end for per-channel patches, 2 threads

@@ -18,10 +18,10 @@ import tracemalloc
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from biosig.data.channels import QUALITY_CHANNELS  # noqa: E402
-from biosig.data.preprocess import PreprocessConfig, prepare_channels, window_recording  # noqa: E402
+from biosig.data.channels import QUALITY_CHANNELS
+from biosig.data.preprocess import PreprocessConfig, prepare_channels, window_recording
 
 
 def recording(seconds: float, seed: int = 0) -> dict[str, tuple[np.ndarray, float]]:

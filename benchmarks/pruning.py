@@ -14,12 +14,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import pretrained_checkpoint, use_store  # noqa: E402
+import optuna
+from common import pretrained_checkpoint, use_store
 
-import optuna  # noqa: E402
-
-from biosig.config import load_config  # noqa: E402
-from biosig.tuning.search import TuneConfig, open_storage, run_tune  # noqa: E402
+from biosig.commands.tune import TuneConfig, open_storage, run_tune
+from biosig.config import load_config
 
 
 def search(checkpoint: str, pruner: str, args) -> tuple[int, float]:

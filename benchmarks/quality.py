@@ -22,23 +22,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import use_store  # noqa: E402
+import numpy as np
+from common import use_store
+from mlflow.tracking import MlflowClient
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-import numpy as np  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from sklearn.ensemble import HistGradientBoostingClassifier  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.model_selection import GroupKFold  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
-from biosig.config import load_config  # noqa: E402
-from biosig.data.synthetic import synthetic_cardio  # noqa: E402
-from biosig.pipeline import MAIN_FINETUNE, MAIN_PRETRAIN  # noqa: E402
-from biosig.training.features import window_features  # noqa: E402
-from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
-from biosig.training.metrics import auroc, subject_bootstrap  # noqa: E402
-from biosig.training.pretrain import PretrainConfig, pretrain  # noqa: E402
+from biosig.commands.finetune import FinetuneConfig, run_finetune
+from biosig.commands.main import MAIN_FINETUNE, MAIN_PRETRAIN
+from biosig.commands.pretrain import PretrainConfig, run_pretrain
+from biosig.config import load_config
+from biosig.data.synthetic import synthetic_cardio
+from biosig.training.features import window_features
+from biosig.training.metrics import auroc, subject_bootstrap
 
 ISSUE_BASELINE = {"logistic": 0.91, "boosting": 0.95}
 
@@ -68,12 +67,12 @@ def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str)
     started = time.perf_counter()
     pretrain_config = load_config(PretrainConfig, None, {**MAIN_PRETRAIN, "epochs": pretrain_epochs,
                                                          "experiment": "benchmarks"})
-    pretrained = pretrain(pretrain_config)
+    pretrained = run_pretrain(pretrain_config)
     overrides = {} if finetune_config else dict(MAIN_FINETUNE)
     overrides.update(checkpoint=f"{pretrained.name}/{pretrained.version}", data="synthetic:quality",
                      n_subjects=n_subjects, cv="5", reference=["features", "scratch"], register=False,
                      experiment="benchmarks")
-    result = finetune(load_config(FinetuneConfig, finetune_config or None, overrides))
+    result = run_finetune(load_config(FinetuneConfig, finetune_config or None, overrides))
     metrics = MlflowClient().get_run(result.run_id).data.metrics
     print(f"\n5-fold subject CV through biosig ({n_subjects} subjects, pretrain {pretrain_epochs} epochs, "
           f"{time.perf_counter() - started:.0f} s):")

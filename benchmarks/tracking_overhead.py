@@ -18,14 +18,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import pretrained_checkpoint, use_store  # noqa: E402
+from common import pretrained_checkpoint, use_store
 
-from biosig.config import load_config  # noqa: E402
-from biosig.registry.discovery import resolve_checkpoint  # noqa: E402
-from biosig.tracking.datasets import use_dataset  # noqa: E402
-from biosig.tracking.run import tracked_run  # noqa: E402
-from biosig.training import finetune as ft  # noqa: E402
-from biosig.training import loop  # noqa: E402
+from biosig.commands import finetune as ft
+from biosig.config import load_config
+from biosig.registry.discovery import resolve_checkpoint
+from biosig.tracking.datasets import use_dataset
+from biosig.tracking.run import tracked_run
+from biosig.training import loop
 
 
 class _NoMetrics:

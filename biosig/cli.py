@@ -15,17 +15,17 @@ from typing import Any, Callable, Sequence
 
 import click
 
+from biosig.commands.compare import CompareConfig
+from biosig.commands.evaluate import EvaluateConfig
+from biosig.commands.finetune import FinetuneConfig
+from biosig.commands.log_dataset import DatasetConfig
+from biosig.commands.main import MainConfig
+from biosig.commands.prepare_splits import PrepareSplitsConfig
+from biosig.commands.pretrain import PretrainConfig
+from biosig.commands.promote import PromoteConfig
+from biosig.commands.tune import TuneConfig
 from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError, Terminated
-from biosig.pipeline import MainConfig
-from biosig.registry.promotion import PromoteConfig
-from biosig.tracking.datasets import DatasetConfig
-from biosig.tracking.splits import PrepareSplitsConfig
-from biosig.training.compare import CompareConfig
-from biosig.training.evaluate import EvaluateConfig
-from biosig.training.finetune import FinetuneConfig
-from biosig.training.pretrain import PretrainConfig
-from biosig.tuning.search import TuneConfig
 
 # granite-tsfm configures the root logger at import and hub access must never be attempted.
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
@@ -77,23 +77,23 @@ def job_command(name: str, config_cls: type[BaseConfig], target: str, help_text:
 
 #: name, config, "module:function", help, exit code from the result (None: always 0)
 JOBS: list[tuple[str, type[BaseConfig], str, str, Callable[[Any], int] | None]] = [
-    ("log-dataset", DatasetConfig, "biosig.tracking.datasets:log_dataset",
+    ("log-dataset", DatasetConfig, "biosig.commands.log_dataset:run_log_dataset",
      "Build or read a windowed dataset, write the primary parquet and log it to MLflow.", None),
-    ("prepare-splits", PrepareSplitsConfig, "biosig.tracking.splits:prepare_splits",
+    ("prepare-splits", PrepareSplitsConfig, "biosig.commands.prepare_splits:run_prepare_splits",
      "Subject-level split manifests (or k cross-validation folds), logged with their digests.", None),
-    ("pretrain", PretrainConfig, "biosig.training.pretrain:pretrain",
+    ("pretrain", PretrainConfig, "biosig.commands.pretrain:run_pretrain",
      "Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name.", None),
-    ("finetune", FinetuneConfig, "biosig.training.finetune:finetune",
+    ("finetune", FinetuneConfig, "biosig.commands.finetune:run_finetune",
      "Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier.", None),
-    ("main", MainConfig, "biosig.pipeline:run_main",
+    ("main", MainConfig, "biosig.commands.main:run_main",
      "The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model.", None),
-    ("tune", TuneConfig, "biosig.tuning.search:run_tune",
+    ("tune", TuneConfig, "biosig.commands.tune:run_tune",
      "Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial.", None),
-    ("evaluate", EvaluateConfig, "biosig.training.evaluate:run_evaluate",
+    ("evaluate", EvaluateConfig, "biosig.commands.evaluate:run_evaluate",
      "Window- and subject-level metrics of a registered model; optional calibration and overlap voting.", None),
-    ("compare", CompareConfig, "biosig.training.compare:run_compare",
+    ("compare", CompareConfig, "biosig.commands.compare:run_compare",
      "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
-    ("promote", PromoteConfig, "biosig.registry.promotion:run_promote",
+    ("promote", PromoteConfig, "biosig.commands.promote:run_promote",
      "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
      "Exit code 1 when the promotion is rejected (the decision is recorded either way).",
      lambda decision: 0 if decision.passed else 1),
@@ -157,13 +157,9 @@ def _registry_view(name: str, view: str, help_text: str) -> None:
     @click.argument("model")
     @click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
     def command(model: str, tracking_uri: str) -> None:
-        from mlflow.tracking import MlflowClient
+        from biosig.registry.report import render
 
-        from biosig.registry import report
-        from biosig.tracking.run import configure_tracking
-
-        configure_tracking(tracking_uri)
-        click.echo(getattr(report, view)(MlflowClient(), model))
+        click.echo(render(view, model, tracking_uri))
 
 
 _registry_view("show", "show", "Versions of MODEL with aliases, stage, test metrics, parent checkpoint and dataset.")

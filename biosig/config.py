@@ -14,9 +14,8 @@ import typing
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
-import yaml
-
 from biosig.errors import ConfigError
+from biosig.files import read_yaml_mapping, require_local_file
 from biosig.secrets import refuse_passwords
 
 C = TypeVar("C", bound="BaseConfig")
@@ -61,12 +60,6 @@ class BaseConfig:
         return {}
 
 
-def require_local_file(key: str, value: str) -> None:
-    """A non-empty local path must exist (s3:// and other URIs are checked where they are read)."""
-    if value and "://" not in value and not Path(value).exists():
-        raise ConfigError(f"config key '{key}': file not found: {value}")
-
-
 def field_names(cls: type[BaseConfig]) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
@@ -109,26 +102,6 @@ def load_config(
     config = cls(**kwargs)
     config.validate()
     return config
-
-
-def read_yaml_mapping(path: Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML file that must hold a mapping; ConfigError names `what` and the path otherwise."""
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(exc)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path} must hold a mapping of keys to values")
-    return data
-
-
-def yaml_problem(exc: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: `line 2: expected ',' or ']'`."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
 def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:

@@ -1,5 +1,10 @@
 """Error types. Every user-facing failure is a BiosigError whose message names the culprit
-(file, field, parameter); the CLI prints it without a traceback and exits non-zero."""
+(file, field, parameter); the CLI prints it without a traceback and exits non-zero. `FileError` is
+not raised: it records one unreadable input file of a multi-file source."""
+
+from __future__ import annotations
+
+import dataclasses
 
 
 class BiosigError(Exception):
@@ -24,3 +29,13 @@ class TrainingError(BiosigError):
 
 class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that the run ends KILLED, like Ctrl-C; the CLI exits 143."""
+
+
+@dataclasses.dataclass
+class FileError:
+    """A problem with one input file, listed in the run's dataset/data_errors.csv."""
+
+    file: str
+    error: str
+    kind: str = "error"  # error: skipped | warning: read with repairs | rejected: windows dropped by a gate
+    count: int = 1

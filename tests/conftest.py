@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import os
 
-# One thread: PyTorch/BLAS step times swing 5x with two threads on 2-core machines (measured: TTM training fell from 237 to 13 windows/s under load).
+# One thread: PyTorch/BLAS step times swing 5x with two threads on 2-core machines
+# (measured: TTM training fell from 237 to 13 windows/s under load).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from biosig.data.synthetic import synthetic_cardio, synthetic_eeg  # noqa: E402
+from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
+from tests.helpers import TINY_PRETRAIN, free_port, run_pretrain, write_yaml
 
 
 @pytest.fixture
@@ -45,41 +47,9 @@ def eeg():
     return synthetic_eeg(n_subjects=3, parents_per_subject=2, subs_per_parent=3, window_s=1.0, seed=2)
 
 
-def finished_runs(status: str | None = None):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    return [r for r in runs if status is None or r.info.status == status]
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
-
-
-#: A TTM small enough that pretraining takes about a second on one CPU thread.
-TINY_PRETRAIN = {"n_subjects": 4, "windows_per_subject": 6, "context_length": 64, "patch_length": 16,
-                 "d_model": 8, "num_layers": 2, "dropout": 0.0, "epochs": 2, "batch_size": 8}
-TINY_NAME = "ttm_ppg-ecg_c64_p16_m40_mae"
-TINY_FINETUNE = ["--data", "synthetic:quality", "--n-subjects", "8", "--windows-per-subject", "6",
-                 "--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]
-
-
-def write_yaml(path, keys: dict):
-    """A config file of `keys` (what checkpoint=auto derives a pretrained name from)."""
-    import yaml
-
-    path.write_text(yaml.safe_dump(keys))
-    return path
-
-
-def run_pretrain(config_file):
-    """Pretrain and register from `config_file`; returns the file for checkpoint=auto."""
-    from biosig.cli import main
-
-    assert main(["pretrain", "--config", str(config_file)]) == 0
-    return config_file
 
 
 @pytest.fixture
@@ -91,14 +61,6 @@ def tiny_pretrain(workdir):
 def pretrained(tiny_pretrain):
     """The tiny pretrain run, registered as TINY_NAME version 1."""
     return run_pretrain(tiny_pretrain)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
-from tests.conftest import TINY_FINETUNE, TINY_NAME, TINY_PRETRAIN, write_yaml
+from tests.helpers import TINY_FINETUNE, TINY_NAME, TINY_PRETRAIN, write_yaml
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -105,20 +105,20 @@ def _state() -> tuple[int, int]:
     return running, versions
 
 
-I = "inputs/"
+IN = "inputs/"
 #: (command line, a fragment of the one line that must name the culprit); exit code 2 unless a third item.
 CASES: list[tuple[list[str], str]] = [
     # log-dataset
     (["log-dataset", "--source", "nope.parquet"], "config key 'source': source not found: nope.parquet"),
     (["log-dataset", "--source", "synthetic:nope"], "unknown synthetic source 'synthetic:nope'"),
-    (["log-dataset", "--source", I + "garbage.npz"], "garbage.npz: not a NumPy .npz archive"),
-    (["log-dataset", "--source", I + "text.parquet"], "cannot read inputs/text.parquet as parquet"),
-    (["log-dataset", "--source", I + "notes.txt"], "unsupported source file type '.txt'"),
-    (["log-dataset", "--source", "muse:" + I + "afile"], "muse: needs a directory"),
-    (["log-dataset", "--source", "muse:" + I + "missing_dir"], "source not found: inputs/missing_dir"),
-    (["log-dataset", "--source", I + "nan.npz", "--channels", "ACC_X,ACC_Y,ACC_Z,PPG,ECG", "--fs", "125"],
+    (["log-dataset", "--source", IN + "garbage.npz"], "garbage.npz: not a NumPy .npz archive"),
+    (["log-dataset", "--source", IN + "text.parquet"], "cannot read inputs/text.parquet as parquet"),
+    (["log-dataset", "--source", IN + "notes.txt"], "unsupported source file type '.txt'"),
+    (["log-dataset", "--source", "muse:" + IN + "afile"], "muse: needs a directory"),
+    (["log-dataset", "--source", "muse:" + IN + "missing_dir"], "source not found: inputs/missing_dir"),
+    (["log-dataset", "--source", IN + "nan.npz", "--channels", "ACC_X,ACC_Y,ACC_Z,PPG,ECG", "--fs", "125"],
      "window 0, channel ACC_X, sample 5"),
-    (["log-dataset", "--source", I + "eeg.parquet", "--output", I + "occupied.parquet"],
+    (["log-dataset", "--source", IN + "eeg.parquet", "--output", IN + "occupied.parquet"],
      "config key 'output': inputs/occupied.parquet already holds dataset"),
     (["log-dataset", "--good_fraction", "2"], "config key 'good_fraction' must be in"),
     (["log-dataset", "--n_subjects", "-1"], "config key 'n_subjects' must be in"),
@@ -128,12 +128,13 @@ CASES: list[tuple[list[str], str]] = [
     (["log-dataset", "--missing_acc", "drop"], "config key 'missing_acc' (from command line) must be one of"),
     (["log-dataset", "--preprocess", "missing.yaml"], "config key 'preprocess': file not found: missing.yaml"),
     (["log-dataset", "--config", "missing.yaml"], "config file not found: missing.yaml"),
-    (["log-dataset", "--config", I + "list.yaml"], "must hold a mapping"),
-    (["log-dataset", "--config", I + "invalid.yaml"], "is not valid YAML"),
-    (["log-dataset", "--tracking-uri", "http://alice:hunter2@localhost:5000"], "'tracking_uri' (from command line) holds a password"),
+    (["log-dataset", "--config", IN + "list.yaml"], "must hold a mapping"),
+    (["log-dataset", "--config", IN + "invalid.yaml"], "is not valid YAML"),
+    (["log-dataset", "--tracking-uri", "http://alice:hunter2@localhost:5000"],
+     "'tracking_uri' (from command line) holds a password"),
     (["log-dataset", "--tracking-uri", "file:///tmp/mlruns"], "is a file store"),
     (["log-dataset", "--tracking-uri", "sqlite:////nonexistent/dir/mlflow.db"], "the folder /nonexistent/dir does not exist"),
-    (["log-dataset", "--tracking-uri", f"sqlite:///{I}afile/mlflow.db"], "does not exist (or is a file)"),
+    (["log-dataset", "--tracking-uri", f"sqlite:///{IN}afile/mlflow.db"], "does not exist (or is a file)"),
     (["log-dataset", "--experiment", ""], "experiment must not be empty"),
     (["log-dataset", "--seed", "1.5"], "config key 'seed' (from command line) must be an integer"),
     (["log-dataset", "--no-such-key", "x"], "No such option '--no-such-key'"),
@@ -142,7 +143,7 @@ CASES: list[tuple[list[str], str]] = [
     (["prepare-splits", "--cv", "1"], "config key 'cv' must be 0"),
     (["prepare-splits", "--val_fraction", "0"], "config key 'val_fraction' must be in"),
     (["prepare-splits", "--test_fraction", "1"], "config key 'test_fraction' must be in"),
-    (["prepare-splits", "--data", I + "two_subjects.parquet"], "has 2 subject(s)"),
+    (["prepare-splits", "--data", IN + "two_subjects.parquet"], "has 2 subject(s)"),
     # pretrain
     (["pretrain", "--epochs", "0"], "config key 'epochs'"),
     (["pretrain", "--lr", "nan"], "config key 'lr' (from command line) must be a finite number, got 'nan'"),
@@ -152,37 +153,37 @@ CASES: list[tuple[list[str], str]] = [
     (["pretrain", "--arch", "lstm"], "config key 'arch' (from command line) must be one of"),
     (["pretrain", "--channels", "PPG,FOO"], "FOO"),
     (["pretrain", "--resume", "0123abcd", "--config", "pretrain.yaml"], "config key 'resume': no run with id '0123abcd'"),
-    (["pretrain", "--data", I + "eeg.parquet", "--config", "pretrain.yaml"], "PPG"),
+    (["pretrain", "--data", IN + "eeg.parquet", "--config", "pretrain.yaml"], "PPG"),
     # finetune
     (["finetune", "--checkpoint", "ttm_nothing_c64_p16_m40_mae"], "ttm_nothing_c64_p16_m40_mae"),
-    (["finetune", "--checkpoint", I + "missing_dir/"], "checkpoint path not found: inputs/missing_dir"),
-    (["finetune", "--checkpoint", I + "ckpt_truncated", *TINY_FINETUNE[:6]], "model.safetensors cannot be read"),
-    (["finetune", "--checkpoint", I + "ckpt_no_weights", *TINY_FINETUNE[:6]], "has no model.safetensors"),
-    (["finetune", "--checkpoint", I + "ckpt_no_keys", *TINY_FINETUNE[:6]], "lacks the key(s) channels, fs"),
-    (["finetune", "--checkpoint", I + "ckpt_not_json", *TINY_FINETUNE[:6]], "biosig.json is not valid JSON"),
+    (["finetune", "--checkpoint", IN + "missing_dir/"], "checkpoint path not found: inputs/missing_dir"),
+    (["finetune", "--checkpoint", IN + "ckpt_truncated", *TINY_FINETUNE[:6]], "model.safetensors cannot be read"),
+    (["finetune", "--checkpoint", IN + "ckpt_no_weights", *TINY_FINETUNE[:6]], "has no model.safetensors"),
+    (["finetune", "--checkpoint", IN + "ckpt_no_keys", *TINY_FINETUNE[:6]], "lacks the key(s) channels, fs"),
+    (["finetune", "--checkpoint", IN + "ckpt_not_json", *TINY_FINETUNE[:6]], "biosig.json is not valid JSON"),
     (["finetune", "--checkpoint", FINETUNED, *TINY_FINETUNE[:6]], "is a finetuned model"),
     (["finetune", "--split_manifest", "missing.csv"], "config key 'split_manifest': file not found: missing.csv"),
     (["finetune", "--pretrain_config", "pretrain.yaml", *TINY_FINETUNE[:6], "--split_manifest",
-      I + "manifest_unknown.csv"], "does not assign 8 subject(s) of"),
+      IN + "manifest_unknown.csv"], "does not assign 8 subject(s) of"),
     (["finetune", "--pretrain_config", "pretrain.yaml", *TINY_FINETUNE[:6], "--split_manifest",
-      I + "manifest_badsplit.csv"], "unknown split value(s) ['holdout']"),
+      IN + "manifest_badsplit.csv"], "unknown split value(s) ['holdout']"),
     (["finetune", "--pretrain_config", "pretrain.yaml", *TINY_FINETUNE[:6], "--split_manifest",
-      I + "manifest_columns.csv"], "must have the columns subject,split"),
+      IN + "manifest_columns.csv"], "must have the columns subject,split"),
     (["finetune", "--cv", "1"], "config key 'cv' must be empty, an integer >= 2"),
-    (["finetune", "--cv", "3", "--split_manifest", I + "manifest_unknown.csv"], "exclude each other"),
+    (["finetune", "--cv", "3", "--split_manifest", IN + "manifest_unknown.csv"], "exclude each other"),
     (["finetune", "--class_weights", "1,x"], "class_weights"),
     (["finetune", "--promote", "staging", "--register", "false"], "config key 'promote' needs register=true"),
     (["finetune", "--stage1_epochs", "0", "--stage2_epochs", "0"], "nothing to train"),
     (["finetune", "--head_dropout", "1"], "config key 'head_dropout' must be in"),
     (["finetune", "--pretrain_config", "missing.yaml"], "config key 'pretrain_config': file not found"),
-    (["finetune", "--pretrain_config", "pretrain.yaml", "--data", I + "one_class.parquet"], "class"),
-    (["finetune", "--pretrain_config", "pretrain.yaml", "--data", I + "eeg.parquet"], "channel"),
+    (["finetune", "--pretrain_config", "pretrain.yaml", "--data", IN + "one_class.parquet"], "class"),
+    (["finetune", "--pretrain_config", "pretrain.yaml", "--data", IN + "eeg.parquet"], "channel"),
     # tune
-    (["tune", "--storage", f"{I}afile/optuna.journal"], "config key 'storage': "),
+    (["tune", "--storage", f"{IN}afile/optuna.journal"], "config key 'storage': "),
     (["tune", "--n_trials", "0"], "config key 'n_trials' must be >= 1"),
     (["tune", "--lr_min", "1e-2", "--lr_max", "1e-3"], "is empty or inverted"),
     (["tune", "--search_space", "missing.yaml"], "config key 'search_space': file not found"),
-    (["tune", "--pretrain_config", "pretrain.yaml", *TINY_FINETUNE[:6], "--search_space", I + "space.yaml",
+    (["tune", "--pretrain_config", "pretrain.yaml", *TINY_FINETUNE[:6], "--search_space", IN + "space.yaml",
       "--n_trials", "1"], "unknown_key"),
     (["tune", "--n_jobs", "0"], "config key 'n_jobs' must be >= 1"),
     (["tune", "--cv", "3"], "config key 'cv' does not apply to tune"),
@@ -199,12 +200,13 @@ CASES: list[tuple[list[str], str]] = [
     (["compare"], "checkpoints"),
     (["compare", "--checkpoints", "nothing_*"], "nothing_*"),
     (["compare", "--checkpoints", TINY_NAME, "--modes", "guess"], "config key 'modes' (from command line) must be one of"),
-    (["compare", "--checkpoints", TINY_NAME, "--finetune_config", "missing.yaml"], "config key 'finetune_config': file not found"),
+    (["compare", "--checkpoints", TINY_NAME, "--finetune_config", "missing.yaml"],
+     "config key 'finetune_config': file not found"),
     # promote
     (["promote", "--model", "nothing_here"], "nothing_here"),
     (["promote", "--model", FINETUNED, "--version", "99"], "99"),
     (["promote", "--model", FINETUNED, "--policies", "missing_dir"], "config key 'policies': file not found"),
-    (["promote", "--model", FINETUNED, "--policies", I + "policy_bad.yaml"], "policy_bad.yaml:4: unknown operator '=>'"),
+    (["promote", "--model", FINETUNED, "--policies", IN + "policy_bad.yaml"], "policy_bad.yaml:4: unknown operator '=>'"),
     (["promote", "--model", FINETUNED, "--to", "prod"], "config key 'to' (from command line) must be one of"),
     # main
     (["main", "--data", "missing.parquet"], "config key 'data': source not found"),

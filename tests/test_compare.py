@@ -5,7 +5,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from tests.conftest import TINY_FINETUNE, finished_runs
+from tests.helpers import TINY_FINETUNE, finished_runs
 
 
 def test_three_checkpoints_make_six_rows_plus_two_references_on_one_split(tiny_pretrain, workdir, capsys):

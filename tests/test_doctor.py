@@ -18,7 +18,7 @@ from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio
 from biosig.tracking.liveness import HEARTBEAT_TAG, HOST_TAG, PID_TAG, leftover_scratch
-from tests.conftest import finished_runs
+from tests.helpers import finished_runs
 
 
 def _freeze_after_an_epoch(client: MlflowClient, proc: subprocess.Popen, timeout_s: float = 180) -> str:

@@ -12,7 +12,7 @@ from biosig.cli import main
 from biosig.data import WindowSet, write_parquet
 from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote
 from biosig.training.metrics import expected_calibration_error
-from tests.conftest import TINY_NAME, finished_runs
+from tests.helpers import TINY_NAME, finished_runs
 
 
 @pytest.mark.parametrize("method", ["temperature", "platt", "isotonic"])
@@ -97,7 +97,7 @@ def test_evaluate_bad_input(workdir, capsys):
 
 def test_a_calibration_that_worsens_validation_ece_is_not_registered_unless_forced(pretrained, workdir, monkeypatch,
                                                                                    capsys):
-    import biosig.training.evaluate as evaluate
+    import biosig.commands.evaluate as evaluate
 
     data = workdir / "four.parquet"
     write_parquet(four_class_set(), data)

@@ -14,7 +14,7 @@ from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.models.heads import Classifier
-from tests.conftest import TINY_FINETUNE, TINY_NAME, finished_runs
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 

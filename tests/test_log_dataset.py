@@ -11,10 +11,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
+from biosig.commands import log_dataset as log_dataset_command
 from biosig.data import read_parquet, write_parquet
-from biosig.tracking import datasets as datasets_module
 from biosig.data.synthetic import synthetic_eeg
-from tests.conftest import finished_runs
+from biosig.tracking import datasets as datasets_module
+from tests.helpers import finished_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ def test_existing_output_is_kept_when_a_rerun_fails(workdir, cardio, monkeypatch
     out = workdir / "keep.parquet"
     write_parquet(cardio, out)
     before = out.read_bytes()
-    monkeypatch.setattr(datasets_module, "_log_profile", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(log_dataset_command, "_log_profile", lambda *a: (_ for _ in ()).throw(ValueError("boom")))
     with pytest.raises(ValueError):
         main(["log-dataset", "--source", str(out), "--output", str(out)])
     assert out.read_bytes() == before

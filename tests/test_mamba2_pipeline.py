@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data.splits import subject_split
 from biosig.data.synthetic import synthetic_eeg
-from tests.conftest import finished_runs, free_port, run_pretrain, write_yaml
+from tests.helpers import finished_runs, free_port, run_pretrain, write_yaml
 
 #: A Mamba-2 small enough that pretraining takes a second or two on one CPU thread.
 TINY_MAMBA2 = {"arch": "mamba2", "d_model": 16, "num_layers": 2, "d_state": 8, "headdim": 8, "chunk_size": 16,
@@ -63,8 +63,8 @@ def test_pretrain_registers_the_conventional_name_and_logs_the_variance_ratio(m2
 
 
 def test_arch_mamba2_defaults_to_the_muse_eeg_model():
+    from biosig.commands.pretrain import PretrainConfig
     from biosig.config import load_config
-    from biosig.training.pretrain import PretrainConfig
 
     config = load_config(PretrainConfig, None, {"arch": "mamba2"})
     assert config.model_name() == "mamba2_eeg_d256_l2_m20_mae"
@@ -172,7 +172,7 @@ def test_finetune_on_a_channel_subset_and_refusing_another_architecture(m2_pretr
     out = capsys.readouterr().out
     assert "pretrained channels ['TP10'] are absent from the data and were dropped" in out
     assert "1 channel-dependent tensors re-sliced by name" in out  # the channel embedding table
-    from tests.conftest import TINY_NAME
+    from tests.helpers import TINY_NAME
 
     assert main(["finetune", "--checkpoint", TINY_NAME, "--arch", "mamba2", *FINETUNE_EEG]) == 2
     assert "is a ttm model, but this config expects arch=mamba2" in capsys.readouterr().err

@@ -3,9 +3,8 @@ import torch
 
 from biosig.data.synthetic import synthetic_cardio
 from biosig.errors import ConfigError
+from biosig.models.masking import PatchReconstructionHead, apply_mask, masked_mse, patchify, random_patch_mask
 from biosig.models.ttm import TTMBackbone
-from biosig.training.masking import (PatchReconstructionHead, apply_mask, masked_mse, patchify,
-                                     random_patch_mask)
 
 
 def test_mask_ratio_is_exact_per_window_and_channel():

@@ -7,7 +7,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from tests.conftest import TINY_NAME, finished_runs
+from tests.helpers import TINY_NAME, finished_runs
 from tests.test_log_dataset import _mlflow_run
 
 

@@ -10,15 +10,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
+from biosig.commands.prepare_splits import SPLIT_DIGEST_TAG, PrepareSplitsConfig, run_prepare_splits
 from biosig.config import load_config
 from biosig.data import read_parquet
 from biosig.data.splits import manifest_digest
-from biosig.tracking.splits import SPLIT_DIGEST_TAG, PrepareSplitsConfig, prepare_splits
-from tests.conftest import TINY_FINETUNE, finished_runs
+from tests.helpers import TINY_FINETUNE, finished_runs
 
 
 def run(**keys):
-    return prepare_splits(load_config(PrepareSplitsConfig, None, {"n_subjects": 12, "windows_per_subject": 4,
+    return run_prepare_splits(load_config(PrepareSplitsConfig, None, {"n_subjects": 12, "windows_per_subject": 4,
                                                                   **keys}))
 
 

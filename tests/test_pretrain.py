@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from tests.conftest import TINY_NAME, finished_runs
+from tests.helpers import TINY_NAME, finished_runs
 
 
 def test_pretrain_logs_epochs_and_registers_a_candidate(pretrained):
@@ -74,7 +74,7 @@ def test_bad_patch_length_is_refused_before_any_run(tiny_pretrain, capsys):
 
 
 def test_a_failure_after_registration_unregisters(tiny_pretrain, monkeypatch):
-    import biosig.training.pretrain as pretrain_module
+    import biosig.commands.pretrain as pretrain_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full while finishing the run")

@@ -12,7 +12,7 @@ from biosig.cli import main
 from biosig.errors import ConfigError
 from biosig.registry.policies import load_policies, load_policy, select_policy
 from biosig.registry.publish import publish_version
-from tests.conftest import finished_runs
+from tests.helpers import finished_runs
 
 NAME = "ttm_ppg-ecg_c1024_p128_m40_mae_finetuned"
 POLICY = """\

@@ -12,11 +12,22 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data import read_parquet
 from biosig.data.channels import QUALITY_CHANNELS
-from biosig.data.preprocess import (Gates, PreprocessConfig, bandpass, beats, clipped_fraction, ecg_template_sqi,
-                                    gate, longest_flat_run, ppg_skewness, prepare_channels, window_recording)
-from biosig.data.sources import FileError, SourceOptions, load_source
-from biosig.errors import ConfigError, DataError
-from tests.conftest import finished_runs
+from biosig.data.preprocess import (
+    Gates,
+    PreprocessConfig,
+    bandpass,
+    beats,
+    clipped_fraction,
+    ecg_template_sqi,
+    gate,
+    longest_flat_run,
+    ppg_skewness,
+    prepare_channels,
+    window_recording,
+)
+from biosig.data.sources import SourceOptions, load_source
+from biosig.errors import ConfigError, DataError, FileError
+from tests.helpers import finished_runs
 
 wfdb = pytest.importorskip("wfdb")
 

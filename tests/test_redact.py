@@ -14,7 +14,7 @@ def test_secret_keys_and_url_passwords_are_masked():
 
 def test_a_password_in_any_key_is_refused_before_a_run_exists(workdir, capsys, monkeypatch):
     from biosig.cli import main
-    from tests.conftest import finished_runs
+    from tests.helpers import finished_runs
 
     assert main(["log-dataset", "--tracking-uri", "http://alice:hunter2@localhost:5000"]) == 2
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ from biosig.models.ttm import TTMBackbone
 from biosig.registry.pyfunc import as_model_input
 from biosig.training.features import feature_names, window_features
 from biosig.training.metrics import _fast_metrics, classification_metrics, subject_bootstrap
-from tests.conftest import TINY_FINETUNE, TINY_NAME, finished_runs
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 

@@ -17,7 +17,7 @@ from biosig.data import write_parquet
 from biosig.data.storage import fetch, upload
 from biosig.data.synthetic import synthetic_cardio
 from biosig.errors import DataError
-from tests.conftest import TINY_NAME, free_port
+from tests.helpers import TINY_NAME, free_port
 
 pytestmark = pytest.mark.integration
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -198,7 +198,8 @@ def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
 
 
 def test_s3_prefix_source_records_unreadable_objects(s3, workdir):
-    from biosig.data.sources import FileError, load_source
+    from biosig.data.sources import load_source
+    from biosig.errors import FileError
 
     for i in range(2):
         write_parquet(synthetic_cardio(n_subjects=2, windows_per_subject=2, window_s=2.0, seed=i), workdir / f"{i}.parquet")

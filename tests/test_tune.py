@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from tests.conftest import TINY_FINETUNE, TINY_NAME, finished_runs
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs
 
 TUNE = ["tune", "--checkpoint", TINY_NAME, *TINY_FINETUNE]
 
@@ -77,7 +77,7 @@ def test_n_jobs_workers_log_under_one_parent(pretrained, workdir, monkeypatch):
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(pretrained, workdir, monkeypatch):
-    import biosig.tuning.search as search
+    import biosig.commands.tune as search
 
     real, calls = search.build_model, []
 

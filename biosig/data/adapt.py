@@ -125,7 +125,7 @@ class WindowScaling:
         self.channels = list(channels)
 
     @classmethod
-    def fit(cls, signals: np.ndarray, channels: list[str]) -> "WindowScaling":  # noqa: ARG003
+    def fit(cls, signals: np.ndarray, channels: list[str]) -> "WindowScaling":
         return cls(channels)
 
     def apply(self, signals: np.ndarray) -> np.ndarray:

@@ -73,7 +73,7 @@ class PreprocessConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PreprocessConfig":
-        from biosig.config import read_yaml_mapping
+        from biosig.files import read_yaml_mapping
 
         data = read_yaml_mapping(Path(path), "preprocessing file")
         unknown = set(data) - {"target_fs", "window_s", "overlap", "channels", "gates"}

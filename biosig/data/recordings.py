@@ -25,10 +25,9 @@ import pandas as pd
 
 from biosig.data.channels import PPG_ECG_CHANNELS, QUALITY_CHANNELS
 from biosig.data.preprocess import Gates, PreprocessConfig, prepare_channels, window_recording
-from biosig.data.sources import FileError
 from biosig.data.synthetic import QUALITY_CLASSES
 from biosig.data.windowset import WindowSet
-from biosig.errors import DataError
+from biosig.errors import DataError, FileError
 
 BUTPPG_LABELS = "quality-hr-ann.csv"
 VITAL_TRACKS = {"PPG": "SNUADC/PLETH", "ECG": "SNUADC/ECG_II"}
@@ -125,7 +124,7 @@ def _wfdb(record: Path):
         raise DataError(f"missing file {record}.hea")
     try:
         rec = wfdb.rdrecord(str(record))
-    except Exception as exc:  # noqa: BLE001 - wfdb raises ValueError, IndexError, OSError… for bad headers
+    except Exception as exc:
         raise DataError(f"cannot read WFDB record {record}: {type(exc).__name__}: {exc}") from None
     if rec.p_signal is None or not rec.fs or rec.fs <= 0:
         raise DataError(f"WFDB record {record}: no physical signal or sampling rate {rec.fs!r} in the header")
@@ -175,7 +174,7 @@ def _vital_signals(path: Path, fs: float = 500.0) -> dict[str, tuple[np.ndarray,
     try:
         vf = vitaldb.VitalFile(str(path), list(VITAL_TRACKS.values()))
         names = set(vf.get_track_names())
-    except Exception as exc:  # noqa: BLE001 - the reader raises assorted errors for damaged files
+    except Exception as exc:
         raise DataError(f"cannot read {path} as a .vital file: {type(exc).__name__}: {exc}") from None
     missing = [t for t in VITAL_TRACKS.values() if t not in names]
     if missing:

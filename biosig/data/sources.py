@@ -18,7 +18,7 @@ from biosig.data.parquet_io import read_parquet
 from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
-from biosig.errors import ConfigError, DataError
+from biosig.errors import ConfigError, DataError, FileError
 
 SYNTHETIC_SOURCES = ("synthetic:ppg-ecg", "synthetic:quality", "synthetic:eeg")
 
@@ -39,16 +39,6 @@ class SourceOptions:
     missing_acc: str = "exclude"  # BUT PPG records without ACC: exclude | zero (zero-filled, acc_present=0)
     ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
     seed: int = 0
-
-
-@dataclasses.dataclass
-class FileError:
-    """A problem with one input file, listed in the run's dataset/data_errors.csv."""
-
-    file: str
-    error: str
-    kind: str = "error"  # error: skipped | warning: read with repairs | rejected: windows dropped by a gate
-    count: int = 1
 
 
 def check_source_spec(key: str, spec: str) -> None:

@@ -112,7 +112,8 @@ def recommended_split(ws: WindowSet, recommended: dict[str, str]) -> dict[str, W
         raise DataError(f"recommended_split of {ws.where} has unknown value(s) {bad}; use {', '.join(SPLITS)}")
     missing = sorted(set(ws.subject) - set(recommended))
     if missing:
-        raise DataError(f"recommended_split of {ws.where} does not cover {len(missing)} subject(s), e.g. {', '.join(map(str, missing[:5]))}")
+        raise DataError(f"recommended_split of {ws.where} does not cover {len(missing)} subject(s), "
+                        f"e.g. {', '.join(map(str, missing[:5]))}")
     window_split = np.array([recommended[s] for s in ws.subject])
     return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
 

@@ -17,38 +17,21 @@ import hashlib
 import json
 import math
 import warnings
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from biosig.config import BaseConfig
 from biosig.errors import ConfigError, DataError
 from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
 from biosig.tracking.datasets import TEST_DIGEST_TAG
 from biosig.tracking.run import configure_tracking, tracked_run
 
+if TYPE_CHECKING:
+    from biosig.commands.promote import PromoteConfig
+
 STAGES = {"staging": "Staging", "production": "Production"}
-
-
-@dataclasses.dataclass
-class PromoteConfig(BaseConfig):
-    """`promote`: evaluate a registered version against its policy and move the alias if it passes."""
-
-    FILE_KEYS = ("policies",)
-
-    model: str = ""  # registered model name
-    version: str = ""  # version number or alias; empty: the version holding @candidate
-    to: Literal["staging", "production"] = "staging"
-    policy: str = ""  # policy name; empty: the one whose applies_to matches the model
-    policies: str = ""  # directory or file of policies; empty: ./registry_policies (else the project's)
-    dry_run: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.model:
-            raise ConfigError("config key 'model' is required: the registered model to promote")
 
 
 @dataclasses.dataclass
@@ -182,8 +165,10 @@ def _reference_result(rule: BeatsReference, metrics: dict[str, float]) -> RuleRe
     return RuleResult(name, f">= {required:.4f} ({rule.reference} {theirs:.4f} {rule.min_delta:+g})", f"{ours:.4f}", ok)
 
 
-def run_promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
-    """The `promote` command. A dry run evaluates and prints only; otherwise one audit run per call."""
+def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
+    """Evaluate `config.model` (version `config.version`, default @candidate) against its policy for
+    `config.to`; move the alias if every rule passes. A dry run evaluates and prints only; otherwise one
+    audit run per call records the decision."""
     uri = configure_tracking(config.tracking_uri)
     client = MlflowClient()
     policy = select_policy(load_policies(config.policies or None), config.model, config.policy)

@@ -121,7 +121,7 @@ class WindowClassifier(mlflow.pyfunc.PythonModel):
                for i in range(0, len(prepared), PREDICT_BATCH)]
         return np.concatenate(out) if out else np.zeros((0, len(self.meta["class_names"])), np.float32)
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:  # noqa: ARG002
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> pd.DataFrame:
         spec = self.meta["input"]
         x = _windows(model_input, spec["channels"])
         _refuse_non_finite(x, spec["channels"])

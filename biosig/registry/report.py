@@ -58,3 +58,11 @@ def history(client: MlflowClient, name: str) -> str:
         return f"{name}: no promotion has been attempted"
     return f"{name}: {len(rows)} promotion attempt(s)\n" + format_table(
         rows, ["at", "version", "target", "decision", "policy", "reason", "run_id"])
+
+
+def render(view: str, name: str, tracking_uri: str = "") -> str:
+    """`show` or `history` of `name` in the configured tracking store (the CLI's registry views)."""
+    from biosig.tracking.run import configure_tracking
+
+    configure_tracking(tracking_uri)
+    return {"show": show, "history": history}[view](MlflowClient(), name)

@@ -1,5 +1,5 @@
-"""Log windowed datasets to MLflow: `mlflow.data` input with an explicit content digest and
-the parquet's URI as source, discovery tags, a profile and example plots."""
+"""Windowed datasets in a run: load a source, write it once under its content-addressed name, and record
+it as an MLflow dataset input (explicit content digest, the file's URI as source) plus discovery tags."""
 
 from __future__ import annotations
 
@@ -9,64 +9,19 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 
-from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
 from biosig.data.parquet_io import stored_digest
-from biosig.data.profile import plot_examples, profile
-from biosig.data.sources import FileError
 from biosig.data.storage import fetch
-from biosig.errors import ConfigError, DataError
-from biosig.tracking.run import RunContext, tracked_run
+from biosig.errors import DataError, FileError
+from biosig.tracking.run import RunContext
 
 DIGEST_IN_FILE_NAME = 12
 MLFLOW_DIGEST_LENGTH = 16  # MLflow's digest column is short; the full sha256 goes into a tag
 #: Content digest of a run's test split: promotion compares champions only on the same one.
 TEST_DIGEST_TAG = "biosig.test.digest"
-
-
-@dataclasses.dataclass
-class DatasetConfig(BaseConfig):
-    """`log_dataset`: build or read a windowed dataset, write the primary parquet, log it."""
-
-    SOURCE_KEYS = ("source",)
-    FILE_KEYS = ("preprocess", "labels")
-
-    source: str = "synthetic:ppg-ecg"
-    kind: str = "primary"
-    output_dir: str = "data"
-    output: str = ""  # explicit .parquet path; default {output_dir}/{dataset name}.parquet
-    n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
-    windows_per_subject: int = 0
-    window_s: float = 0.0
-    good_fraction: float = 0.24
-    channels: list[str] | None = None  # npz files without a channels array
-    fs: float | None = None  # npz files without fs; Muse CSV sampling rate (default 256)
-    labels: str = ""  # Muse: participants CSV with Participant,Remission (default DIR/participants.csv)
-    subs_per_parent: int = 4  # Muse: consecutive sub-windows per parent window
-    preprocess: str = ""  # butppg:/vitaldb: sources: preprocessing YAML (resampling, filters, gates)
-    missing_acc: Literal["exclude", "zero"] = "exclude"  # BUT PPG records without ACC
-    ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
-    context: str = "primary"  # MLflow dataset input context
-
-    def validate(self) -> None:
-        super().validate()
-        require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
-        for key in ("n_subjects", "windows_per_subject", "window_s"):
-            require_range(key, getattr(self, key), 0)
-        require_range("subs_per_parent", self.subs_per_parent, 1)
-        if self.output and not self.output.endswith(".parquet"):
-            raise ConfigError(f"config key 'output' must end in .parquet, got {self.output!r}")
-
-    def source_options(self) -> SourceOptions:
-        return SourceOptions(n_subjects=self.n_subjects, windows_per_subject=self.windows_per_subject,
-                             window_s=self.window_s, good_fraction=self.good_fraction,
-                             channels=self.channels, fs=self.fs, labels=self.labels,
-                             subs_per_parent=self.subs_per_parent, preprocess=self.preprocess,
-                             missing_acc=self.missing_acc, ppg_colour=self.ppg_colour, seed=self.seed)
 
 
 @dataclasses.dataclass
@@ -76,18 +31,6 @@ class LoggedDataset:
     digest: str
     run_id: str
     windows: WindowSet
-
-
-def log_dataset(config: DatasetConfig, *, nested: bool = False) -> LoggedDataset:
-    """The `log_dataset` command: one run, one parquet, one dataset input."""
-    with tracked_run("log_dataset", config, nested=nested) as ctx:
-        logged = use_dataset(ctx, config.source, config.source_options(), kind=config.kind,
-                             output_dir=config.output_dir, output=config.output, context=config.context)
-        _log_profile(ctx, logged.windows)
-        ws = logged.windows
-        print(f"dataset {logged.name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} "
-              f"samples -> {logged.path} (digest {ws.digest[:12]}, run {ctx.run_id})")
-        return logged
 
 
 def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: str = "primary",
@@ -179,14 +122,3 @@ def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, contex
         "biosig.dataset.modality": ws.modality,
         "biosig.dataset.channels": ",".join(ws.channels),
     })
-
-
-def _log_profile(ctx: RunContext, ws: WindowSet) -> None:
-    prof = profile(ws)
-    ctx.log_dict(prof, "dataset/profile.json")
-    metrics = {"n_windows": prof["n_windows"], "n_subjects": prof["n_subjects"]}
-    metrics.update({f"class_fraction.{k}": v["fraction"] for k, v in prof["class_balance"].items()})
-    ctx.log_metrics(metrics)
-    with tempfile.TemporaryDirectory() as tmp:
-        for png in plot_examples(ws, Path(tmp)):
-            mlflow.log_artifact(str(png), artifact_path="dataset")

@@ -27,10 +27,10 @@ from mlflow.tracking import MlflowClient
 
 from biosig.config import BaseConfig
 from biosig.errors import Terminated, TrackingError
+from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
-from biosig.secrets import has_password, redact, redact_value
 
 MAX_PARAM_LENGTH = 6000
 ERROR_TAG = "biosig.error"
@@ -247,7 +247,7 @@ def _warn_experiment_mismatch(client: MlflowClient, run: mlflow.ActiveRun, wante
 
 
 def _install_sigterm():
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum, frame):
         raise Terminated("terminated by SIGTERM")
 
     try:
@@ -318,6 +318,14 @@ def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
         client.set_terminated(run_id, status=status)
         purge_if_params_hold_secrets(client, run_id)
+
+
+def run_tags(run_id: str) -> dict[str, str]:
+    """The tags of a run in the configured store ({} when there is no such run)."""
+    try:
+        return dict(MlflowClient().get_run(run_id).data.tags)
+    except MlflowException:
+        return {}
 
 
 def close_dead_run(client: MlflowClient, run_id: str, why: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from sklearn.metrics import (balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score)
+from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 SELECTION_METRICS = ("auroc", "f1", "balanced_accuracy", "loss")
 

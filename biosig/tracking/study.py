@@ -10,11 +10,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from mlflow.entities import Param  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from mlflow.entities import Param
 
-from biosig.tracking.run import RunContext  # noqa: E402
+from biosig.tracking.run import RunContext
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 

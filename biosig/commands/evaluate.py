@@ -15,24 +15,24 @@ from typing import Any, Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from biosig.config import BaseConfig, require_range  # noqa: E402
-from biosig.data import SourceOptions, WindowSet  # noqa: E402
-from biosig.data.adapt import ChannelStats, prepare_windows, select_channels  # noqa: E402
-from biosig.data.splits import subject_split  # noqa: E402
-from biosig.errors import DataError  # noqa: E402
-from biosig.models.checkpoint import save_checkpoint  # noqa: E402
-from biosig.registry.publish import publish_version  # noqa: E402
-from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc  # noqa: E402
-from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset  # noqa: E402
+from biosig.config import BaseConfig, require_range
+from biosig.data import SourceOptions, WindowSet
+from biosig.data.adapt import ChannelStats, prepare_windows, select_channels
+from biosig.data.splits import subject_split
+from biosig.errors import DataError
+from biosig.models.checkpoint import save_checkpoint
+from biosig.registry.publish import publish_version
+from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc
+from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.liveness import scratch_dir
-from biosig.tracking.run import RunContext, tracked_run  # noqa: E402
-from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote  # noqa: E402
-from biosig.training.metrics import classification_metrics  # noqa: E402
-from biosig.training.plots import confusion_png  # noqa: E402
+from biosig.tracking.run import RunContext, run_tags, tracked_run
+from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote
+from biosig.training.metrics import classification_metrics
+from biosig.training.plots import confusion_png
 
 CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.uri", "biosig.dataset.name",
                 "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", TEST_DIGEST_TAG)
@@ -202,9 +202,7 @@ def _summary(metrics: dict[str, float], method: str) -> str:
 
 
 def _run_dataset(version) -> str:
-    from mlflow.tracking import MlflowClient
-
-    uri = MlflowClient().get_run(version.run_id).data.tags.get("biosig.dataset.uri") if version.run_id else None
+    uri = run_tags(version.run_id).get("biosig.dataset.uri") if version.run_id else None
     if not uri:
         raise DataError(f"{version.name} version {version.version} records no dataset: pass data=")
     return uri

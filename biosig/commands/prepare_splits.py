@@ -58,7 +58,7 @@ class PreparedSplits:
     source: str  # "recommended" or "stratified"
 
 
-def prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> PreparedSplits:
+def run_prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> PreparedSplits:
     with tracked_run("prepare_splits", config, nested=nested) as ctx:
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),

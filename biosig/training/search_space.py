@@ -13,8 +13,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from biosig.config import read_yaml_mapping
 from biosig.errors import ConfigError
+from biosig.files import read_yaml_mapping
 
 #: Keys a search-space file may tune (the base dimensions unfreeze_last_n and lr are always searched).
 TUNABLE = ("head", "head_dropout", "pooling", "stage1_epochs", "stage2_epochs", "weight_decay", "class_weights")

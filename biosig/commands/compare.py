@@ -17,18 +17,18 @@ from typing import Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-from biosig.config import BaseConfig, load_config  # noqa: E402
-from biosig.data import SourceOptions  # noqa: E402
-from biosig.data.splits import manifest_split, subject_split, write_manifest  # noqa: E402
-from biosig.errors import ConfigError, DataError  # noqa: E402
-from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint  # noqa: E402
-from biosig.tracking.datasets import use_dataset  # noqa: E402
+from biosig.commands.finetune import FinetuneConfig, run_finetune
+from biosig.config import BaseConfig, load_config
+from biosig.data import SourceOptions
+from biosig.data.splits import manifest_split, subject_split, write_manifest
+from biosig.errors import ConfigError, DataError
+from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint
+from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
-from biosig.tracking.run import tracked_run  # noqa: E402
-from biosig.training.finetune import FinetuneConfig, finetune  # noqa: E402
+from biosig.tracking.run import tracked_run
 
 MODES = ("probe", "finetune")
 COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "trainable_params", "wall_s", "run_id"]
@@ -122,7 +122,7 @@ def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest:
     if mode == "probe" and finetune_config.stage1_epochs == 0:
         raise ConfigError("a linear probe needs stage1_epochs > 0 in the finetune config")
     started = time.perf_counter()
-    result = finetune(finetune_config, nested=True)
+    result = run_finetune(finetune_config, nested=True)
     test = result.test
     rows = [{"checkpoint": reference, "mode": mode, "auroc": test["auroc"], "f1": test["f1"],
              "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],

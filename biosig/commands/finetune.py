@@ -25,34 +25,39 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
-from biosig.config import load_config, require_local_file, require_range
+from biosig.commands.prepare_splits import SPLIT_DIGEST_TAG
+from biosig.commands.pretrain import WARNING_TAG, PretrainConfig
+from biosig.commands.promote import PromoteConfig, run_promote
+from biosig.config import load_config, require_range
 from biosig.data import SourceOptions, WindowSet
-from biosig.data.adapt import (ChannelStats, ContextFit, Normalisation, WindowScaling, fit_context, select_channels,
-                               unit_mismatch)
+from biosig.data.adapt import ChannelStats, ContextFit, Normalisation, WindowScaling, fit_context, select_channels, unit_mismatch
 from biosig.data.channels import check_channels
-from biosig.data.splits import manifest_digest, manifest_split, subject_split, cv_folds
+from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
+from biosig.files import require_local_file
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
 from biosig.models.heads import Classifier
 from biosig.models.inflation import drop_channels, map_channels
+from biosig.registry.card import model_card
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
-from biosig.registry.promotion import PromoteConfig, run_promote
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
-from biosig.registry.card import model_card
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, tracked_run
-from biosig.tracking.splits import SPLIT_DIGEST_TAG
 from biosig.training import loop
-from biosig.training.metrics import (INTERVAL_METRICS, aggregate_by_subject, classification_metrics,
-                                     collapsed_classes, subject_bootstrap)
-from biosig.training.reference import fit_feature_model
+from biosig.training.metrics import (
+    INTERVAL_METRICS,
+    aggregate_by_subject,
+    classification_metrics,
+    collapsed_classes,
+    subject_bootstrap,
+)
 from biosig.training.plots import confusion_png, roc_png
-from biosig.training.pretrain import WARNING_TAG, PretrainConfig
+from biosig.training.reference import fit_feature_model
 
 
 @dataclasses.dataclass
@@ -205,7 +210,7 @@ class Tested:
     subject: np.ndarray
 
 
-def finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | None = None) -> FinetuneResult:
+def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str | None = None) -> FinetuneResult:
     """The `finetune` command: resolve the checkpoint first (fail fast), then train, test (one split or
     cross-validated), train the reference models on the same split(s), register with a model card.
     `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
@@ -561,7 +566,8 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
         weights, resliced = drop_channels(weights, build_backbone(spec["arch"], kept, spec["config"]).state_dict(),
                                           old_channels, kept)
         note = (f"pretrained channels {dropped} are absent from the data and were dropped"
-                f"{f'; {len(resliced)} channel-dependent tensors re-sliced by name' if resliced else ' (no channel-dependent tensors)'}")
+                + (f"; {len(resliced)} channel-dependent tensors re-sliced by name" if resliced
+                   else " (no channel-dependent tensors)"))
         print(f"  note: {note}")
         ctx.set_tags({"biosig.channels_dropped": ",".join(dropped), "biosig.note.channels": note})
         old_channels = kept

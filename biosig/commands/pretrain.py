@@ -26,7 +26,7 @@ from torch import nn
 import biosig
 from biosig.config import require_range
 from biosig.data import SourceOptions
-from biosig.data.adapt import ContextFit, ChannelStats, fit_context, select_channels
+from biosig.data.adapt import ChannelStats, ContextFit, fit_context, select_channels
 from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
 from biosig.data.naming import dataset_name
 from biosig.data.sources import load_source
@@ -35,6 +35,8 @@ from biosig.errors import ConfigError, TrainingError
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
 from biosig.models.mamba2 import MAMBA2_DEFAULTS, check_mamba2_config
+from biosig.models.masking import MaskedTokenModel
+from biosig.models.pretraining import PretrainModel
 from biosig.models.ttm import check_patching
 from biosig.registry.naming import mamba2_name, parse_name, ttm_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
@@ -42,8 +44,6 @@ from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
 from biosig.training import loop
-from biosig.training.masking import (MaskedTokenModel, PatchReconstructionHead, apply_mask, masked_mse, patchify,
-                                     prediction_variance_ratio, random_patch_mask)
 
 BACKBONE_KEYS = {
     "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
@@ -136,44 +136,11 @@ class PretrainConfig(loop.LoopConfig):
         return self.context_length + (self.prediction_length if self.objective == "fcst" else 0)
 
 
-class ForecastHead(nn.Module):
-    """Per channel: flattened patch embeddings [B, C, P*d] -> the next `horizon` samples."""
-
-    def __init__(self, num_patches: int, d_model: int, horizon: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(num_patches * d_model, horizon)
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.proj(embeddings.flatten(2))
-
-
-class PretrainModel(nn.Module):
-    def __init__(self, backbone: nn.Module, config: PretrainConfig) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.objective = config.objective
-        self.mask_ratio = config.mask_ratio
-        self.head = (PatchReconstructionHead(backbone.d_model, backbone.patch_length) if config.objective == "mae"
-                     else ForecastHead(backbone.num_patches, backbone.d_model, config.prediction_length))
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, prediction/target variance ratio) for one batch of windows."""
-        if self.objective == "fcst":
-            context = self.backbone.context_length
-            prediction, target = self.head(self.backbone(x[..., :context])).float(), x[..., context:].float()
-            return nn.functional.mse_loss(prediction, target), prediction_variance_ratio(prediction, target)
-        patch = self.backbone.patch_length
-        mask = random_patch_mask((x.shape[0], x.shape[1], x.shape[2] // patch), self.mask_ratio,
-                                 generator=generator).to(x.device)
-        prediction, target = self.head(self.backbone(apply_mask(x, mask, patch))).float(), patchify(x, patch).float()
-        return masked_mse(prediction, target, mask), prediction_variance_ratio(prediction[mask], target[mask])
-
-
 def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
     """Backbone + self-supervised objective: forward(x, generator) -> (loss, variance ratio)."""
     backbone = build_backbone(config.arch, channels, config.backbone_config())
     if config.arch == "ttm":
-        return PretrainModel(backbone, config)
+        return PretrainModel(backbone, config.objective, config.mask_ratio, config.prediction_length)
     return MaskedTokenModel(backbone, config.masking_style, config.mask_ratio, config.decoder_layers)
 
 
@@ -187,7 +154,7 @@ class PretrainResult:
     history: list[dict[str, float]]
 
 
-def pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
+def run_pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
     """The `pretrain` command: one run, one checkpoint, one registered version (unless register=false).
 
     Under torchrun with several processes the model trains with DDP (gloo on CPU, nccl on CUDA), each

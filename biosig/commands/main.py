@@ -6,13 +6,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-import mlflow
-
+from biosig.commands.finetune import FinetuneConfig, run_finetune
+from biosig.commands.log_dataset import DatasetConfig, run_log_dataset
+from biosig.commands.pretrain import PretrainConfig, run_pretrain
 from biosig.config import BaseConfig, load_config
-from biosig.tracking.datasets import DatasetConfig, log_dataset
-from biosig.tracking.run import tracked_run
-from biosig.training.finetune import FinetuneConfig, finetune
-from biosig.training.pretrain import PretrainConfig, pretrain
+from biosig.tracking.run import resolve_tracking_uri, tracked_run
 
 #: Small enough for a 2-core laptop in a few minutes; any key can be overridden by the YAML files.
 MAIN_PRETRAIN: dict[str, Any] = {"epochs": 30}
@@ -40,17 +38,17 @@ def run_main(config: MainConfig) -> dict[str, Any]:
     shared = {"experiment": config.experiment, "tracking_uri": config.tracking_uri, "seed": config.seed,
               "data_dir": config.data_dir}
     with tracked_run("main", config) as ctx:
-        dataset = log_dataset(load_config(DatasetConfig, None, {
+        dataset = run_log_dataset(load_config(DatasetConfig, None, {
             **{k: v for k, v in shared.items() if k != "data_dir"}, "output_dir": config.data_dir,
             "source": config.data, "run_name": "log_dataset"}), nested=True)
         pretrain_config = load_config(PretrainConfig, config.pretrain_config or None, {
             **({} if config.pretrain_config else MAIN_PRETRAIN), **shared, "data": config.pretrain_data,
             "run_name": "pretrain"})
-        pretrained = pretrain(pretrain_config, nested=True)
+        pretrained = run_pretrain(pretrain_config, nested=True)
         finetune_config = load_config(FinetuneConfig, config.finetune_config or None, {
             **({} if config.finetune_config else MAIN_FINETUNE), **shared, "data": str(dataset.path),
             "checkpoint": "auto", "run_name": "finetune", "reference": config.reference})
-        finetuned = finetune(finetune_config, nested=True, auto_name=pretrain_config.model_name())
+        finetuned = run_finetune(finetune_config, nested=True, auto_name=pretrain_config.model_name())
         summary = {"dataset": dataset.name, "pretrained": f"{pretrained.name}/{pretrained.version}",
                    "finetuned": f"{finetuned.name}/{finetuned.version}",
                    **{f"test_{k}": v for k, v in finetuned.test.items()},
@@ -66,7 +64,7 @@ def run_main(config: MainConfig) -> dict[str, Any]:
 
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,
                          test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
-    uri = mlflow.get_tracking_uri()  # set by tracked_run from config, environment or the SQLite default
+    uri = resolve_tracking_uri(config.tracking_uri)  # from config, environment or the SQLite default
     ui = "http://127.0.0.1:5000"
     print()
     interval = (f" [95 % CI {test['auroc_ci_low']:.3f}-{test['auroc_ci_high']:.3f}]"

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import optuna
 import yaml
 
+from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, run_finetune
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
@@ -34,10 +35,9 @@ from biosig.registry.discovery import resolve_checkpoint
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
 from biosig.tracking.run import RunContext, configure_tracking, tracked_run
+from biosig.tracking.study import log_study_summary
 from biosig.training import loop
-from biosig.training.finetune import FinetuneConfig, Trainer, build_model, finetune, prepare_data
-from biosig.tuning.space import Dimension, load_search_space
-from biosig.tuning.summary import log_study_summary
+from biosig.training.search_space import Dimension, load_search_space
 
 STATE_TAG = "optuna.state"
 
@@ -303,5 +303,5 @@ def _wait(workers: list[subprocess.Popen]) -> None:
 def _refit(config: TuneConfig, best: optuna.trial.FrozenTrial) -> str | None:
     overrides = {f.name: getattr(config, f.name) for f in dataclasses.fields(FinetuneConfig)}
     overrides.update(best.params, register=True, run_name="refit best")
-    result = finetune(load_config(FinetuneConfig, None, overrides), nested=True)
+    result = run_finetune(load_config(FinetuneConfig, None, overrides), nested=True)
     return f"{result.name}/{result.version}" if result.version else None

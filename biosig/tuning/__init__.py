@@ -1,1 +1,0 @@
-"""Hyper-parameter searches (Optuna) whose trials are nested MLflow runs."""
