@@ -138,7 +138,7 @@ def test_cpu_never_imports_mamba_ssm():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or cuda_kernel() is None,
-                    reason="needs CUDA and mamba-ssm (pip install -e '.[gpu]', see README 'GPU')")
+                    reason="needs CUDA and mamba-ssm (pip install -e '.[gpu]', see docs/operations.md 'GPU')")
 def test_cuda_kernel_path_agrees_with_pure_path_and_mamba_ssm_loads_our_weights():
     from mamba_ssm.modules.mamba2 import Mamba2
 
