@@ -25,10 +25,13 @@ from biosig.config import BaseConfig, load_config
 from biosig.data import SourceOptions
 from biosig.data.splits import manifest_split, subject_split, write_manifest
 from biosig.errors import ConfigError, DataError
+from biosig.logs import get_logger
 from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import tracked_run
+
+log = get_logger(__name__)
 
 MODES = ("probe", "finetune")
 COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "trainable_params", "wall_s", "run_id"]
@@ -87,7 +90,7 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         board = pd.DataFrame(rows, columns=COLUMNS).sort_values(config.metric, ascending=False, ignore_index=True)
         ctx.set_tags({"biosig.compare.split_digest": digests.pop(), "biosig.compare.metric": config.metric})
         _log_board(ctx, board, config.metric)
-        print(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        log.info(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return board
 
 

@@ -24,6 +24,7 @@ from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ChannelStats, prepare_windows, select_channels
 from biosig.data.splits import subject_split
 from biosig.errors import DataError
+from biosig.logs import get_logger
 from biosig.models.checkpoint import save_checkpoint
 from biosig.registry.publish import publish_version
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc
@@ -33,6 +34,8 @@ from biosig.tracking.run import RunContext, run_tags, tracked_run
 from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote
 from biosig.training.metrics import classification_metrics
 from biosig.training.plots import confusion_png
+
+log = get_logger(__name__)
 
 CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.uri", "biosig.dataset.name",
                 "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", TEST_DIGEST_TAG)
@@ -92,12 +95,12 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
         ctx.log_metrics(metrics)
         _plots(ctx, Path(tmp), splits["test"], apply_calibration(base, logits["test"]),
                apply_calibration(calibration or base, logits["test"]), wrapper.meta["class_names"])
-        print(_summary(metrics, config.calibration))
+        log.info(_summary(metrics, config.calibration))
         if config.register and calibration:
             worse = _worse_on_val(metrics)
             if worse and not config.force:
-                print(f"not registered: {config.calibration} calibration made validation {worse} worse; the "
-                      f"@candidate alias stays on version {version.version} (force=true registers it anyway)")
+                log.info(f"not registered: {config.calibration} calibration made validation {worse} worse; the "
+                         f"@candidate alias stays on version {version.version} (force=true registers it anyway)")
                 ctx.set_tags({"biosig.evaluate.registered": "no", "biosig.evaluate.reason": f"val {worse} worse"})
             else:
                 _register_calibrated(ctx, wrapper, version, calibration, Path(tmp))
@@ -221,7 +224,7 @@ def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, ca
                  "biosig.run_id": ctx.run_id})
     new = publish_version(version.name, source=info.model_uri, model_id=info.model_id, run_id=ctx.run_id, tags=tags,
                           description=f"{version.name} v{version.version} with {calibration['method']} calibration")
-    print(f"registered {version.name} version {new.version}: v{version.version} + {calibration['method']} "
-          "calibration (alias @candidate)")
+    log.info(f"registered {version.name} version {new.version}: v{version.version} + {calibration['method']} "
+             "calibration (alias @candidate)")
     return str(new.version)
 

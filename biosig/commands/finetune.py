@@ -35,6 +35,7 @@ from biosig.data.channels import check_channels
 from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.files import require_local_file
+from biosig.logs import get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
@@ -58,6 +59,8 @@ from biosig.training.metrics import (
 )
 from biosig.training.plots import confusion_png, roc_png
 from biosig.training.reference import fit_feature_model
+
+log = get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -220,7 +223,7 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
         require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         ctx.set_tags(parent.lineage())
-        print(f"finetune from {parent.describe()}")
+        log.info(f"finetune from {parent.describe()}")
         parent_name = parent.name or parent.meta.get("name", "")
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
@@ -306,14 +309,14 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
     on all subjects (train/val only) with the same settings and registered with this evidence."""
     ws = logged.windows
     folds = cv_folds(ws, config.cv, config.val_fraction, seed=config.seed)
-    print(f"cross-validation: {len(folds)} subject folds (cv={config.cv})")
+    log.info(f"cross-validation: {len(folds)} subject folds (cv={config.cv})")
     outcomes: list[Tested] = []
     ref_outcomes: dict[str, list[Tested]] = {name: [] for name in config.reference}
     digests = []
     for i, splits in enumerate(folds, start=1):
         fold_config = dataclasses.replace(config, run_name=f"fold {i}/{len(folds)}", cv="", register=False)
         with tracked_run("finetune", fold_config, nested=True, tags={"biosig.cv.fold": str(i)}) as fold_ctx:
-            print(f"fold {i}/{len(folds)}: test subjects {', '.join(map(str, np.unique(splits['test'].subject)))}")
+            log.info(f"fold {i}/{len(folds)}: test subjects {', '.join(map(str, np.unique(splits['test'].subject)))}")
             data = prepare_data(ws, logged.name, fold_config, parent, splits=splits)
             fold_ctx.set_tags({TEST_DIGEST_TAG: data.test_digest, **parent.lineage()})
             _, tested = _train_and_test(fold_ctx, fold_config, parent, data, tmp)
@@ -332,12 +335,12 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
         references[name] = Tested(metrics, np.concatenate([p.prob for p in parts]),
                                   np.concatenate([p.y for p in parts]), np.concatenate([p.subject for p in parts]))
     _log_reference_deltas(ctx, pooled, references)
-    print(f"  cross-validated test (pooled over {len(folds)} folds): auroc {pooled['auroc']:.3f} "
-          f"[{pooled.get('auroc_ci_low', math.nan):.3f}, {pooled.get('auroc_ci_high', math.nan):.3f}]  "
-          f"per-fold {pooled['auroc_mean']:.3f} +- {pooled['auroc_std']:.3f}")
+    log.info(f"  cross-validated test (pooled over {len(folds)} folds): auroc {pooled['auroc']:.3f} "
+             f"[{pooled.get('auroc_ci_low', math.nan):.3f}, {pooled.get('auroc_ci_high', math.nan):.3f}]  "
+             f"per-fold {pooled['auroc_mean']:.3f} +- {pooled['auroc_std']:.3f}")
     refit_config = dataclasses.replace(config, run_name="refit on all subjects", cv="", register=False)
     with tracked_run("finetune", refit_config, nested=True, tags={"biosig.cv.refit": "true"}) as refit_ctx:
-        print("refit on all subjects (train/val only) with the same settings")
+        log.info("refit on all subjects (train/val only) with the same settings")
         splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
         data = prepare_data(ws, logged.name, refit_config, parent, splits=splits)
         refit_ctx.set_tags({**parent.lineage(), "biosig.cv.evidence_run": ctx.run_id})
@@ -367,7 +370,7 @@ def run_references(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChec
         ref_config = dataclasses.replace(config, run_name=f"reference: {name}", register=False, reference=[], cv="")
         tags = {REFERENCE_TAG: name, TEST_DIGEST_TAG: data.test_digest}
         with tracked_run("finetune", ref_config, nested=True, tags=tags) as ref_ctx:
-            print(f"reference model '{name}' on the same split")
+            log.info(f"reference model '{name}' on the same split")
             train = _features_reference if name == "features" else _scratch_reference
             work = tmp / f"reference-{name}"
             work.mkdir(parents=True, exist_ok=True)
@@ -393,8 +396,8 @@ def _features_reference(ctx: RunContext, config: FinetuneConfig, parent: Resolve
                                 config.selection_level)
         ctx.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
         tested[split] = Tested(metrics, prob, data.y[split], data.subject[split])
-    print(f"  features reference ({model.choice}, chosen on val AUROC {scores[model.choice]:.3f}): test auroc "
-          f"{tested['test'].metrics['auroc']:.3f}  f1 {tested['test'].metrics['f1']:.3f}")
+    log.info(f"  features reference ({model.choice}, chosen on val AUROC {scores[model.choice]:.3f}): test auroc "
+             f"{tested['test'].metrics['auroc']:.3f}  f1 {tested['test'].metrics['f1']:.3f}")
     windows = logged.windows
     meta = {"kind": FEATURES_KIND, "name": f"{parent.name or parent.meta.get('name', '')}_features_reference",
             "task": config.task or windows.label_name, "class_names": data.class_names, "channels": data.channels,
@@ -427,12 +430,12 @@ def _log_reference_deltas(ctx: RunContext, test: dict[str, float], references: d
     ctx.log_metrics({f"reference.{name}.delta_test_{m}": test[m] - ref.metrics[m]
                      for name, ref in references.items() for m in ("auroc", "f1") if m in ref.metrics})
     rows = [("fine-tuned", test)] + [(f"reference: {name}", ref.metrics) for name, ref in references.items()]
-    print("  on the same test split:")
+    log.info("  on the same test split:")
     for label, metrics in rows:
         ci = (f" [{metrics['auroc_ci_low']:.3f}, {metrics['auroc_ci_high']:.3f}]"
               if math.isfinite(metrics.get("auroc_ci_low", math.nan)) else "")
-        print(f"    {label:<22} auroc {metrics['auroc']:.3f}{ci}  f1 {metrics['f1']:.3f}  "
-              f"balanced_accuracy {metrics['balanced_accuracy']:.3f}")
+        log.info(f"    {label:<22} auroc {metrics['auroc']:.3f}{ci}  f1 {metrics['f1']:.3f}  "
+                 f"balanced_accuracy {metrics['balanced_accuracy']:.3f}")
 
 
 def _log_model(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, trainer: "Trainer",
@@ -543,7 +546,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
     (`pretrained=False`: the same architecture randomly initialised, for the scratch reference)."""
     spec = parent.meta["backbone"]
     if data.note:
-        print(f"  note: {data.note}")
+        log.info(f"  note: {data.note}")
         ctx.set_tags({"biosig.note.normalisation": data.note})
     ctx.set_tags({"biosig.normalisation": data.stats.kind})
     try:
@@ -568,7 +571,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
         note = (f"pretrained channels {dropped} are absent from the data and were dropped"
                 + (f"; {len(resliced)} channel-dependent tensors re-sliced by name" if resliced
                    else " (no channel-dependent tensors)"))
-        print(f"  note: {note}")
+        log.info(f"  note: {note}")
         ctx.set_tags({"biosig.channels_dropped": ",".join(dropped), "biosig.note.channels": note})
         old_channels = kept
     mapping = map_channels(weights, backbone.state_dict(), old_channels, data.channels)
@@ -577,7 +580,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
     except RuntimeError as exc:
         raise TrainingError(f"checkpoint {parent.uri} does not fit a {spec['arch']} backbone: {exc}") from None
     layout = spec["config"].get("mode") or spec["config"].get("tokenization", "?")
-    print(f"  channel mapping ({layout}): {mapping.describe()}")
+    log.info(f"  channel mapping ({layout}): {mapping.describe()}")
     ctx.set_tags({"biosig.channel_mapping": mapping.describe()})
     model = Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
                        pooling=config.pooling)
@@ -628,7 +631,7 @@ class Trainer:
     def _stage(self, stage: int, epochs: int, lr: float) -> None:
         counts = apply_stage(self.model, stage, self.config.unfreeze_last_n, self.masks)
         self.stage_counts[stage] = dataclasses.asdict(counts)
-        print(f"  {counts.describe()}")
+        log.info(f"  {counts.describe()}")
         self.ctx.log_metrics({f"stage{stage}.trainable_params": counts.trainable,
                               f"stage{stage}.frozen_params": counts.frozen}, step=self.epoch)
         optimizer, scheduler = loop.optimizer_and_schedule(param_groups(self.model, self.masks), lr, self.config.weight_decay,
@@ -652,14 +655,14 @@ class Trainer:
                 stale = 0
             else:
                 stale += 1
-            print(f"  epoch {self.epoch} (stage {stage}): train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-                  f"val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
-                  f"({time.perf_counter() - started:.1f} s)")
+            log.info(f"  epoch {self.epoch} (stage {stage}): train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
+                     f"val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
+                     f"({time.perf_counter() - started:.1f} s)")
             if self.on_epoch is not None:
                 self.on_epoch(self.epoch, val)
             if stale >= self.config.patience:
-                print(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
-                      f"{stale} epochs")
+                log.info(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
+                         f"{stale} epochs")
                 break
 
     def _score(self, val: dict[str, float]) -> float:
@@ -667,7 +670,7 @@ class Trainer:
         metric = self.config.selection_metric
         if metric != "loss" and math.isnan(val[metric]):
             if not self.warned_nan_selection:
-                print(f"  note: val {metric} is undefined (the val split lacks a class); selecting on val loss")
+                log.info(f"  note: val {metric} is undefined (the val split lacks a class); selecting on val loss")
                 self.ctx.set_tags({"biosig.selection_fallback": "val_loss"})
                 self.warned_nan_selection = True
             metric = "loss"
@@ -713,11 +716,11 @@ class Trainer:
         self.collapsed = collapsed_classes(val, self.data.class_names, self.config.collapse_threshold)
         if self.collapsed:
             self.ctx.set_tags({WARNING_TAG: "mode_collapse", "biosig.collapsed_classes": ",".join(self.collapsed)})
-            print("!" * 78)
-            print(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
-                  f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
-            print("!! Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse")
-            print("!" * 78)
+            log.info("!" * 78)
+            log.info(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
+                     f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
+            log.info("!! Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse")
+            log.info("!" * 78)
 
     def test(self, tmp: Path) -> Tested:
         """Evaluate the best (not the last) state on test; log metrics, plots and predictions."""
@@ -743,8 +746,8 @@ class Trainer:
                           "prob": list(p_subject.astype(np.float32))}).to_parquet(tmp / "participant_predictions.parquet",
                                                                                   index=False)
             self.ctx.log_artifact(tmp / "participant_predictions.parquet", "evaluation")
-        print(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
-              f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
+        log.info(f"  test (best epoch {self.best_epoch}): auroc {metrics['auroc']:.3f}  f1 {metrics['f1']:.3f}  "
+                 f"balanced_accuracy {metrics['balanced_accuracy']:.3f}  ece {metrics['ece']:.3f}")
         return Tested(metrics, prob, y_true, self.data.subject["test"])
 
 
@@ -820,6 +823,6 @@ def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint
                               model_tags={"biosig.kind": "finetuned"})
     ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
     ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
-    print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
-          f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")
+    log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
+             f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")
     return str(version.version)

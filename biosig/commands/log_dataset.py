@@ -12,8 +12,11 @@ from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.profile import plot_examples, profile
 from biosig.errors import ConfigError
+from biosig.logs import get_logger
 from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
+
+log = get_logger(__name__)
 
 
 @dataclasses.dataclass
@@ -64,8 +67,8 @@ def run_log_dataset(config: DatasetConfig, *, nested: bool = False) -> LoggedDat
                              output_dir=config.output_dir, output=config.output, context=config.context)
         _log_profile(ctx, logged.windows)
         ws = logged.windows
-        print(f"dataset {logged.name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} "
-              f"samples -> {logged.path} (digest {ws.digest[:12]}, run {ctx.run_id})")
+        log.info(f"dataset {logged.name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} "
+                 f"samples -> {logged.path} (digest {ws.digest[:12]}, run {ctx.run_id})")
         return logged
 
 

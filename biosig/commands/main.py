@@ -10,7 +10,10 @@ from biosig.commands.finetune import FinetuneConfig, run_finetune
 from biosig.commands.log_dataset import DatasetConfig, run_log_dataset
 from biosig.commands.pretrain import PretrainConfig, run_pretrain
 from biosig.config import BaseConfig, load_config
+from biosig.logs import get_logger
 from biosig.tracking.run import resolve_tracking_uri, tracked_run
+
+log = get_logger(__name__)
 
 #: Small enough for a 2-core laptop in a few minutes; any key can be overridden by the YAML files.
 MAIN_PRETRAIN: dict[str, Any] = {"epochs": 30}
@@ -66,22 +69,22 @@ def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pr
                          test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
     uri = resolve_tracking_uri(config.tracking_uri)  # from config, environment or the SQLite default
     ui = "http://127.0.0.1:5000"
-    print()
+    log.info("")
     interval = (f" [95 % CI {test['auroc_ci_low']:.3f}-{test['auroc_ci_high']:.3f}]"
                 if "auroc_ci_low" in test else "")
-    print(f"done: test AUROC {test['auroc']:.3f}{interval}, F1 {test['f1']:.3f} for {finetuned}@candidate")
+    log.info(f"done: test AUROC {test['auroc']:.3f}{interval}, F1 {test['f1']:.3f} for {finetuned}@candidate")
     for name, metrics in references.items():
         verdict = "beats it" if test["auroc"] >= metrics["auroc"] else "LOSES to it"
-        print(f"  reference '{name}' on the same test split: AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f} "
-              f"(the fine-tuned model {verdict})")
-    print("where to look:")
+        log.info(f"  reference '{name}' on the same test split: AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f} "
+                 f"(the fine-tuned model {verdict})")
+    log.info("where to look:")
     if uri.startswith("http"):
         ui = uri.rstrip("/")
     else:
-        print(f"  start the UI:      mlflow ui --backend-store-uri {uri}")
-    print(f"  this pipeline:     {ui}/#/experiments/{experiment_id}/runs/{run_id}  (child runs: log_dataset, "
-          "pretrain, finetune)")
-    print(f"  pretrained model:  {ui}/#/models/{pretrained}")
-    print(f"  fine-tuned model:  {ui}/#/models/{finetuned}")
-    print(f"  use it:            mlflow.pyfunc.load_model('models:/{finetuned}@candidate').predict(df)")
-    print(f"  promote it:        biosig promote --model {finetuned} --to staging")
+        log.info(f"  start the UI:      mlflow ui --backend-store-uri {uri}")
+    log.info(f"  this pipeline:     {ui}/#/experiments/{experiment_id}/runs/{run_id}  (child runs: log_dataset, "
+             "pretrain, finetune)")
+    log.info(f"  pretrained model:  {ui}/#/models/{pretrained}")
+    log.info(f"  fine-tuned model:  {ui}/#/models/{finetuned}")
+    log.info(f"  use it:            mlflow.pyfunc.load_model('models:/{finetuned}@candidate').predict(df)")
+    log.info(f"  promote it:        biosig promote --model {finetuned} --to staging")

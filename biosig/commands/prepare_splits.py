@@ -19,8 +19,11 @@ from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions
 from biosig.data.splits import manifest_digest, recommended_split, subject_folds, subject_split, write_manifest_once
 from biosig.errors import ConfigError, DataError
+from biosig.logs import get_logger
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import tracked_run
+
+log = get_logger(__name__)
 
 SPLIT_DIGEST_TAG = "biosig.split.digest"
 RECOMMENDED_COLUMN = "recommended_split"
@@ -84,7 +87,7 @@ def run_prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> 
             ctx.log_artifact(path, "splits")
             counts = {split: int(len(np.unique(part.subject))) for split, part in splits.items()}
             ctx.log_metrics({f"{'fold%d.' % i if config.cv else ''}{split}_subjects": n for split, n in counts.items()})
-            print(f"{path}: {', '.join(f'{s} {n} subjects' for s, n in counts.items())} (sha256 {digest[:12]})")
+            log.info(f"{path}: {', '.join(f'{s} {n} subjects' for s, n in counts.items())} (sha256 {digest[:12]})")
         ctx.set_tags(tags)
         return PreparedSplits(ctx.run_id, manifests, digests, origin)
 

@@ -32,6 +32,7 @@ from biosig.data.naming import dataset_name
 from biosig.data.sources import load_source
 from biosig.data.splits import subject_split
 from biosig.errors import ConfigError, TrainingError
+from biosig.logs import get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
 from biosig.models.mamba2 import MAMBA2_DEFAULTS, check_mamba2_config
@@ -44,6 +45,8 @@ from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
 from biosig.training import loop
+
+log = get_logger(__name__)
 
 BACKBONE_KEYS = {
     "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
@@ -200,9 +203,9 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     ctx.log_metrics({"backbone_params": n_params, "train_windows": len(arrays["train"]),
                      "val_windows": len(arrays["val"])})
     if dist.leader:
-        print(f"pretrain {name}: {n_params:,} backbone parameters, {len(arrays['train'])} train / "
-              f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
-              f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
+        log.info(f"pretrain {name}: {n_params:,} backbone parameters, {len(arrays['train'])} train / "
+                 f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
+                 f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "best_ratio": math.nan, "history": []}
     if previous is not None:
         state = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
@@ -225,8 +228,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
             ctx.log_artifacts(work / "checkpoint", "checkpoint")
         _save_last(work / "last", model, optimizer, scheduler, generator, meta, state)
         ctx.log_artifacts(work / "last", "last")
-        print(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-              f"pred/target var {ratio:.3f}{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
+        log.info(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                 f"pred/target var {ratio:.3f}{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
     if not dist.leader:
         return PretrainResult("", name, None, 0, math.nan, [])
     ctx.metrics.flush()
@@ -263,12 +266,12 @@ def _check_mean_collapse(ctx: RunContext, ratio: float, threshold: float) -> Non
     if not ratio < threshold:
         return
     ctx.set_tags({WARNING_TAG: "mean_collapse", "biosig.pred_var_ratio": f"{ratio:.4g}"})
-    print("!" * 78)
-    print(f"!! MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
-          f"(< {threshold}).")
-    print("!! The model predicts (nearly) the mean; the embeddings are unlikely to be useful. Try a lower mask_ratio,")
-    print("!! a higher lr or more epochs. The run is tagged biosig.warning=mean_collapse.")
-    print("!" * 78)
+    log.info("!" * 78)
+    log.info(f"!! MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
+             f"(< {threshold}).")
+    log.info("!! The model predicts (nearly) the mean; the embeddings are unlikely to be useful. Try a lower mask_ratio,")
+    log.info("!! a higher lr or more epochs. The run is tagged biosig.warning=mean_collapse.")
+    log.info("!" * 78)
 
 
 def _train_epoch(model: nn.Module, batches, optimizer, scheduler, generator, device, config, epoch,
@@ -392,8 +395,8 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     for row in history:  # the whole curve in one run
         ctx.log_metrics({k: row[k] for k in HISTORY_METRICS if k in row}, step=row["epoch"])
     ctx.set_tags({"biosig.resumed_from": run_id, "biosig.resumed_at_epoch": saved["epoch"]})
-    print(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
-          f"val_loss {saved['best_val_loss']:.4f})")
+    log.info(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
+             f"val_loss {saved['best_val_loss']:.4f})")
     best_ratio = next((row.get("val_pred_var_ratio", math.nan) for row in history
                        if row["epoch"] == saved["best_epoch"]), math.nan)
     return {"epoch": int(saved["epoch"]), "best_val_loss": float(saved["best_val_loss"]),
@@ -413,7 +416,7 @@ def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state:
                                           f"{ctx.run_id}", model_tags={"biosig.arch": config.arch})
     ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
     ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
-    print(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS})")
+    log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS})")
     return str(version.version)
 
 

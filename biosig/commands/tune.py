@@ -29,6 +29,7 @@ from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepa
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
+from biosig.logs import get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, require_keys
 from biosig.registry.discovery import resolve_checkpoint
@@ -38,6 +39,8 @@ from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.tracking.study import log_study_summary
 from biosig.training import loop
 from biosig.training.search_space import Dimension, load_search_space
+
+log = get_logger(__name__)
 
 STATE_TAG = "optuna.state"
 
@@ -118,8 +121,8 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
                                    study=study_name)
         study = _study(base, storage, study_name)
         ctx.set_tags({**parent.lineage(), "optuna.storage": redact_value(_describe(storage, config.storage))})
-        print(f"tune: study '{study_name}', {config.n_trials} trial(s) on {max(1, config.n_jobs)} worker(s), "
-              f"{config.direction} val_{config.selection_metric}")
+        log.info(f"tune: study '{study_name}', {config.n_trials} trial(s) on {max(1, config.n_jobs)} worker(s), "
+                 f"{config.direction} val_{config.selection_metric}")
         workers = _start_workers(base, ctx.run_id, study_name)
         try:
             _optimise(base, study, dimensions, ctx.run_id, share=_share(config.n_trials, config.n_jobs, 0))
@@ -297,7 +300,7 @@ def _wait(workers: list[subprocess.Popen]) -> None:
     for worker in workers:
         shutil.rmtree(worker.biosig_folder, ignore_errors=True)
     if failed:
-        print(f"tune: {len(failed)} worker process(es) exited with an error; their trials are in the study")
+        log.info(f"tune: {len(failed)} worker process(es) exited with an error; their trials are in the study")
 
 
 def _refit(config: TuneConfig, best: optuna.trial.FrozenTrial) -> str | None:

@@ -23,10 +23,13 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.errors import ConfigError, DataError
+from biosig.logs import get_logger
 from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
 from biosig.tracking.datasets import TEST_DIGEST_TAG
 from biosig.tracking.run import configure_tracking, tracked_run
+
+log = get_logger(__name__)
 
 if TYPE_CHECKING:
     from biosig.commands.promote import PromoteConfig
@@ -175,8 +178,8 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
     version = resolve_version(client, config.model, config.version)
     if config.dry_run:
         decision = evaluate(client, policy, config.model, version, config.to)
-        print(decision.table())
-        print("dry run: nothing changed")
+        log.info(decision.table())
+        log.info("dry run: nothing changed")
         return decision
     tags = {"biosig.promote.model": config.model, "biosig.promote.version": version,
             "biosig.promote.target": config.to, "biosig.promote.policy": policy.name}
@@ -190,9 +193,9 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
         ctx.set_tags({"biosig.promote.decision": "promoted" if decision.applied else "rejected",
                       "biosig.promote.reason": decision.reason[:5000]})
         ctx.log_dict(_decision_record(decision), "promotion/decision.json")
-        print(decision.table())
-        print(f"{'promoted' if decision.applied else 'rejected'}: {config.model} version {version} "
-              f"{'now holds' if decision.applied else 'does not get'} @{config.to}")
+        log.info(decision.table())
+        log.info(f"{'promoted' if decision.applied else 'rejected'}: {config.model} version {version} "
+                 f"{'now holds' if decision.applied else 'does not get'} @{config.to}")
         return decision
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,7 +15,10 @@ from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, wri
 from biosig.data.parquet_io import stored_digest
 from biosig.data.storage import fetch
 from biosig.errors import DataError, FileError
+from biosig.logs import get_logger
 from biosig.tracking.run import RunContext
+
+log = get_logger(__name__)
 
 DIGEST_IN_FILE_NAME = 12
 MLFLOW_DIGEST_LENGTH = 16  # MLflow's digest column is short; the full sha256 goes into a tag
@@ -95,14 +97,14 @@ def _log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
     if rejected:
         ctx.log_metrics({"rejected_windows": sum(rejected.values()),
                          **{f"rejected_windows.{reason.replace(':', '.')}": n for reason, n in rejected.items()}})
-        print(f"biosig: note: quality gates rejected {sum(rejected.values())} window(s): "
-              + ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])), file=sys.stderr)
+        log.warning(f"biosig: note: quality gates rejected {sum(rejected.values())} window(s): "
+                    + ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])))
     ctx.set_tags({"biosig.dataset.errors": len(errors), "biosig.dataset.warnings": len(warned)})
     if errors:
-        print(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
-              f"(first: {errors[0].file}: {errors[0].error})", file=sys.stderr)
+        log.warning(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
+                    f"(first: {errors[0].file}: {errors[0].error})")
     for problem in warned:
-        print(f"biosig: note: {problem.file}: {problem.error}", file=sys.stderr)
+        log.warning(f"biosig: note: {problem.file}: {problem.error}")
 
 
 def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, context: str) -> None:

@@ -19,9 +19,12 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from biosig.errors import BiosigError, ConfigError
+from biosig.logs import get_logger
 from biosig.secrets import has_password
 from biosig.tracking.liveness import leftover_scratch, liveness
 from biosig.tracking.run import close_dead_run, configure_tracking
+
+log = get_logger(__name__)
 
 DATASET_URI_TAG = "biosig.dataset.uri"
 DATASET_DIGEST_TAG = "biosig.dataset.digest"
@@ -48,10 +51,10 @@ def run_doctor(experiments: Iterable[str] = (), tracking_uri: str = "", fix: boo
     findings = [*stale_runs(client, ids, fix, stale_after_s), *dataset_drift(client, ids),
                 *secret_runs(client, ids, fix), *scratch_leftovers(fix)]
     for finding in findings:
-        print(finding.line())
+        log.info(finding.line())
     left = [f for f in findings if not f.fixed]
-    print(f"doctor: {len(ids)} experiment(s) checked; {len(findings)} finding(s), {len(left)} left"
-          + ("" if fix or not left else " (--fix closes dead runs and purges runs holding passwords)"))
+    log.info(f"doctor: {len(ids)} experiment(s) checked; {len(findings)} finding(s), {len(left)} left"
+             + ("" if fix or not left else " (--fix closes dead runs and purges runs holding passwords)"))
     return 1 if left else 0
 
 

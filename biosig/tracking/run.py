@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import sys
 import tempfile
 import traceback
 from pathlib import Path
@@ -27,10 +26,13 @@ from mlflow.tracking import MlflowClient
 
 from biosig.config import BaseConfig
 from biosig.errors import Terminated, TrackingError
+from biosig.logs import get_logger
 from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
+
+log = get_logger(__name__)
 
 MAX_PARAM_LENGTH = 6000
 ERROR_TAG = "biosig.error"
@@ -242,8 +244,8 @@ def _experiment_id(name: str) -> str:
 def _warn_experiment_mismatch(client: MlflowClient, run: mlflow.ActiveRun, wanted: str) -> None:
     actual = client.get_experiment(run.info.experiment_id).name
     if actual != wanted:
-        print(f"biosig: note: this run is in experiment '{actual}' (chosen by `mlflow run`); "
-              f"pass `mlflow run --experiment-name {wanted}` to file it under '{wanted}'", file=sys.stderr)
+        log.warning(f"biosig: note: this run is in experiment '{actual}' (chosen by `mlflow run`); "
+                    f"pass `mlflow run --experiment-name {wanted}` to file it under '{wanted}'")
 
 
 def _install_sigterm():
@@ -342,5 +344,5 @@ def purge_if_params_hold_secrets(client: MlflowClient, run_id: str) -> None:
     if not any(has_password(value) for value in params.values()):
         return
     client.delete_run(run_id)
-    print(f"biosig: run {run_id} held a password in its parameters (from -P) and was deleted; "
-          f"`biosig doctor --fix` (or `mlflow gc --run-ids {run_id}`) removes it for good", file=sys.stderr)
+    log.warning(f"biosig: run {run_id} held a password in its parameters (from -P) and was deleted; "
+                f"`biosig doctor --fix` (or `mlflow gc --run-ids {run_id}`) removes it for good")

@@ -14,7 +14,10 @@ import matplotlib.pyplot as plt
 import optuna
 from mlflow.entities import Param
 
+from biosig.logs import get_logger
 from biosig.tracking.run import RunContext
+
+log = get_logger(__name__)
 
 MIN_TRIALS_FOR_IMPORTANCE = 4
 
@@ -36,14 +39,14 @@ def log_study_summary(ctx: RunContext, study: optuna.Study, metric: str) -> optu
             _plot(optuna.visualization.matplotlib.plot_optimization_history, study, tmp_path / "history.png", ctx)
             _importance(study, complete, tmp_path, ctx)
     if not complete:
-        print("tune: no trial completed; see the trial runs for their errors")
+        log.info("tune: no trial completed; see the trial runs for their errors")
         return None
     best = study.best_trial
     ctx.log_metrics({f"best_val_{metric}": best.value, "best_trial": best.number})
     ctx.client.log_batch(ctx.run_id, params=[Param(f"best.{k}", str(v)) for k, v in best.params.items()],
                          synchronous=True)
     ctx.set_tags({"optuna.best_trial": best.number, "optuna.best_run_id": best.user_attrs.get("mlflow_run_id", "")})
-    print(f"tune: best trial {best.number}: val_{metric} {best.value:.4f} with {best.params}")
+    log.info(f"tune: best trial {best.number}: val_{metric} {best.value:.4f} with {best.params}")
     return best
 
 
