@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio
-from biosig.tracking.liveness import HEARTBEAT_TAG, HOST_TAG, PID_TAG, leftover_scratch
+from biosig.tracking.liveness import leftover_scratch
+from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 from tests.helpers import finished_runs
 
 

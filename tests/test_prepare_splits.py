@@ -10,10 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from biosig.commands.prepare_splits import SPLIT_DIGEST_TAG, PrepareSplitsConfig, run_prepare_splits
+from biosig.commands.prepare_splits import PrepareSplitsConfig, run_prepare_splits
 from biosig.config import load_config
 from biosig.data import read_parquet
 from biosig.data.splits import manifest_digest
+from biosig.tracking.tags import SPLIT_DIGEST_TAG
 from tests.helpers import TINY_FINETUNE, finished_runs
 
 

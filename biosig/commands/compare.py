@@ -30,6 +30,7 @@ from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import tracked_run
+from biosig.tracking.tags import COMPARE_METRIC_TAG, COMPARE_SPLIT_DIGEST_TAG
 
 log = get_logger(__name__)
 
@@ -88,7 +89,7 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         if len(digests) != 1:
             raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")
         board = pd.DataFrame(rows, columns=COLUMNS).sort_values(config.metric, ascending=False, ignore_index=True)
-        ctx.set_tags({"biosig.compare.split_digest": digests.pop(), "biosig.compare.metric": config.metric})
+        ctx.set_tags({COMPARE_SPLIT_DIGEST_TAG: digests.pop(), COMPARE_METRIC_TAG: config.metric})
         _log_board(ctx, board, config.metric)
         log.info(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return board

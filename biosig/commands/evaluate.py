@@ -28,17 +28,36 @@ from biosig.logs import get_logger
 from biosig.models.checkpoint import save_checkpoint
 from biosig.registry.publish import publish_version
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc
-from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
+from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, run_tags, tracked_run
+from biosig.tracking.tags import (
+    ARCH_TAG,
+    CALIBRATED_FROM_TAG,
+    CALIBRATION_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_NAME_TAG,
+    DATASET_URI_TAG,
+    EVALUATE_MODEL_TAG,
+    EVALUATE_REASON_TAG,
+    EVALUATE_REGISTERED_TAG,
+    EVALUATE_VERSION_TAG,
+    KIND_TAG,
+    PARENT_NAME_TAG,
+    PARENT_URI_TAG,
+    PARENT_VERSION_TAG,
+    RUN_ID_TAG,
+    TASK_TAG,
+    TEST_DIGEST_TAG,
+)
 from biosig.training.calibration import apply_calibration, brier_score, fit_calibration, vote
 from biosig.training.metrics import classification_metrics
 from biosig.training.plots import confusion_png
 
 log = get_logger(__name__)
 
-CARRIED_TAGS = ("biosig.parent.name", "biosig.parent.version", "biosig.parent.uri", "biosig.dataset.name",
-                "biosig.dataset.digest", "biosig.task", "biosig.arch", "biosig.kind", TEST_DIGEST_TAG)
+CARRIED_TAGS = (PARENT_NAME_TAG, PARENT_VERSION_TAG, PARENT_URI_TAG, DATASET_NAME_TAG,
+                DATASET_DIGEST_TAG, TASK_TAG, ARCH_TAG, KIND_TAG, TEST_DIGEST_TAG)
 
 
 @dataclasses.dataclass
@@ -71,8 +90,8 @@ class EvaluateConfig(BaseConfig):
 
 def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
     wrapper, version = load_window_classifier(config.model)
-    data = config.data or version.tags.get("biosig.dataset.uri") or _run_dataset(version)
-    tags = {"biosig.evaluate.model": version.name, "biosig.evaluate.version": str(version.version)}
+    data = config.data or version.tags.get(DATASET_URI_TAG) or _run_dataset(version)
+    tags = {EVALUATE_MODEL_TAG: version.name, EVALUATE_VERSION_TAG: str(version.version)}
     with tracked_run("evaluate", config, tags=tags) as ctx, scratch_dir("evaluate") as tmp:
         logged = use_dataset(ctx, data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
@@ -101,7 +120,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
             if worse and not config.force:
                 log.info(f"not registered: {config.calibration} calibration made validation {worse} worse; the "
                          f"@candidate alias stays on version {version.version} (force=true registers it anyway)")
-                ctx.set_tags({"biosig.evaluate.registered": "no", "biosig.evaluate.reason": f"val {worse} worse"})
+                ctx.set_tags({EVALUATE_REGISTERED_TAG: "no", EVALUATE_REASON_TAG: f"val {worse} worse"})
             else:
                 _register_calibrated(ctx, wrapper, version, calibration, Path(tmp))
         return metrics
@@ -205,7 +224,7 @@ def _summary(metrics: dict[str, float], method: str) -> str:
 
 
 def _run_dataset(version) -> str:
-    uri = run_tags(version.run_id).get("biosig.dataset.uri") if version.run_id else None
+    uri = run_tags(version.run_id).get(DATASET_URI_TAG) if version.run_id else None
     if not uri:
         raise DataError(f"{version.name} version {version.version} records no dataset: pass data=")
     return uri
@@ -220,8 +239,8 @@ def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, ca
     checkpoint = save_checkpoint(tmp / "checkpoint", wrapper.model.state_dict(), meta)
     info = log_pyfunc(checkpoint, meta)
     tags = {k: v for k, v in version.tags.items() if k in CARRIED_TAGS}
-    tags.update({"biosig.calibration": calibration["method"], "biosig.calibrated_from": str(version.version),
-                 "biosig.run_id": ctx.run_id})
+    tags.update({CALIBRATION_TAG: calibration["method"], CALIBRATED_FROM_TAG: str(version.version),
+                 RUN_ID_TAG: ctx.run_id})
     new = publish_version(version.name, source=info.model_uri, model_id=info.model_id, run_id=ctx.run_id, tags=tags,
                           description=f"{version.name} v{version.version} with {calibration['method']} calibration")
     log.info(f"registered {version.name} version {new.version}: v{version.version} + {calibration['method']} "

@@ -25,8 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
-from biosig.commands.prepare_splits import SPLIT_DIGEST_TAG
-from biosig.commands.pretrain import WARNING_TAG, PretrainConfig
+from biosig.commands.pretrain import PretrainConfig
 from biosig.commands.promote import PromoteConfig, run_promote
 from biosig.config import load_config, require_range
 from biosig.data import SourceOptions, WindowSet
@@ -46,9 +45,42 @@ from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
-from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
+from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, tracked_run
+from biosig.tracking.tags import (
+    ARCH_TAG,
+    CHANNEL_MAPPING_TAG,
+    CHANNELS_DROPPED_TAG,
+    CLASS_WEIGHTS_TAG,
+    COLLAPSED_CLASSES_TAG,
+    CV_EVIDENCE_RUN_TAG,
+    CV_FOLD_TAG,
+    CV_FOLDS_TAG,
+    CV_REFIT_TAG,
+    CV_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_NAME_TAG,
+    KIND_TAG,
+    NORMALISATION_TAG,
+    NOTE_CHANNELS_TAG,
+    NOTE_NORMALISATION_TAG,
+    PARENT_NAME_TAG,
+    PARENT_URI_TAG,
+    PARENT_VERSION_TAG,
+    PROMOTE_TARGET_TAG_PREFIX,
+    REFERENCE_CHOICE_TAG,
+    REFERENCE_TAG,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    RUN_ID_TAG,
+    SELECTION_FALLBACK_TAG,
+    SPLIT_DIGEST_TAG,
+    TASK_TAG,
+    TEST_DIGEST_TAG,
+    TEST_METRIC_TAG_PREFIX,
+    WARNING_TAG,
+)
 from biosig.training import loop
 from biosig.training.metrics import (
     INTERVAL_METRICS,
@@ -315,7 +347,7 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
     digests = []
     for i, splits in enumerate(folds, start=1):
         fold_config = dataclasses.replace(config, run_name=f"fold {i}/{len(folds)}", cv="", register=False)
-        with tracked_run("finetune", fold_config, nested=True, tags={"biosig.cv.fold": str(i)}) as fold_ctx:
+        with tracked_run("finetune", fold_config, nested=True, tags={CV_FOLD_TAG: str(i)}) as fold_ctx:
             log.info(f"fold {i}/{len(folds)}: test subjects {', '.join(map(str, np.unique(splits['test'].subject)))}")
             data = prepare_data(ws, logged.name, fold_config, parent, splits=splits)
             fold_ctx.set_tags({TEST_DIGEST_TAG: data.test_digest, **parent.lineage()})
@@ -326,7 +358,7 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
                 ref_outcomes[name].append(ref)
     class_names = data.class_names
     test_digest = hashlib.sha256("".join(digests).encode()).hexdigest()
-    ctx.set_tags({TEST_DIGEST_TAG: test_digest, "biosig.cv": config.cv, "biosig.cv.folds": str(len(folds))})
+    ctx.set_tags({TEST_DIGEST_TAG: test_digest, CV_TAG: config.cv, CV_FOLDS_TAG: str(len(folds))})
     pooled = _pool(ctx, config, outcomes, class_names, "test_")
     references = {}
     for name, parts in ref_outcomes.items():
@@ -339,11 +371,11 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
              f"[{pooled.get('auroc_ci_low', math.nan):.3f}, {pooled.get('auroc_ci_high', math.nan):.3f}]  "
              f"per-fold {pooled['auroc_mean']:.3f} +- {pooled['auroc_std']:.3f}")
     refit_config = dataclasses.replace(config, run_name="refit on all subjects", cv="", register=False)
-    with tracked_run("finetune", refit_config, nested=True, tags={"biosig.cv.refit": "true"}) as refit_ctx:
+    with tracked_run("finetune", refit_config, nested=True, tags={CV_REFIT_TAG: "true"}) as refit_ctx:
         log.info("refit on all subjects (train/val only) with the same settings")
         splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
         data = prepare_data(ws, logged.name, refit_config, parent, splits=splits)
-        refit_ctx.set_tags({**parent.lineage(), "biosig.cv.evidence_run": ctx.run_id})
+        refit_ctx.set_tags({**parent.lineage(), CV_EVIDENCE_RUN_TAG: ctx.run_id})
         trainer = _train(refit_ctx, refit_config, parent, data)
         meta, model_info = _log_model(refit_ctx, config, parent, logged, trainer, data, tmp)
     counts = [len(np.unique(o.subject)) for o in outcomes]
@@ -357,7 +389,6 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
 _REFERENCE_KEYS = ("auroc", "f1", "balanced_accuracy", "auroc_ci_low", "auroc_ci_high")
 
 
-REFERENCE_TAG = "biosig.reference"
 
 
 def run_references(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData, logged,
@@ -388,7 +419,7 @@ def _features_reference(ctx: RunContext, config: FinetuneConfig, parent: Resolve
     model, scores = fit_feature_model({s: data.raw[s] for s in ("train", "val")}, data.y, data.fs, data.channels,
                                       len(data.class_names), seed=config.seed)
     ctx.log_metrics({f"selection.val_auroc.{name}": value for name, value in scores.items()})
-    ctx.set_tags({"biosig.reference.choice": model.choice})
+    ctx.set_tags({REFERENCE_CHOICE_TAG: model.choice})
     tested = {}
     for split in ("val", "test"):
         prob = model.predict_proba(data.raw[split])
@@ -547,8 +578,8 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
     spec = parent.meta["backbone"]
     if data.note:
         log.info(f"  note: {data.note}")
-        ctx.set_tags({"biosig.note.normalisation": data.note})
-    ctx.set_tags({"biosig.normalisation": data.stats.kind})
+        ctx.set_tags({NOTE_NORMALISATION_TAG: data.note})
+    ctx.set_tags({NORMALISATION_TAG: data.stats.kind})
     try:
         backbone = build_backbone(spec["arch"], data.channels, spec["config"])
     except ConfigError as exc:
@@ -572,7 +603,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
                 + (f"; {len(resliced)} channel-dependent tensors re-sliced by name" if resliced
                    else " (no channel-dependent tensors)"))
         log.info(f"  note: {note}")
-        ctx.set_tags({"biosig.channels_dropped": ",".join(dropped), "biosig.note.channels": note})
+        ctx.set_tags({CHANNELS_DROPPED_TAG: ",".join(dropped), NOTE_CHANNELS_TAG: note})
         old_channels = kept
     mapping = map_channels(weights, backbone.state_dict(), old_channels, data.channels)
     try:
@@ -581,7 +612,7 @@ def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData,
         raise TrainingError(f"checkpoint {parent.uri} does not fit a {spec['arch']} backbone: {exc}") from None
     layout = spec["config"].get("mode") or spec["config"].get("tokenization", "?")
     log.info(f"  channel mapping ({layout}): {mapping.describe()}")
-    ctx.set_tags({"biosig.channel_mapping": mapping.describe()})
+    ctx.set_tags({CHANNEL_MAPPING_TAG: mapping.describe()})
     model = Classifier(backbone, len(data.class_names), head=config.head, dropout=config.head_dropout,
                        pooling=config.pooling)
     masks = GradientMasks(model, {f"backbone.{k}": v for k, v in mapping.pretrained_masks.items()}) \
@@ -605,7 +636,7 @@ class Trainer:
         weights = _class_weights(config.class_weights, data.y["train"], len(data.class_names))
         self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights).to(device))
         if weights is not None:
-            ctx.set_tags({"biosig.class_weights": ",".join(f"{w:.4g}" for w in weights)})
+            ctx.set_tags({CLASS_WEIGHTS_TAG: ",".join(f"{w:.4g}" for w in weights)})
         self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
                                         generator=generator)
         self.epoch = 0
@@ -671,7 +702,7 @@ class Trainer:
         if metric != "loss" and math.isnan(val[metric]):
             if not self.warned_nan_selection:
                 log.info(f"  note: val {metric} is undefined (the val split lacks a class); selecting on val loss")
-                self.ctx.set_tags({"biosig.selection_fallback": "val_loss"})
+                self.ctx.set_tags({SELECTION_FALLBACK_TAG: "val_loss"})
                 self.warned_nan_selection = True
             metric = "loss"
         return -val["loss"] if metric == "loss" else val[metric]
@@ -715,7 +746,7 @@ class Trainer:
         val = {k[len("val_"):]: v for k, v in metrics.items() if k.startswith("val_")}
         self.collapsed = collapsed_classes(val, self.data.class_names, self.config.collapse_threshold)
         if self.collapsed:
-            self.ctx.set_tags({WARNING_TAG: "mode_collapse", "biosig.collapsed_classes": ",".join(self.collapsed)})
+            self.ctx.set_tags({WARNING_TAG: "mode_collapse", COLLAPSED_CLASSES_TAG: ",".join(self.collapsed)})
             log.info("!" * 78)
             log.info(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
                      f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
@@ -757,7 +788,7 @@ def _promote(ctx: RunContext, config: FinetuneConfig, name: str, version: str) -
         "model": name, "version": version, "to": config.promote, "policies": config.policies,
         "experiment": config.experiment, "tracking_uri": config.tracking_uri,
         "run_name": f"promote to {config.promote}"}), nested=True)
-    ctx.set_tags({f"biosig.promote.{config.promote}": "promoted" if decision.applied else "rejected"})
+    ctx.set_tags({PROMOTE_TARGET_TAG_PREFIX + config.promote: "promoted" if decision.applied else "rejected"})
 
 
 def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | None:
@@ -812,17 +843,17 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
 def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint, logged, test: dict[str, float],
               task: str, test_digest: str, card) -> str:
     tags = {
-        "biosig.kind": "finetuned", "biosig.arch": parent.arch, "biosig.run_id": ctx.run_id, "biosig.task": task,
-        "biosig.parent.name": parent.name or parent.meta.get("name", ""), "biosig.parent.version": parent.version or "",
-        "biosig.parent.uri": parent.uri, "biosig.dataset.name": logged.name, "biosig.dataset.digest": logged.digest,
-        **{f"biosig.test.{k}": f"{v:.6g}" for k, v in test.items() if "." not in k},
+        KIND_TAG: "finetuned", ARCH_TAG: parent.arch, RUN_ID_TAG: ctx.run_id, TASK_TAG: task,
+        PARENT_NAME_TAG: parent.name or parent.meta.get("name", ""), PARENT_VERSION_TAG: parent.version or "",
+        PARENT_URI_TAG: parent.uri, DATASET_NAME_TAG: logged.name, DATASET_DIGEST_TAG: logged.digest,
+        **{TEST_METRIC_TAG_PREFIX + k: f"{v:.6g}" for k, v in test.items() if "." not in k},
         TEST_DIGEST_TAG: test_digest,
     }
     version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
                               tags=tags, description=f"{card.headline}. Model card: run {ctx.run_id}, model_card.md",
-                              model_tags={"biosig.kind": "finetuned"})
+                              model_tags={KIND_TAG: "finetuned"})
     ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
-    ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
+    ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
     log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
              f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")
     return str(version.version)

@@ -12,6 +12,7 @@ from biosig.commands.pretrain import PretrainConfig, run_pretrain
 from biosig.config import BaseConfig, load_config
 from biosig.logs import get_logger
 from biosig.tracking.run import resolve_tracking_uri, tracked_run
+from biosig.tracking.tags import REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG
 
 log = get_logger(__name__)
 
@@ -58,7 +59,7 @@ def run_main(config: MainConfig) -> dict[str, Any]:
                    **{f"reference.{name}.test_{k}": metrics[k] for name, metrics in finetuned.references.items()
                       for k in ("auroc", "f1", "balanced_accuracy")}}
         ctx.log_dict(summary, "summary.json")
-        ctx.set_tags({"biosig.registered_model": finetuned.name, "biosig.registered_version": finetuned.version})
+        ctx.set_tags({REGISTERED_MODEL_TAG: finetuned.name, REGISTERED_VERSION_TAG: finetuned.version})
         experiment_id = ctx.run.info.experiment_id
     _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test,
                          finetuned.references)

@@ -22,10 +22,10 @@ from biosig.errors import ConfigError, DataError
 from biosig.logs import get_logger
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import tracked_run
+from biosig.tracking.tags import SPLIT_DIGEST_TAG, SPLIT_FOLDS_TAG, SPLIT_SOURCE_TAG, fold_digest_tag
 
 log = get_logger(__name__)
 
-SPLIT_DIGEST_TAG = "biosig.split.digest"
 RECOMMENDED_COLUMN = "recommended_split"
 
 
@@ -77,13 +77,13 @@ def run_prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> 
         else:
             partitions = [subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed)]
         out = Path(config.output_dir) / logged.path.stem  # the dataset's content-addressed name
-        manifests, digests, tags = [], [], {"biosig.split.source": origin, "biosig.split.folds": len(partitions)}
+        manifests, digests, tags = [], [], {SPLIT_SOURCE_TAG: origin, SPLIT_FOLDS_TAG: len(partitions)}
         for i, splits in enumerate(partitions):
             path = write_manifest_once(splits, out, f"fold{i}" if config.cv else "split")
             digest = manifest_digest(path)
             manifests.append(path)
             digests.append(digest)
-            tags[f"biosig.split.fold{i}.digest" if config.cv else SPLIT_DIGEST_TAG] = digest
+            tags[fold_digest_tag(i) if config.cv else SPLIT_DIGEST_TAG] = digest
             ctx.log_artifact(path, "splits")
             counts = {split: int(len(np.unique(part.subject))) for split, part in splits.items()}
             ctx.log_metrics({f"{'fold%d.' % i if config.cv else ''}{split}_subjects": n for split, n in counts.items()})

@@ -44,6 +44,25 @@ from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_
 from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
+from biosig.tracking.tags import (
+    ARCH_TAG,
+    BEST_EPOCH_TAG,
+    COMMAND_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_NAME_TAG,
+    FIELD_TAG_PREFIX,
+    KIND_TAG,
+    MODEL_NAME_TAG,
+    PRED_VAR_RATIO_TAG,
+    REGISTERED_MODEL_TAG,
+    REGISTERED_VERSION_TAG,
+    RESUMED_AT_EPOCH_TAG,
+    RESUMED_FROM_TAG,
+    RUN_ID_TAG,
+    VAL_LOSS_TAG,
+    WARNING_TAG,
+    WORLD_SIZE_TAG,
+)
 from biosig.training import loop
 
 log = get_logger(__name__)
@@ -53,7 +72,6 @@ BACKBONE_KEYS = {
     "mamba2": ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim",
                "chunk_size", "tokenization", "bidirectional", "dropout"),
 }
-WARNING_TAG = "biosig.warning"  # mode_collapse (finetune), mean_collapse (pretrain)
 HISTORY_METRICS = ("train_loss", "val_loss", "val_pred_var_ratio", "lr")
 #: Defaults that follow from arch=mamba2 (the Muse EEG model of the product brief) unless set explicitly.
 MAMBA2_PRESET: dict[str, Any] = {
@@ -169,7 +187,7 @@ def run_pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainRes
             raise ConfigError("config key 'resume' continues a run in one process: start it without torchrun")
         if not dist.leader:
             return _pretrain(FollowerContext(), config, name, dist, Path(tmp))
-        tags = {"biosig.model_name": name, **({"biosig.world_size": dist.world_size} if dist.active else {})}
+        tags = {MODEL_NAME_TAG: name, **({WORLD_SIZE_TAG: dist.world_size} if dist.active else {})}
         with tracked_run("pretrain", config, nested=nested, tags=tags) as ctx:
             return _pretrain(ctx, config, name, dist, Path(tmp))
 
@@ -237,7 +255,7 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     if state["best_epoch"] == 0:
         raise TrainingError(f"run {config.resume} already trained {state['epoch']} epochs and no best "
                             "checkpoint exists; raise epochs to continue")
-    ctx.set_tags({"biosig.best_epoch": state["best_epoch"]})
+    ctx.set_tags({BEST_EPOCH_TAG: state["best_epoch"]})
     _check_mean_collapse(ctx, state["best_ratio"], config.collapse_ratio)
     version = _register(ctx, config, name, logged, state) if config.register else None
     return PretrainResult(ctx.run_id, name, version, state["best_epoch"], state["best_val_loss"], state["history"])
@@ -265,7 +283,7 @@ def _check_mean_collapse(ctx: RunContext, ratio: float, threshold: float) -> Non
     """Masked reconstruction's known failure: predicting the mean (variance ratio near 0)."""
     if not ratio < threshold:
         return
-    ctx.set_tags({WARNING_TAG: "mean_collapse", "biosig.pred_var_ratio": f"{ratio:.4g}"})
+    ctx.set_tags({WARNING_TAG: "mean_collapse", PRED_VAR_RATIO_TAG: f"{ratio:.4g}"})
     log.info("!" * 78)
     log.info(f"!! MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
              f"(< {threshold}).")
@@ -352,7 +370,7 @@ def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
     run = ctx.find_run(run_id)
     if run is None:
         raise ConfigError(f"config key 'resume': no run with id {run_id!r} in this tracking store")
-    if run.data.tags.get("biosig.command") != "pretrain":
+    if run.data.tags.get(COMMAND_TAG) != "pretrain":
         raise ConfigError(f"config key 'resume': run {run_id} is not a pretrain run")
     if run.info.status == "RUNNING" and (state := liveness(run)).alive:
         raise ConfigError(f"config key 'resume': run {run_id} is still running ({state.reason}); stop it first, "
@@ -394,7 +412,7 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     history = yaml.safe_load(saved["history"]) or []
     for row in history:  # the whole curve in one run
         ctx.log_metrics({k: row[k] for k in HISTORY_METRICS if k in row}, step=row["epoch"])
-    ctx.set_tags({"biosig.resumed_from": run_id, "biosig.resumed_at_epoch": saved["epoch"]})
+    ctx.set_tags({RESUMED_FROM_TAG: run_id, RESUMED_AT_EPOCH_TAG: saved["epoch"]})
     log.info(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
              f"val_loss {saved['best_val_loss']:.4f})")
     best_ratio = next((row.get("val_pred_var_ratio", math.nan) for row in history
@@ -406,16 +424,16 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
 def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state: dict) -> str:
     source = f"{ctx.run.info.artifact_uri.rstrip('/')}/checkpoint"
     tags = {
-        "biosig.arch": config.arch, "biosig.kind": "pretrained", "biosig.run_id": ctx.run_id,
-        "biosig.dataset.name": logged.name, "biosig.dataset.digest": logged.digest,
-        "biosig.best_epoch": state["best_epoch"], "biosig.val_loss": f"{state['best_val_loss']:.6g}",
-        **{f"biosig.field.{k}": ",".join(v) if isinstance(v, list) else v for k, v in _name_fields(config).items()},
+        ARCH_TAG: config.arch, KIND_TAG: "pretrained", RUN_ID_TAG: ctx.run_id,
+        DATASET_NAME_TAG: logged.name, DATASET_DIGEST_TAG: logged.digest,
+        BEST_EPOCH_TAG: state["best_epoch"], VAL_LOSS_TAG: f"{state['best_val_loss']:.6g}",
+        **{FIELD_TAG_PREFIX + k: ",".join(v) if isinstance(v, list) else v for k, v in _name_fields(config).items()},
     }
     version = publish_version(name, source=source, run_id=ctx.run_id, tags=tags,
                               description=f"Pretrained {config.arch} backbone ({config.objective}); see run "
-                                          f"{ctx.run_id}", model_tags={"biosig.arch": config.arch})
+                                          f"{ctx.run_id}", model_tags={ARCH_TAG: config.arch})
     ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
-    ctx.set_tags({"biosig.registered_model": name, "biosig.registered_version": version.version})
+    ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
     log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS})")
     return str(version.version)
 

@@ -34,9 +34,10 @@ from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, require_keys
 from biosig.registry.discovery import resolve_checkpoint
 from biosig.secrets import redact_value
-from biosig.tracking.datasets import TEST_DIGEST_TAG, use_dataset
+from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.tracking.study import log_study_summary
+from biosig.tracking.tags import TEST_DIGEST_TAG
 from biosig.training import loop
 from biosig.training.search_space import Dimension, load_search_space
 

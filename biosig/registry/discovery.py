@@ -30,6 +30,7 @@ from biosig.data.naming import channels_from_token
 from biosig.errors import ConfigError, DataError
 from biosig.models.checkpoint import read_meta
 from biosig.registry.naming import FINETUNED_SUFFIX, ModelName, is_conventional, parse_name
+from biosig.tracking.tags import KIND_TAG, PARENT_NAME_TAG, PARENT_RUN_ID_TAG, PARENT_URI_TAG, PARENT_VERSION_TAG
 
 _VERSIONED = re.compile(r"^(?P<name>[^@/]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))?$")
 
@@ -48,13 +49,13 @@ class ResolvedCheckpoint:
         return self.meta.get("backbone", {}).get("arch", "?")
 
     def lineage(self) -> dict[str, str]:
-        tags = {"biosig.parent.uri": self.uri}
+        tags = {PARENT_URI_TAG: self.uri}
         if self.name:
-            tags["biosig.parent.name"] = self.name
+            tags[PARENT_NAME_TAG] = self.name
         if self.version:
-            tags["biosig.parent.version"] = self.version
+            tags[PARENT_VERSION_TAG] = self.version
         if self.run_id:
-            tags["biosig.parent.run_id"] = self.run_id
+            tags[PARENT_RUN_ID_TAG] = self.run_id
         return tags
 
     def describe(self) -> str:
@@ -141,7 +142,7 @@ def _from_registry(client: MlflowClient, ref: str, uri: str) -> ResolvedCheckpoi
         if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
         raise DataError(_not_found(client, name, m["alias"], m["version"])) from None
-    kind = version.tags.get("biosig.kind", "pretrained")
+    kind = version.tags.get(KIND_TAG, "pretrained")
     if kind != "pretrained":
         raise DataError(f"checkpoint {uri} is a {kind} model; fine-tuning starts from a pretrained one")
     source = version.source

@@ -26,8 +26,17 @@ from biosig.errors import ConfigError, DataError
 from biosig.logs import get_logger
 from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
-from biosig.tracking.datasets import TEST_DIGEST_TAG
 from biosig.tracking.run import configure_tracking, tracked_run
+from biosig.tracking.tags import (
+    ERROR_TAG,
+    PROMOTE_DECISION_TAG,
+    PROMOTE_MODEL_TAG,
+    PROMOTE_POLICY_TAG,
+    PROMOTE_REASON_TAG,
+    PROMOTE_TARGET_TAG,
+    PROMOTE_VERSION_TAG,
+    TEST_DIGEST_TAG,
+)
 
 log = get_logger(__name__)
 
@@ -181,8 +190,8 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
         log.info(decision.table())
         log.info("dry run: nothing changed")
         return decision
-    tags = {"biosig.promote.model": config.model, "biosig.promote.version": version,
-            "biosig.promote.target": config.to, "biosig.promote.policy": policy.name}
+    tags = {PROMOTE_MODEL_TAG: config.model, PROMOTE_VERSION_TAG: version,
+            PROMOTE_TARGET_TAG: config.to, PROMOTE_POLICY_TAG: policy.name}
     with tracked_run("promote", config, tags=tags, nested=nested) as ctx:
         with promotion_lock(uri, config.model):
             decision = evaluate(client, policy, config.model, version, config.to)
@@ -190,8 +199,8 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
             if decision.passed:
                 _apply(client, decision)
             _record(client, decision)
-        ctx.set_tags({"biosig.promote.decision": "promoted" if decision.applied else "rejected",
-                      "biosig.promote.reason": decision.reason[:5000]})
+        ctx.set_tags({PROMOTE_DECISION_TAG: "promoted" if decision.applied else "rejected",
+                      PROMOTE_REASON_TAG: decision.reason[:5000]})
         ctx.log_dict(_decision_record(decision), "promotion/decision.json")
         log.info(decision.table())
         log.info(f"{'promoted' if decision.applied else 'rejected'}: {config.model} version {version} "
@@ -271,9 +280,9 @@ def promotion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     runs = client.search_runs(experiments, filter_string=f"tags.`biosig.promote.model` = '{name}'",
                               order_by=["attributes.start_time ASC"], max_results=5000)
     return [{"at": dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
-             "version": r.data.tags.get("biosig.promote.version", ""),
-             "target": r.data.tags.get("biosig.promote.target", ""),
-             "decision": r.data.tags.get("biosig.promote.decision", r.info.status.lower()),
-             "policy": r.data.tags.get("biosig.promote.policy", ""),
-             "reason": r.data.tags.get("biosig.promote.reason", r.data.tags.get("biosig.error", "")),
+             "version": r.data.tags.get(PROMOTE_VERSION_TAG, ""),
+             "target": r.data.tags.get(PROMOTE_TARGET_TAG, ""),
+             "decision": r.data.tags.get(PROMOTE_DECISION_TAG, r.info.status.lower()),
+             "policy": r.data.tags.get(PROMOTE_POLICY_TAG, ""),
+             "reason": r.data.tags.get(PROMOTE_REASON_TAG, r.data.tags.get(ERROR_TAG, "")),
              "run_id": r.info.run_id} for r in runs]

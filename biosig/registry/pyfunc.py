@@ -28,6 +28,7 @@ from biosig.data.adapt import prepare_windows, select_channels
 from biosig.errors import DataError
 from biosig.models.build import build_classifier
 from biosig.models.checkpoint import FINETUNED_KEYS, load_weights, read_meta, require_keys
+from biosig.tracking.tags import KIND_TAG
 from biosig.training.calibration import apply_calibration
 from biosig.training.reference import FeatureModel
 
@@ -146,7 +147,7 @@ def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
         version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
     except MlflowException:
         raise DataError(f"no registered model version {reference!r}") from None
-    kind = version.tags.get("biosig.kind", "")
+    kind = version.tags.get(KIND_TAG, "")
     if kind and kind != "finetuned":
         raise DataError(f"{reference} is a {kind} model, not a fine-tuned classifier: evaluate takes a "
                         f"`…_finetuned` name (fine-tune it first: biosig finetune --checkpoint {name})")

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from biosig.errors import DataError
 from biosig.registry.promotion import promotion_history
+from biosig.tracking.tags import DATASET_NAME_TAG, PARENT_NAME_TAG, PARENT_VERSION_TAG
 
 KEY_METRICS = ("test_auroc", "test_f1", "test_balanced_accuracy", "test_ece")
 
@@ -33,13 +34,13 @@ def model_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     rows = []
     for mv in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1000):
         metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-        parent = mv.tags.get("biosig.parent.name", "")
+        parent = mv.tags.get(PARENT_NAME_TAG, "")
         rows.append({
             "version": mv.version, "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
             "stage": mv.current_stage,
             **{m.removeprefix("test_"): f"{metrics[m]:.3f}" for m in KEY_METRICS if m in metrics},
-            "parent": f"{parent}/{mv.tags.get('biosig.parent.version', '')}" if parent else "",
-            "dataset": mv.tags.get("biosig.dataset.name", ""), "run": mv.run_id or "",
+            "parent": f"{parent}/{mv.tags.get(PARENT_VERSION_TAG, '')}" if parent else "",
+            "dataset": mv.tags.get(DATASET_NAME_TAG, ""), "run": mv.run_id or "",
         })
     return rows
 

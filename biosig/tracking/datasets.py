@@ -17,13 +17,21 @@ from biosig.data.storage import fetch
 from biosig.errors import DataError, FileError
 from biosig.logs import get_logger
 from biosig.tracking.run import RunContext
+from biosig.tracking.tags import (
+    DATASET_CHANNELS_TAG,
+    DATASET_DIGEST_TAG,
+    DATASET_ERRORS_TAG,
+    DATASET_MODALITY_TAG,
+    DATASET_NAME_TAG,
+    DATASET_URI_TAG,
+    DATASET_WARNINGS_TAG,
+)
 
 log = get_logger(__name__)
 
 DIGEST_IN_FILE_NAME = 12
 MLFLOW_DIGEST_LENGTH = 16  # MLflow's digest column is short; the full sha256 goes into a tag
 #: Content digest of a run's test split: promotion compares champions only on the same one.
-TEST_DIGEST_TAG = "biosig.test.digest"
 
 
 @dataclasses.dataclass
@@ -99,7 +107,7 @@ def _log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
                          **{f"rejected_windows.{reason.replace(':', '.')}": n for reason, n in rejected.items()}})
         log.warning(f"biosig: note: quality gates rejected {sum(rejected.values())} window(s): "
                     + ", ".join(f"{r} {n}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])))
-    ctx.set_tags({"biosig.dataset.errors": len(errors), "biosig.dataset.warnings": len(warned)})
+    ctx.set_tags({DATASET_ERRORS_TAG: len(errors), DATASET_WARNINGS_TAG: len(warned)})
     if errors:
         log.warning(f"biosig: warning: {len(errors)} file(s) could not be read and were skipped; see dataset/data_errors.csv "
                     f"(first: {errors[0].file}: {errors[0].error})")
@@ -118,9 +126,9 @@ def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, contex
         )
     mlflow.log_input(dataset, context=context, tags={"modality": ws.modality, "kind": name.rsplit("_", 1)[-1]})
     ctx.set_tags({
-        "biosig.dataset.name": name,
-        "biosig.dataset.digest": ws.digest,
-        "biosig.dataset.uri": uri,
-        "biosig.dataset.modality": ws.modality,
-        "biosig.dataset.channels": ",".join(ws.channels),
+        DATASET_NAME_TAG: name,
+        DATASET_DIGEST_TAG: ws.digest,
+        DATASET_URI_TAG: uri,
+        DATASET_MODALITY_TAG: ws.modality,
+        DATASET_CHANNELS_TAG: ",".join(ws.channels),
     })

@@ -23,11 +23,10 @@ from biosig.logs import get_logger
 from biosig.secrets import has_password
 from biosig.tracking.liveness import leftover_scratch, liveness
 from biosig.tracking.run import close_dead_run, configure_tracking
+from biosig.tracking.tags import DATASET_DIGEST_TAG, DATASET_URI_TAG
 
 log = get_logger(__name__)
 
-DATASET_URI_TAG = "biosig.dataset.uri"
-DATASET_DIGEST_TAG = "biosig.dataset.digest"
 
 
 @dataclasses.dataclass

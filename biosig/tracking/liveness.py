@@ -17,9 +17,8 @@ from typing import Iterator
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-HOST_TAG = "biosig.host"
-PID_TAG = "biosig.pid"
-HEARTBEAT_TAG = "biosig.heartbeat"  # epoch seconds of the last sign of life
+from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+
 #: Seconds between heartbeats; a run silent for STALE_AFTER_BEATS of them counts as dead on another host.
 HEARTBEAT_S = float(os.environ.get("BIOSIG_HEARTBEAT_S", "60"))
 STALE_AFTER_BEATS = 5

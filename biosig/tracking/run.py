@@ -31,11 +31,11 @@ from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
+from biosig.tracking.tags import COMMAND_TAG, ERROR_TAG, ERROR_TYPE_TAG
 
 log = get_logger(__name__)
 
 MAX_PARAM_LENGTH = 6000
-ERROR_TAG = "biosig.error"
 
 
 def resolve_tracking_uri(configured: str = "") -> str:
@@ -261,7 +261,7 @@ def _install_sigterm():
 def _record_setup(ctx: RunContext, command: str, config: BaseConfig, tags: dict[str, str]) -> None:
     env = environment()
     resolved = redact(config.to_dict())
-    ctx.set_tags({"biosig.command": command, **tags})
+    ctx.set_tags({COMMAND_TAG: command, **tags})
     if env["git_commit"] and not ctx.run.data.tags.get("mlflow.source.git.commit"):
         ctx.set_tags({"mlflow.source.git.commit": env["git_commit"]})
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,7 +302,7 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
         ctx.metrics.flush()
     with contextlib.suppress(Exception):
         message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
-        mlflow.set_tags({ERROR_TAG: message, "biosig.error_type": type(exc).__name__})
+        mlflow.set_tags({ERROR_TAG: message, ERROR_TYPE_TAG: type(exc).__name__})
         if not isinstance(exc, (KeyboardInterrupt, Terminated)):
             mlflow.log_text(redact_value("".join(traceback.format_exception(exc))), "run/error.txt")
 
