@@ -192,7 +192,7 @@ CASES: list[tuple[list[str], str]] = [
     (["evaluate"], "model"),
     (["evaluate", "--model", "nothing_here"], "nothing_here"),
     (["evaluate", "--model", f"{TINY_NAME}/1"], f"{TINY_NAME}/1 is a pretrained model, not a fine-tuned classifier"),
-    (["evaluate", "--model", f"{FINETUNED}/7"], f"{FINETUNED}/7"),
+    (["evaluate", "--model", f"{FINETUNED}/7"], f"registered model '{FINETUNED}' has no version 7"),
     (["evaluate", "--model", FINETUNED, "--overlap", "1"], "config key 'overlap'"),
     (["evaluate", "--model", FINETUNED, "--calibration", "magic"], "config key 'calibration' (from command line) must be one of"),
     (["evaluate", "--model", FINETUNED, "--data", "missing.parquet"], "config key 'data': source not found"),

@@ -90,7 +90,7 @@ def test_four_class_task_with_overlap_calibration_and_registration(pretrained, w
 
 def test_evaluate_bad_input(workdir, capsys):
     assert main(["evaluate", "--model", "nothing_finetuned@candidate"]) == 2
-    assert "no registered model version 'nothing_finetuned@candidate'" in capsys.readouterr().err
+    assert "no registered model named 'nothing_finetuned'" in capsys.readouterr().err
     assert main(["evaluate", "--model", "x", "--overlap", "1.0"]) == 2
     assert "'overlap' must be in [0, 1)" in capsys.readouterr().err
 

@@ -26,7 +26,7 @@ from biosig.data.splits import subject_split
 from biosig.errors import DataError
 from biosig.logs import get_logger
 from biosig.models.checkpoint import save_checkpoint
-from biosig.registry.publish import publish_version
+from biosig.registry.publish import register_from_run
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
@@ -241,9 +241,9 @@ def _register_calibrated(ctx: RunContext, wrapper: WindowClassifier, version, ca
     tags = {k: v for k, v in version.tags.items() if k in CARRIED_TAGS}
     tags.update({CALIBRATION_TAG: calibration["method"], CALIBRATED_FROM_TAG: str(version.version),
                  RUN_ID_TAG: ctx.run_id})
-    new = publish_version(version.name, source=info.model_uri, model_id=info.model_id, run_id=ctx.run_id, tags=tags,
-                          description=f"{version.name} v{version.version} with {calibration['method']} calibration")
-    log.info(f"registered {version.name} version {new.version}: v{version.version} + {calibration['method']} "
+    new = register_from_run(ctx, version.name, source=info.model_uri, model_id=info.model_id, tags=tags,
+                            description=f"{version.name} v{version.version} with {calibration['method']} calibration")
+    log.info(f"registered {version.name} version {new}: v{version.version} + {calibration['method']} "
              "calibration (alias @candidate)")
-    return str(new.version)
+    return new
 

@@ -43,7 +43,7 @@ from biosig.models.inflation import drop_channels, map_channels
 from biosig.registry.card import model_card
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
-from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
+from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
@@ -71,8 +71,6 @@ from biosig.tracking.tags import (
     PROMOTE_TARGET_TAG_PREFIX,
     REFERENCE_CHOICE_TAG,
     REFERENCE_TAG,
-    REGISTERED_MODEL_TAG,
-    REGISTERED_VERSION_TAG,
     RUN_ID_TAG,
     SELECTION_FALLBACK_TAG,
     SPLIT_DIGEST_TAG,
@@ -672,7 +670,7 @@ class Trainer:
             self.epoch += 1
             started = time.perf_counter()
             train_loss = self._train_epoch(stage, optimizer, scheduler)
-            val = self.evaluate("val")[0]
+            val = self.score("val")[0]
             row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}}
             self.ctx.log_metrics(row, step=self.epoch)
@@ -722,7 +720,7 @@ class Trainer:
         return total / count
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[dict[str, float], np.ndarray]:
+    def score(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         self.model.eval()
         probs, losses = [], []
         batches = loop.loader([self.data.x[split], self.data.y[split]], 256, shuffle=False)
@@ -756,7 +754,7 @@ class Trainer:
     def test(self, tmp: Path) -> Tested:
         """Evaluate the best (not the last) state on test; log metrics, plots and predictions."""
         self.model.load_state_dict(self.best_state)
-        metrics, prob = self.evaluate("test")
+        metrics, prob = self.score("test")
         self.ctx.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=self.best_epoch)
         self.ctx.log_metrics({"best_epoch": self.best_epoch})
         self.ctx.metrics.flush()
@@ -849,11 +847,9 @@ def _register(ctx: RunContext, name: str, model_info, parent: ResolvedCheckpoint
         **{TEST_METRIC_TAG_PREFIX + k: f"{v:.6g}" for k, v in test.items() if "." not in k},
         TEST_DIGEST_TAG: test_digest,
     }
-    version = publish_version(name, source=model_info.model_uri, model_id=model_info.model_id, run_id=ctx.run_id,
-                              tags=tags, description=f"{card.headline}. Model card: run {ctx.run_id}, model_card.md",
-                              model_tags={KIND_TAG: "finetuned"})
-    ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
-    ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
-    log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS}); load it with "
+    version = register_from_run(ctx, name, source=model_info.model_uri, model_id=model_info.model_id, tags=tags,
+                                description=f"{card.headline}. Model card: run {ctx.run_id}, model_card.md",
+                                model_tags={KIND_TAG: "finetuned"})
+    log.info(f"registered {name} version {version} (alias @{CANDIDATE_ALIAS}); load it with "
              f"mlflow.pyfunc.load_model('models:/{name}@{CANDIDATE_ALIAS}')")
-    return str(version.version)
+    return version

@@ -40,7 +40,7 @@ from biosig.models.masking import MaskedTokenModel
 from biosig.models.pretraining import PretrainModel
 from biosig.models.ttm import check_patching
 from biosig.registry.naming import mamba2_name, parse_name, ttm_name
-from biosig.registry.publish import CANDIDATE_ALIAS, publish_version, unpublish_version
+from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
 from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
@@ -54,8 +54,6 @@ from biosig.tracking.tags import (
     KIND_TAG,
     MODEL_NAME_TAG,
     PRED_VAR_RATIO_TAG,
-    REGISTERED_MODEL_TAG,
-    REGISTERED_VERSION_TAG,
     RESUMED_AT_EPOCH_TAG,
     RESUMED_FROM_TAG,
     RUN_ID_TAG,
@@ -233,7 +231,7 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
         state["epoch"] = epoch
         if not dist.leader:
             continue
-        val_loss, ratio = _evaluate(model, val_loader, device, config)
+        val_loss, ratio = _validation_loss(model, val_loader, device, config)
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
                "lr": scheduler.get_last_lr()[0]}
         state["history"].append(row)
@@ -310,7 +308,7 @@ def _train_epoch(model: nn.Module, batches, optimizer, scheduler, generator, dev
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, batches, device, config) -> tuple[float, float]:
+def _validation_loss(model: nn.Module, batches, device, config) -> tuple[float, float]:
     """Val loss and prediction/target variance ratio with the same masks every epoch (a fixed
     generator), so epochs are comparable."""
     model.eval()
@@ -429,13 +427,10 @@ def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state:
         BEST_EPOCH_TAG: state["best_epoch"], VAL_LOSS_TAG: f"{state['best_val_loss']:.6g}",
         **{FIELD_TAG_PREFIX + k: ",".join(v) if isinstance(v, list) else v for k, v in _name_fields(config).items()},
     }
-    version = publish_version(name, source=source, run_id=ctx.run_id, tags=tags,
-                              description=f"Pretrained {config.arch} backbone ({config.objective}); see run "
-                                          f"{ctx.run_id}", model_tags={ARCH_TAG: config.arch})
-    ctx.on_failure(lambda: unpublish_version(name, version.version))  # a failed run registers nothing
-    ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
-    log.info(f"registered {name} version {version.version} (alias @{CANDIDATE_ALIAS})")
-    return str(version.version)
+    version = register_from_run(ctx, name, source=source, tags=tags, model_tags={ARCH_TAG: config.arch},
+                                description=f"Pretrained {config.arch} backbone ({config.objective}); see run {ctx.run_id}")
+    log.info(f"registered {name} version {version} (alias @{CANDIDATE_ALIAS})")
+    return version
 
 
 def _name_fields(config: PretrainConfig) -> dict[str, Any]:

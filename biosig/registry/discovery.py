@@ -92,16 +92,36 @@ def resolve_checkpoint(spec: str, *, auto_name: str | None = None, expected_arch
 
 
 def parse_model_reference(reference: str) -> tuple[str, str | None, str | None]:
-    """NAME@alias, NAME/3, models:/NAME@alias, models:/NAME/3 or bare NAME (-> @candidate) as
-    (name, alias, version)."""
+    """NAME@alias, NAME/3, models:/NAME@alias, models:/NAME/3 or bare NAME as (name, alias, version);
+    a bare NAME gives (name, None, None)."""
     ref = reference[len("models:/"):] if reference.startswith("models:/") else reference
     m = _VERSIONED.match(ref)
     if not m:
         raise ConfigError(f"cannot read a registered model from {reference!r}: expected NAME, NAME@alias, NAME/3 "
                           "or models:/…")
-    if not m["alias"] and not m["version"]:
-        return m["name"], "candidate", None
     return m["name"], m["alias"], m["version"]
+
+
+def resolve_version(client: MlflowClient, reference: str, *, bare: str = "latest"):
+    """The one resolver of registry references: the ModelVersion named by NAME@alias, NAME/3 or
+    models:/…; a bare NAME means its latest version (`bare="latest"`) or the version holding that alias
+    (e.g. `bare="candidate"`). Anything missing is a DataError that lists what exists."""
+    name, alias, number = parse_model_reference(reference)
+    if not alias and not number and bare != "latest":
+        alias = bare
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if number:
+            return client.get_model_version(name, number)
+        found = client.search_model_versions(f"name = '{name}'", max_results=1, order_by=["version_number DESC"])
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise DataError(_not_found(client, name, alias, number)) from None
+    if not found:
+        raise DataError(_not_found(client, name, None, None))
+    return found[0]
 
 
 def expand_checkpoints(client: MlflowClient, specs: list[str]) -> list[str]:
@@ -123,25 +143,8 @@ def expand_checkpoints(client: MlflowClient, specs: list[str]) -> list[str]:
 
 
 def _from_registry(client: MlflowClient, ref: str, uri: str) -> ResolvedCheckpoint:
-    m = _VERSIONED.match(ref)
-    if not m:
-        raise ConfigError(f"cannot read a registered model from {uri!r}: expected NAME, NAME@alias or NAME/version")
-    name = m["name"]
-    try:
-        if m["alias"]:
-            version = client.get_model_version_by_alias(name, m["alias"])
-        elif m["version"]:
-            version = client.get_model_version(name, m["version"])
-        else:
-            found = client.search_model_versions(f"name = '{name}'", max_results=1,
-                                                 order_by=["version_number DESC"])
-            if not found:
-                raise DataError(_not_found(client, name, None, None))
-            version = found[0]
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise DataError(_not_found(client, name, m["alias"], m["version"])) from None
+    version = resolve_version(client, ref)
+    name = version.name
     kind = version.tags.get(KIND_TAG, "pretrained")
     if kind != "pretrained":
         raise DataError(f"checkpoint {uri} is a {kind} model; fine-tuning starts from a pretrained one")
@@ -180,7 +183,7 @@ def _check_kind(resolved: ResolvedCheckpoint, expected_arch: str | None) -> None
 def _not_found(client: MlflowClient, name: str, alias: str | None, version: str | None) -> str:
     if _registered(client, name):
         what = f"alias '@{alias}'" if alias else f"version {version}" if version else "any version"
-        return f"registered model '{name}' has no {what}; list them with `mlflow models` or the UI"
+        return f"registered model '{name}' has no {what}; list them with `biosig registry show {name}`"
     names = [m.name for m in client.search_registered_models(max_results=1000)]
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.0)
     message = f"no registered model named '{name}'"

@@ -19,11 +19,11 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.errors import ConfigError, DataError
 from biosig.logs import get_logger
+from biosig.registry.discovery import resolve_version as find_version
 from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
 from biosig.tracking.run import configure_tracking, tracked_run
@@ -85,7 +85,7 @@ class Decision:
         return "\n".join([head, *lines])
 
 
-def evaluate(client: MlflowClient, policy: Policy, name: str, version: str, target: str) -> Decision:
+def judge(client: MlflowClient, policy: Policy, name: str, version: str, target: str) -> Decision:
     """Check every rule of `policy.targets[target]` against the version's source-run metrics."""
     if target not in policy.targets:
         raise ConfigError(f"policy '{policy.name}' ({policy.path}) has no rules for target '{target}'; "
@@ -186,7 +186,7 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
     policy = select_policy(load_policies(config.policies or None), config.model, config.policy)
     version = resolve_version(client, config.model, config.version)
     if config.dry_run:
-        decision = evaluate(client, policy, config.model, version, config.to)
+        decision = judge(client, policy, config.model, version, config.to)
         log.info(decision.table())
         log.info("dry run: nothing changed")
         return decision
@@ -194,7 +194,7 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
             PROMOTE_TARGET_TAG: config.to, PROMOTE_POLICY_TAG: policy.name}
     with tracked_run("promote", config, tags=tags, nested=nested) as ctx:
         with promotion_lock(uri, config.model):
-            decision = evaluate(client, policy, config.model, version, config.to)
+            decision = judge(client, policy, config.model, version, config.to)
             decision.run_id = ctx.run_id
             if decision.passed:
                 _apply(client, decision)
@@ -209,17 +209,10 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
 
 
 def resolve_version(client: MlflowClient, name: str, version: str) -> str:
-    try:
-        client.get_registered_model(name)
-    except MlflowException:
-        raise DataError(f"no registered model named '{name}'") from None
-    ref = version or f"@{CANDIDATE_ALIAS}"
-    try:
-        if ref.lstrip("@").isdigit():
-            return str(client.get_model_version(name, ref.lstrip("@")).version)
-        return str(client.get_model_version_by_alias(name, ref.lstrip("@")).version)
-    except MlflowException:
-        raise DataError(f"registered model '{name}' has no version {ref!r}") from None
+    """`version` is a number, an alias (with or without @) or empty (the version holding @candidate)."""
+    ref = version.lstrip("@")
+    return str(find_version(client, f"{name}/{ref}" if ref.isdigit() else f"{name}@{ref}" if ref else name,
+                       bare=CANDIDATE_ALIAS).version)
 
 
 def _apply(client: MlflowClient, decision: Decision) -> None:

@@ -6,11 +6,16 @@ registered model too when this call created it, so the registry never holds a ha
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from biosig.tracking.tags import REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG
+
+if TYPE_CHECKING:
+    from biosig.tracking.run import RunContext
 
 CANDIDATE_ALIAS = "candidate"
 
@@ -31,6 +36,18 @@ def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any]
     except BaseException:
         _undo(client, name, version, created_model)
         raise
+
+
+def register_from_run(ctx: "RunContext", name: str, *, source: str, tags: dict[str, Any], description: str,
+                      model_id: str | None = None, model_tags: dict[str, str] | None = None) -> str:
+    """The one registration path of every command: publish `source` as a new version of `name` holding
+    @candidate, undo it if the run then fails (a failed run registers nothing), and tag the run with
+    what it registered. Returns the version number."""
+    version = publish_version(name, source=source, run_id=ctx.run_id, tags=tags, model_id=model_id,
+                              description=description, model_tags=model_tags)
+    ctx.on_failure(lambda: unpublish_version(name, version.version))
+    ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
+    return str(version.version)
 
 
 def unpublish_version(name: str, version: str) -> None:

@@ -139,14 +139,11 @@ def load_window_classifier(reference: str) -> tuple[WindowClassifier, Any]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from biosig.registry.discovery import parse_model_reference
+    from biosig.registry.discovery import resolve_version
+    from biosig.registry.publish import CANDIDATE_ALIAS
 
-    name, alias, number = parse_model_reference(reference)
-    client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
-    except MlflowException:
-        raise DataError(f"no registered model version {reference!r}") from None
+    version = resolve_version(MlflowClient(), reference, bare=CANDIDATE_ALIAS)
+    name = version.name
     kind = version.tags.get(KIND_TAG, "")
     if kind and kind != "finetuned":
         raise DataError(f"{reference} is a {kind} model, not a fine-tuned classifier: evaluate takes a "
