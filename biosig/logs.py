@@ -50,3 +50,11 @@ def _configure() -> None:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False  # granite-tsfm configures the root logger; biosig's lines keep their own format
+
+
+def banner(log: logging.Logger, lines: list[str]) -> None:
+    """A warning nobody scrolls past (mode or mean collapse): framed lines of `!`."""
+    log.info("!" * 78)
+    for line in lines:
+        log.info(f"!! {line}")
+    log.info("!" * 78)

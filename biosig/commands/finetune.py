@@ -34,7 +34,7 @@ from biosig.data.channels import check_channels
 from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.files import require_local_file
-from biosig.logs import get_logger
+from biosig.logs import banner, get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
@@ -637,15 +637,24 @@ class Trainer:
             ctx.set_tags({CLASS_WEIGHTS_TAG: ",".join(f"{w:.4g}" for w in weights)})
         self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
                                         generator=generator)
-        self.epoch = 0
-        self.best_epoch = 0
-        self.best_score = -math.inf
+        self.progress = loop.TrainingProgress()  # epochs count on across stages
         self.best_val: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] = {}
-        self.history: list[dict[str, float]] = []
         self.collapsed: list[str] = []
         self.stage_counts: dict[int, dict[str, Any]] = {}
         self.warned_nan_selection = False
+
+    @property
+    def epoch(self) -> int:
+        return self.progress.epoch
+
+    @property
+    def best_epoch(self) -> int:
+        return self.progress.best_epoch
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.progress.history
 
     def run(self) -> None:
         for stage, epochs, lr in self.schedule:
@@ -667,7 +676,7 @@ class Trainer:
                                                            epochs * len(self.train_loader), self.config.warmup_fraction)
         stale = 0
         for _ in range(epochs):
-            self.epoch += 1
+            self.progress.epoch += 1
             started = time.perf_counter()
             train_loss = self._train_epoch(stage, optimizer, scheduler)
             val = self.score("val")[0]
@@ -675,11 +684,9 @@ class Trainer:
                    **{f"val_{k}": v for k, v in val.items()}}
             self.ctx.log_metrics(row, step=self.epoch)
             self.ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
-            self.history.append({"epoch": self.epoch, **row})
-            score = self._score(val)
-            improved = score > self.best_score or not self.best_state
+            improved = self.progress.record(row, self._score(val))
             if improved:
-                self.best_score, self.best_epoch, self.best_val = score, self.epoch, val
+                self.best_val = val
                 self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
                 stale = 0
             else:
@@ -707,16 +714,13 @@ class Trainer:
 
     def _train_epoch(self, stage: int, optimizer, scheduler) -> float:
         set_train_mode(self.model, stage, self.config.unfreeze_last_n)
-        total, count = 0.0, 0
-        for i, (x, y) in enumerate(self.train_loader):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with loop.autocast(self.device, self.config.amp):
-                logits = self.model(x)
-            loss = self.criterion(logits.float(), y)
-            loop.check_finite(loss, f"stage {stage}, epoch {self.epoch}, step {i + 1}")
-            loop.step(self.model, loss, optimizer, scheduler, self.config.grad_clip)
-            total += loss.item() * len(y)
-            count += len(y)
+
+        def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
+            return self.criterion(self.model(batch[0]).float(), batch[1])
+
+        total, count = loop.train_epoch(self.model, self.train_loader, optimizer, scheduler, loss_of,
+                                        device=self.device, amp=self.config.amp, grad_clip=self.config.grad_clip,
+                                        where=f"stage {stage}, epoch {self.epoch},")
         return total / count
 
     @torch.no_grad()
@@ -745,11 +749,9 @@ class Trainer:
         self.collapsed = collapsed_classes(val, self.data.class_names, self.config.collapse_threshold)
         if self.collapsed:
             self.ctx.set_tags({WARNING_TAG: "mode_collapse", COLLAPSED_CLASSES_TAG: ",".join(self.collapsed)})
-            log.info("!" * 78)
-            log.info(f"!! MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
-                     f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.")
-            log.info("!! Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse")
-            log.info("!" * 78)
+            banner(log, [f"MODE COLLAPSE after stage 1: val recall of {self.collapsed} is below "
+                         f"{self.config.collapse_threshold} -- the model (nearly) never predicts them.",
+                         "Check class_weights, lr and the label balance; the run is tagged biosig.warning=mode_collapse"])
 
     def test(self, tmp: Path) -> Tested:
         """Evaluate the best (not the last) state on test; log metrics, plots and predictions."""

@@ -32,7 +32,7 @@ from biosig.data.naming import dataset_name
 from biosig.data.sources import load_source
 from biosig.data.splits import subject_split
 from biosig.errors import ConfigError, TrainingError
-from biosig.logs import get_logger
+from biosig.logs import banner, get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
 from biosig.models.mamba2 import MAMBA2_DEFAULTS, check_mamba2_config
@@ -222,41 +222,48 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
         log.info(f"pretrain {name}: {n_params:,} backbone parameters, {len(arrays['train'])} train / "
                  f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
                  f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "best_ratio": math.nan, "history": []}
+    progress = loop.TrainingProgress()  # best_score: -val_loss
     if previous is not None:
-        state = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        progress = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
+
+    def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
+        return trained(batch[0], generator)[0]
+
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(trained, train_loader, optimizer, scheduler, generator, device, config, epoch, dist)
-        state["epoch"] = epoch
+        trained.train()
+        if dist.active:
+            train_loader.sampler.set_epoch(epoch)
+        total, count = loop.train_epoch(trained, train_loader, optimizer, scheduler, loss_of, device=device,
+                                        amp=config.amp, grad_clip=config.grad_clip, where=f"epoch {epoch}")
+        train_loss = dist.mean(total, count)
+        progress.epoch = epoch
         if not dist.leader:
             continue
         val_loss, ratio = _validation_loss(model, val_loader, device, config)
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
+        row = {"train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
                "lr": scheduler.get_last_lr()[0]}
-        state["history"].append(row)
-        ctx.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        ctx.log_metrics(row, step=epoch)
         ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
-        improved = val_loss < state["best_val_loss"]
+        improved = progress.record(row, -val_loss)
         if improved:
-            state.update(best_val_loss=val_loss, best_epoch=epoch, best_ratio=ratio)
             _save(work / "checkpoint", model.backbone.state_dict(), meta, epoch=epoch, val_loss=val_loss)
             ctx.log_artifacts(work / "checkpoint", "checkpoint")
-        _save_last(work / "last", model, optimizer, scheduler, generator, meta, state)
+        _save_last(work / "last", model, optimizer, scheduler, generator, meta, progress)
         ctx.log_artifacts(work / "last", "last")
         log.info(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
                  f"pred/target var {ratio:.3f}{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
     if not dist.leader:
         return PretrainResult("", name, None, 0, math.nan, [])
     ctx.metrics.flush()
-    ctx.log_dict(state["history"], "history.json")
-    if state["best_epoch"] == 0:
-        raise TrainingError(f"run {config.resume} already trained {state['epoch']} epochs and no best "
+    ctx.log_dict(progress.history, "history.json")
+    if progress.best_epoch == 0:
+        raise TrainingError(f"run {config.resume} already trained {progress.epoch} epochs and no best "
                             "checkpoint exists; raise epochs to continue")
-    ctx.set_tags({BEST_EPOCH_TAG: state["best_epoch"]})
-    _check_mean_collapse(ctx, state["best_ratio"], config.collapse_ratio)
-    version = _register(ctx, config, name, logged, state) if config.register else None
-    return PretrainResult(ctx.run_id, name, version, state["best_epoch"], state["best_val_loss"], state["history"])
+    ctx.set_tags({BEST_EPOCH_TAG: progress.best_epoch})
+    _check_mean_collapse(ctx, progress.best_row().get("val_pred_var_ratio", math.nan), config.collapse_ratio)
+    version = _register(ctx, config, name, logged, progress) if config.register else None
+    return PretrainResult(ctx.run_id, name, version, progress.best_epoch, -progress.best_score, progress.history)
 
 
 def _load_data(ctx: RunContext | FollowerContext, config: PretrainConfig, dist: loop.Distributed) -> LoggedDataset:
@@ -282,29 +289,10 @@ def _check_mean_collapse(ctx: RunContext, ratio: float, threshold: float) -> Non
     if not ratio < threshold:
         return
     ctx.set_tags({WARNING_TAG: "mean_collapse", PRED_VAR_RATIO_TAG: f"{ratio:.4g}"})
-    log.info("!" * 78)
-    log.info(f"!! MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
-             f"(< {threshold}).")
-    log.info("!! The model predicts (nearly) the mean; the embeddings are unlikely to be useful. Try a lower mask_ratio,")
-    log.info("!! a higher lr or more epochs. The run is tagged biosig.warning=mean_collapse.")
-    log.info("!" * 78)
-
-
-def _train_epoch(model: nn.Module, batches, optimizer, scheduler, generator, device, config, epoch,
-                 dist: loop.Distributed) -> float:
-    model.train()
-    if dist.active:
-        batches.sampler.set_epoch(epoch)
-    total, count = 0.0, 0
-    for i, (x,) in enumerate(batches):
-        x = x.to(device, non_blocking=True)
-        with loop.autocast(device, config.amp):
-            loss, _ = model(x, generator)
-        loop.check_finite(loss, f"epoch {epoch} step {i + 1}")
-        loop.step(model, loss, optimizer, scheduler, config.grad_clip)
-        total += loss.item() * len(x)
-        count += len(x)
-    return dist.mean(total, count)
+    banner(log, [f"MEAN COLLAPSE: at the best epoch the reconstructions' variance is {ratio:.3g} of the targets' "
+                 f"(< {threshold}).",
+                 "The model predicts (nearly) the mean; the embeddings are unlikely to be useful. Try a lower mask_ratio,",
+                 "a higher lr or more epochs. The run is tagged biosig.warning=mean_collapse."])
 
 
 @torch.no_grad()
@@ -352,13 +340,13 @@ def _save(path: Path, state_dict: dict, meta: dict, **provenance: Any) -> None:
     save_checkpoint(path, state_dict, meta)
 
 
-def _save_last(path: Path, model, optimizer, scheduler, generator, meta: dict, state: dict) -> None:
-    _save(path, model.state_dict(), {**meta, "kind": "pretrain-state"}, epoch=state["epoch"])
+def _save_last(path: Path, model, optimizer, scheduler, generator, meta: dict, progress: loop.TrainingProgress) -> None:
+    _save(path, model.state_dict(), {**meta, "kind": "pretrain-state"}, epoch=progress.epoch)
     loop.save_training_state(path, {
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "epoch": state["epoch"], "best_val_loss": state["best_val_loss"], "best_epoch": state["best_epoch"],
-        "history": yaml.safe_dump(state["history"]),
+        "epoch": progress.epoch, "best_val_loss": -progress.best_score, "best_epoch": progress.best_epoch,
+        "history": yaml.safe_dump(progress.history),
     })
 
 
@@ -388,7 +376,7 @@ def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
     return last
 
 
-def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator, work: Path) -> dict:
+def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator, work: Path) -> loop.TrainingProgress:
     """Continue from `last/`: weights, optimiser, schedule, RNG, the best checkpoint and the loss curve."""
     run_id = read_meta(last)["provenance"]["run_id"]
     saved = loop.load_training_state(last)
@@ -413,18 +401,16 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     ctx.set_tags({RESUMED_FROM_TAG: run_id, RESUMED_AT_EPOCH_TAG: saved["epoch"]})
     log.info(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
              f"val_loss {saved['best_val_loss']:.4f})")
-    best_ratio = next((row.get("val_pred_var_ratio", math.nan) for row in history
-                       if row["epoch"] == saved["best_epoch"]), math.nan)
-    return {"epoch": int(saved["epoch"]), "best_val_loss": float(saved["best_val_loss"]),
-            "best_epoch": int(saved["best_epoch"]), "best_ratio": best_ratio, "history": history}
+    return loop.TrainingProgress(epoch=int(saved["epoch"]), best_epoch=int(saved["best_epoch"]),
+                                 best_score=-float(saved["best_val_loss"]), history=history)
 
 
-def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, state: dict) -> str:
+def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progress: loop.TrainingProgress) -> str:
     source = f"{ctx.run.info.artifact_uri.rstrip('/')}/checkpoint"
     tags = {
         ARCH_TAG: config.arch, KIND_TAG: "pretrained", RUN_ID_TAG: ctx.run_id,
         DATASET_NAME_TAG: logged.name, DATASET_DIGEST_TAG: logged.digest,
-        BEST_EPOCH_TAG: state["best_epoch"], VAL_LOSS_TAG: f"{state['best_val_loss']:.6g}",
+        BEST_EPOCH_TAG: progress.best_epoch, VAL_LOSS_TAG: f"{-progress.best_score:.6g}",
         **{FIELD_TAG_PREFIX + k: ",".join(v) if isinstance(v, list) else v for k, v in _name_fields(config).items()},
     }
     version = register_from_run(ctx, name, source=source, tags=tags, model_tags={ARCH_TAG: config.arch},

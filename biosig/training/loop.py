@@ -9,7 +9,7 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -172,3 +172,44 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     except Exception as exc:  # truncated zip, not a torch file, or objects weights_only refuses
         raise TrainingError(f"{path} cannot be read ({type(exc).__name__}); the upload of last/ was "
                             "interrupted or the file is damaged") from None
+
+
+@dataclasses.dataclass
+class TrainingProgress:
+    """Where a training run stands, for both loops: the epoch reached, the best epoch by a higher-is-better
+    score (pretrain: -val_loss; finetune: the selection metric) and the per-epoch history. It is what
+    `last/` saves for resume and what history.json holds."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def record(self, row: dict[str, Any], score: float) -> bool:
+        """Append this epoch's row; True when it is the best so far (the first epoch always is)."""
+        self.history.append({"epoch": self.epoch, **row})
+        if score > self.best_score or self.best_epoch == 0:
+            self.best_epoch, self.best_score = self.epoch, score
+            return True
+        return False
+
+    def best_row(self) -> dict[str, Any]:
+        return next((row for row in self.history if row["epoch"] == self.best_epoch), {})
+
+
+def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler,
+                loss_of: Callable[[list[torch.Tensor]], torch.Tensor], *, device: torch.device, amp: str,
+                grad_clip: float, where: str) -> tuple[float, int]:
+    """The one training pass both loops use: each batch moved to `device`, `loss_of(batch)` under autocast,
+    a finite-loss check naming `where` and the step, one optimiser step. Returns (loss sum, examples);
+    the caller averages (across processes under torchrun)."""
+    total, count = 0.0, 0
+    for i, batch in enumerate(batches):
+        batch = [t.to(device, non_blocking=True) for t in batch]
+        with autocast(device, amp):
+            loss = loss_of(batch)
+        check_finite(loss, f"{where} step {i + 1}")
+        step(model, loss, optimizer, scheduler, grad_clip)
+        total += loss.item() * len(batch[0])
+        count += len(batch[0])
+    return total, count
