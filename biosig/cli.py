@@ -15,15 +15,6 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from biosig.commands.compare import CompareConfig
-from biosig.commands.evaluate import EvaluateConfig
-from biosig.commands.finetune import FinetuneConfig
-from biosig.commands.log_dataset import DatasetConfig
-from biosig.commands.main import MainConfig
-from biosig.commands.prepare_splits import PrepareSplitsConfig
-from biosig.commands.pretrain import PretrainConfig
-from biosig.commands.promote import PromoteConfig
-from biosig.commands.tune import TuneConfig
 from biosig.config import BaseConfig, load_config
 from biosig.errors import BiosigError, Terminated
 
@@ -33,26 +24,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
-def config_options(config_cls: type[BaseConfig]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add `--config FILE` and one `--key/--key-with-dashes` option per config field."""
-
-    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
-        for field in reversed(dataclasses.fields(config_cls)):
-            names = [f"--{field.name}"]
-            if "_" in field.name:
-                names.append(f"--{field.name.replace('_', '-')}")
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            func = click.option(*names, field.name, default=None, metavar="VALUE",
-                                help=f"default: {default!r}")(func)
-        return click.option("--config", "config_file", default=None, metavar="FILE",
-                            help="YAML file of config keys; command-line keys override it")(func)
-
-    return decorate
+def config_option_list(config_cls: type[BaseConfig]) -> list[click.Option]:
+    """`--config FILE` and one `--key/--key-with-dashes` option per config field."""
+    options = [click.Option(["--config", "config_file"], default=None, metavar="FILE",
+                            help="YAML file of config keys; command-line keys override it")]
+    for field in dataclasses.fields(config_cls):
+        names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        options.append(click.Option([*names, field.name], default=None, metavar="VALUE", help=f"default: {default!r}"))
+    return options
 
 
 def build_config(config_cls: type[BaseConfig], config_file: str | None, options: dict[str, Any]) -> BaseConfig:
     overrides = {k: v for k, v in options.items() if v is not None}
     return load_config(config_cls, config_file or None, overrides)
+
+
+def _load(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class JobCommand(click.Command):
+    """`biosig NAME` for a command of biosig.commands. Its module (and with it torch, MLflow, …) is imported
+    only when the command runs or its options are asked for, so `biosig --help` stays fast."""
+
+    def __init__(self, name: str, config_path: str, target: str, help_text: str,
+                 exit_code: Callable[[Any], int] | None = None) -> None:
+        super().__init__(name, help=help_text, short_help=help_text.split(". ")[0].rstrip("."),
+                         callback=self._run)
+        self.config_path, self.target, self.exit_code = config_path, target, exit_code
+        self._options_loaded = False
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not self._options_loaded:
+            self.params = config_option_list(_load(self.config_path)) + self.params
+            self._options_loaded = True
+        return super().get_params(ctx)
+
+    def _run(self, config_file: str | None, **options: Any) -> None:
+        result = _load(self.target)(build_config(_load(self.config_path), config_file, options))
+        if self.exit_code is not None and self.exit_code(result):
+            raise click.exceptions.Exit(self.exit_code(result))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -61,45 +74,32 @@ def cli() -> None:
     """biosig: MLflow experiment tracking and model registry for biosignal foundation models."""
 
 
-def job_command(name: str, config_cls: type[BaseConfig], target: str, help_text: str,
-                exit_code: Callable[[Any], int] | None = None) -> None:
-    """Register `biosig NAME`: options from `config_cls`, then `target` ("module:function") is imported
-    (lazily: `biosig --help` stays fast) and called with the validated config."""
-
-    @cli.command(name, help=help_text)
-    @config_options(config_cls)
-    def command(config_file: str | None, **options: Any) -> None:
-        module, function = target.split(":")
-        result = getattr(importlib.import_module(module), function)(build_config(config_cls, config_file, options))
-        if exit_code is not None and exit_code(result):
-            raise click.exceptions.Exit(exit_code(result))
-
-
-#: name, config, "module:function", help, exit code from the result (None: always 0)
-JOBS: list[tuple[str, type[BaseConfig], str, str, Callable[[Any], int] | None]] = [
-    ("log-dataset", DatasetConfig, "biosig.commands.log_dataset:run_log_dataset",
-     "Build or read a windowed dataset, write the primary parquet and log it to MLflow.", None),
-    ("prepare-splits", PrepareSplitsConfig, "biosig.commands.prepare_splits:run_prepare_splits",
+#: name, "module:Config", "module:run_function", help, exit code from the result (None: always 0)
+JOBS: list[tuple[str, str, str, str, Callable[[Any], int] | None]] = [
+    ("log-dataset", "biosig.commands.log_dataset:DatasetConfig", "biosig.commands.log_dataset:run_log_dataset",
+     "Build or read a windowed dataset, write it once under its content digest and log it to MLflow.", None),
+    ("prepare-splits", "biosig.commands.prepare_splits:PrepareSplitsConfig",
+     "biosig.commands.prepare_splits:run_prepare_splits",
      "Subject-level split manifests (or k cross-validation folds), logged with their digests.", None),
-    ("pretrain", PretrainConfig, "biosig.commands.pretrain:run_pretrain",
+    ("pretrain", "biosig.commands.pretrain:PretrainConfig", "biosig.commands.pretrain:run_pretrain",
      "Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name.", None),
-    ("finetune", FinetuneConfig, "biosig.commands.finetune:run_finetune",
+    ("finetune", "biosig.commands.finetune:FinetuneConfig", "biosig.commands.finetune:run_finetune",
      "Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier.", None),
-    ("main", MainConfig, "biosig.commands.main:run_main",
+    ("main", "biosig.commands.main:MainConfig", "biosig.commands.main:run_main",
      "The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model.", None),
-    ("tune", TuneConfig, "biosig.commands.tune:run_tune",
+    ("tune", "biosig.commands.tune:TuneConfig", "biosig.commands.tune:run_tune",
      "Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial.", None),
-    ("evaluate", EvaluateConfig, "biosig.commands.evaluate:run_evaluate",
+    ("evaluate", "biosig.commands.evaluate:EvaluateConfig", "biosig.commands.evaluate:run_evaluate",
      "Window- and subject-level metrics of a registered model; optional calibration and overlap voting.", None),
-    ("compare", CompareConfig, "biosig.commands.compare:run_compare",
+    ("compare", "biosig.commands.compare:CompareConfig", "biosig.commands.compare:run_compare",
      "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
-    ("promote", PromoteConfig, "biosig.commands.promote:run_promote",
+    ("promote", "biosig.commands.promote:PromoteConfig", "biosig.commands.promote:run_promote",
      "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
      "Exit code 1 when the promotion is rejected (the decision is recorded either way).",
      lambda decision: 0 if decision.passed else 1),
 ]
 for _job in JOBS:
-    job_command(*_job)
+    cli.add_command(JobCommand(*_job))
 
 
 @cli.command("server")

@@ -72,3 +72,17 @@ def test_range_missing_file_and_bad_yaml(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="list.yaml must hold a mapping"):
         load_config(Example, listy)
+
+
+def test_top_level_help_imports_no_framework():
+    """`biosig --help` lists the commands without importing torch, MLflow or scikit-learn (their import is
+    what made it take seconds); a command's own module loads when it runs or its options are listed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from biosig.cli import main; main(['--help']); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'sklearn', 'optuna') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "finetune" in result.stdout and "doctor" in result.stdout
