@@ -40,6 +40,8 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     rid = run.info.run_id
     assert run.data.tags["biosig.parent.name"] == TINY_NAME and run.data.tags["biosig.parent.version"] == "1"
     assert "no channel-dependent tensors" in run.data.tags["biosig.channel_mapping"]
+    assert run.data.tags["mlflow.runName"] == f"finetune → {TINY_NAME}_finetuned"
+    assert f"Registered as {TINY_NAME}_finetuned version 1" in run.data.tags["mlflow.note.content"]
     for metric in ("train_loss", "val_loss", "val_auroc", "val_f1", "val_balanced_accuracy", "val_precision",
                    "val_recall", "val_ece", "val_recall.poor", "val_recall.good"):
         assert [m.step for m in client.get_metric_history(rid, metric)] == [1, 2, 3, 4], metric

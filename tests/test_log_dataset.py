@@ -92,6 +92,8 @@ def test_failure_after_write_removes_the_new_file(workdir, monkeypatch):
         main(["log-dataset", "--n_subjects", "2", "--windows_per_subject", "2"])
     run = only_run("FAILED")
     assert run.data.tags["biosig.error"] == "RuntimeError: tracking store went away"
+    assert run.data.tags["mlflow.note.content"] == "**Failed**: RuntimeError: tracking store went away"
+    assert run.data.tags["mlflow.runName"] == "log_dataset"
     assert list((workdir / "data").iterdir()) == []
 
 

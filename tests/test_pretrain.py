@@ -30,6 +30,9 @@ def test_pretrain_logs_epochs_and_registers_a_candidate(pretrained):
     assert meta["kind"] == "pretrained" and meta["channels"] == ["PPG", "ECG"] and meta["fs"] == 125.0
     assert meta["context_length"] == 64 and len(meta["normalisation"]["mean"]) == 2
     assert meta["provenance"]["run_id"] == run.info.run_id and meta["provenance"]["dataset_digest"]
+    assert run.data.tags["mlflow.runName"] == f"pretrain {TINY_NAME}"  # not a random name
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"Pretrained **{TINY_NAME}**") and f"Registered as {TINY_NAME} version 1" in note
     (dataset_input,) = run.inputs.dataset_inputs
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
     assert dataset_input.dataset.name == run.data.tags["biosig.dataset.name"] == meta["provenance"]["dataset"]

@@ -72,6 +72,7 @@ class CompareConfig(BaseConfig):
 
 def run_compare(config: CompareConfig) -> pd.DataFrame:
     with tracked_run("compare", config) as ctx, scratch_dir("compare") as tmp:
+        ctx.name_run(f"compare {' '.join(config.checkpoints)}")
         references = expand_checkpoints(ctx.client, config.checkpoints)
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),

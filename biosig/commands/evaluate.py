@@ -93,6 +93,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
     data = config.data or version.tags.get(DATASET_URI_TAG) or _run_dataset(version)
     tags = {EVALUATE_MODEL_TAG: version.name, EVALUATE_VERSION_TAG: str(version.version)}
     with tracked_run("evaluate", config, tags=tags) as ctx, scratch_dir("evaluate") as tmp:
+        ctx.name_run(f"evaluate {version.name}/{version.version}")
         logged = use_dataset(ctx, data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation")

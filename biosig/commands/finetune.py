@@ -253,7 +253,8 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
         require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         ctx.set_tags(parent.lineage())
-        log.info(f"finetune from {parent.describe()}")
+        ctx.name_run(f"finetune → {parent.name or parent.meta.get('name', 'checkpoint')}{FINETUNED_SUFFIX}")
+        log.info(f"finetune from {parent.describe()} (run {ctx.run_id})")
         parent_name = parent.name or parent.meta.get("name", "")
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
@@ -271,6 +272,9 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
                                 card)
             if config.promote:
                 _promote(ctx, config, name, version)
+        ctx.describe(f"Fine-tuned `{parent.describe()}` on `{logged.name}` (digest `{logged.digest[:12]}`). "
+                     f"{card.headline}. " + (f"Registered as {name} version {version}; the model card is model_card.md."
+                                             if version else "Not registered."))
         trainable = max(c["trainable"] for c in trainer.stage_counts.values())
         return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, evidence.test,
                               trainer.collapsed, model_info.model_uri, evidence.test_digest, trainable, parent_name,
@@ -638,6 +642,7 @@ class Trainer:
         self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
                                         generator=generator)
         self.progress = loop.TrainingProgress()  # epochs count on across stages
+        self.planned_epochs = sum(epochs for _, epochs, _ in self.schedule)  # early stopping may end sooner
         self.best_val: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] = {}
         self.collapsed: list[str] = []
@@ -691,8 +696,8 @@ class Trainer:
                 stale = 0
             else:
                 stale += 1
-            log.info(f"  epoch {self.epoch} (stage {stage}): train_loss {train_loss:.4f}  val_loss {val['loss']:.4f}  "
-                     f"val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
+            log.info(f"  epoch {self.epoch}/{self.planned_epochs} (stage {stage}): train_loss {train_loss:.4f}  "
+                     f"val_loss {val['loss']:.4f}  val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
                      f"({time.perf_counter() - started:.1f} s)")
             if self.on_epoch is not None:
                 self.on_epoch(self.epoch, val)

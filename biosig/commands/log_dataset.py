@@ -65,6 +65,7 @@ def run_log_dataset(config: DatasetConfig, *, nested: bool = False) -> LoggedDat
     with tracked_run("log_dataset", config, nested=nested) as ctx:
         logged = use_dataset(ctx, config.source, config.source_options(), kind=config.kind,
                              output_dir=config.output_dir, output=config.output, context=config.context)
+        ctx.name_run(f"log_dataset {logged.name}")
         _log_profile(ctx, logged.windows)
         ws = logged.windows
         log.info(f"dataset {logged.name}: {ws.n_windows} windows × {ws.n_channels} channels × {ws.n_samples} "

@@ -66,6 +66,7 @@ def run_prepare_splits(config: PrepareSplitsConfig, *, nested: bool = False) -> 
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir)
+        ctx.name_run(f"prepare_splits {logged.name}")
         ws = logged.windows
         recommended = _recommended(logged.path, ws.subject_name) if config.use_recommended else None
         origin = "recommended" if recommended else "stratified"

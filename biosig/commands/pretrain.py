@@ -187,6 +187,7 @@ def run_pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainRes
             return _pretrain(FollowerContext(), config, name, dist, Path(tmp))
         tags = {MODEL_NAME_TAG: name, **({WORLD_SIZE_TAG: dist.world_size} if dist.active else {})}
         with tracked_run("pretrain", config, nested=nested, tags=tags) as ctx:
+            ctx.name_run(f"pretrain {name}")
             return _pretrain(ctx, config, name, dist, Path(tmp))
 
 
@@ -263,6 +264,9 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     ctx.set_tags({BEST_EPOCH_TAG: progress.best_epoch})
     _check_mean_collapse(ctx, progress.best_row().get("val_pred_var_ratio", math.nan), config.collapse_ratio)
     version = _register(ctx, config, name, logged, progress) if config.register else None
+    ctx.describe(f"Pretrained **{name}** ({config.objective}) on `{logged.name}` (digest `{logged.digest[:12]}`): "
+                 f"best epoch {progress.best_epoch} of {progress.epoch}, val_loss {-progress.best_score:.4f}. "
+                 + (f"Registered as {name} version {version} (@{CANDIDATE_ALIAS})." if version else "Not registered."))
     return PretrainResult(ctx.run_id, name, version, progress.best_epoch, -progress.best_score, progress.history)
 
 

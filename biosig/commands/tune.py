@@ -113,6 +113,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     auto = config.auto_name() if config.checkpoint == "auto" else None
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
         parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.expected_arch())
+        ctx.name_run(f"tune {parent.name or parent.uri}")
         require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
                              context="training")

@@ -193,6 +193,7 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
     tags = {PROMOTE_MODEL_TAG: config.model, PROMOTE_VERSION_TAG: version,
             PROMOTE_TARGET_TAG: config.to, PROMOTE_POLICY_TAG: policy.name}
     with tracked_run("promote", config, tags=tags, nested=nested) as ctx:
+        ctx.name_run(f"promote {config.model}/{version} → {config.to}")
         with promotion_lock(uri, config.model):
             decision = judge(client, policy, config.model, version, config.to)
             decision.run_id = ctx.run_id

@@ -31,7 +31,7 @@ from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
-from biosig.tracking.tags import COMMAND_TAG, ERROR_TAG, ERROR_TYPE_TAG
+from biosig.tracking.tags import COMMAND_TAG, ERROR_TAG, ERROR_TYPE_TAG, NOTE_TAG, RUN_NAME_TAG
 
 log = get_logger(__name__)
 
@@ -82,6 +82,17 @@ class RunContext:
         self.client = client
         self.metrics = MetricBatcher(client, self.run_id)
         self._cleanups: list[Callable[[], None]] = []
+        self.named = False  # True when the user chose the run name (config key run_name)
+
+    def name_run(self, name: str) -> None:
+        """A readable run name from the command and its subject (`pretrain ttm_ppg-ecg_…`, `evaluate NAME/3`)
+        instead of MLflow's random one, unless the user chose a name."""
+        if not self.named:
+            self.client.set_tag(self.run_id, RUN_NAME_TAG, name[:250])
+
+    def describe(self, text: str) -> None:
+        """The run's description in the MLflow UI (markdown): what it used, what it found, what it registered."""
+        self.client.set_tag(self.run_id, NOTE_TAG, redact_value(text)[:5000])
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.metrics.log(metrics, step)
@@ -163,6 +174,12 @@ class FollowerContext:
     def on_failure(self, cleanup: Callable[[], None]) -> None:
         pass
 
+    def name_run(self, name: str) -> None:
+        pass
+
+    def describe(self, text: str) -> None:
+        pass
+
 
 @contextlib.contextmanager
 def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
@@ -174,6 +191,8 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
     with _auth_errors(uri):
         run = _start(client, config, nested, parent_run_id)
     ctx = RunContext(run, client)
+    ctx.named = bool(config.run_name)
+    ctx.name_run(command)  # refined by the command once its subject is known
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
@@ -302,7 +321,9 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
         ctx.metrics.flush()
     with contextlib.suppress(Exception):
         message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
-        mlflow.set_tags({ERROR_TAG: message, ERROR_TYPE_TAG: type(exc).__name__})
+        mlflow.set_tags({ERROR_TAG: message, ERROR_TYPE_TAG: type(exc).__name__,
+                         NOTE_TAG: f"**{'Stopped' if isinstance(exc, (KeyboardInterrupt, Terminated)) else 'Failed'}**: "
+                                   f"{message}"})
         if not isinstance(exc, (KeyboardInterrupt, Terminated)):
             mlflow.log_text(redact_value("".join(traceback.format_exception(exc))), "run/error.txt")
 
@@ -316,7 +337,9 @@ def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
     with contextlib.suppress(Exception):
         configure_tracking(tracking_uri)
         client = MlflowClient()
-        client.set_tag(run_id, ERROR_TAG, redact_value(f"{type(exc).__name__}: {exc}")[:5000])
+        message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
+        client.set_tag(run_id, ERROR_TAG, message)
+        client.set_tag(run_id, NOTE_TAG, f"**Failed before it started**: {message}")
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
         client.set_terminated(run_id, status=status)
         purge_if_params_hold_secrets(client, run_id)

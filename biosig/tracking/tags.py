@@ -76,3 +76,7 @@ PROMOTE_TARGET_TAG_PREFIX = "biosig.promote."  # finetune promote=TARGET: the de
 def fold_digest_tag(fold: int) -> str:
     """The split-manifest digest tag of cross-validation fold `fold`."""
     return f"biosig.split.fold{fold}.digest"
+
+# MLflow's own tags that biosig sets: the run name and the run description shown in the UI.
+RUN_NAME_TAG = "mlflow.runName"
+NOTE_TAG = "mlflow.note.content"
