@@ -697,8 +697,8 @@ class Trainer:
             else:
                 stale += 1
             log.info(f"  epoch {self.epoch}/{self.planned_epochs} (stage {stage}): train_loss {train_loss:.4f}  "
-                     f"val_loss {val['loss']:.4f}  val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}{'  *best' if improved else ''}  "
-                     f"({time.perf_counter() - started:.1f} s)")
+                     f"val_loss {val['loss']:.4f}  val_auroc {val['auroc']:.3f}  val_f1 {val['f1']:.3f}"
+                     f"{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
             if self.on_epoch is not None:
                 self.on_epoch(self.epoch, val)
             if stale >= self.config.patience:
