@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
+import re
 import sys
+import types
+import typing
 from typing import Any, Callable, Sequence
 
 import click
@@ -25,14 +29,61 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def config_option_list(config_cls: type[BaseConfig]) -> list[click.Option]:
-    """`--config FILE` and one `--key/--key-with-dashes` option per config field."""
+    """`--config FILE` and one `--key/--key-with-dashes` option per config field, its help line taken from
+    the field's comment in the dataclass, with its type, allowed values and default."""
     options = [click.Option(["--config", "config_file"], default=None, metavar="FILE",
                             help="YAML file of config keys; command-line keys override it")]
+    comments = field_comments(config_cls)
+    hints = typing.get_type_hints(config_cls)
     for field in dataclasses.fields(config_cls):
         names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-        options.append(click.Option([*names, field.name], default=None, metavar="VALUE", help=f"default: {default!r}"))
+        kind, metavar = _describe_type(hints[field.name])
+        text = f"{comments[field.name]} " if field.name in comments else ""
+        options.append(click.Option([*names, field.name], default=None, metavar=metavar,
+                                    help=f"{text}[{kind}; default: {default!r}]"))
     return options
+
+
+def field_comments(config_cls: type) -> dict[str, str]:
+    """Each field's help line from the source of the dataclass and its bases: its trailing `# comment`,
+    else the comment lines right above it."""
+    comments: dict[str, str] = {}
+    for cls in reversed(config_cls.__mro__):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            if line.startswith("    # "):
+                above.append(line.strip()[2:])
+                continue
+            field = re.match(r"^    (\w+): [^\n]*?=[^#]*(?:#\s*(.+))?$", line)
+            if field and (field[2] or above):
+                comments[field[1]] = (field[2] or " ".join(above)).strip()
+            above = []
+    return comments
+
+
+def _describe_type(annotation: Any) -> tuple[str, str]:
+    """(help words, metavar) for a config annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return f"one of {', '.join(map(str, args))}", "[" + "|".join(map(str, args)) + "]"
+    if origin in (typing.Union, types.UnionType) and args:
+        return _describe_type(args[0])
+    if origin is list:
+        inner = typing.get_args(annotation)[0]
+        if typing.get_origin(inner) is typing.Literal:
+            values = typing.get_args(inner)
+            return f"comma-separated, each one of {', '.join(map(str, values))}", "LIST"
+        return "comma-separated list", "LIST"
+    return {bool: ("true or false", "BOOL"), int: ("integer", "INT"), float: ("number", "FLOAT")}.get(
+        annotation, ("text", "TEXT"))
 
 
 def build_config(config_cls: type[BaseConfig], config_file: str | None, options: dict[str, Any]) -> BaseConfig:

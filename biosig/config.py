@@ -28,10 +28,10 @@ _FALSE = {"false", "no", "0", "off"}
 class BaseConfig:
     """Keys shared by every command: where runs go and how they are seeded."""
 
-    experiment: str = "biosig"
+    experiment: str = "biosig"  # MLflow experiment (under `mlflow run`: its --experiment-name decides)
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    run_name: str = ""
-    seed: int = 0
+    run_name: str = ""  # empty: named from the command and its subject
+    seed: int = 0  # seeds data synthesis, splits, initialisation and shuffling
 
     #: Keys holding a data source spec / a local input file: checked before any run starts, so a typo
     #: in a path is one line and no FAILED run.

@@ -86,3 +86,13 @@ def test_top_level_help_imports_no_framework():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert "finetune" in result.stdout and "doctor" in result.stdout
+
+
+def test_command_help_lines_come_from_the_config_comments(capsys):
+    from biosig.cli import main
+
+    assert main(["finetune", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--normalisation [auto|global|window] global: per-channel z-score fitted on train" in out
+    assert "--lr FLOAT AdamW peak learning rate [number; default: 0.001]" in out
+    assert "--reference LIST" in out and "each one of features, scratch" in out

@@ -26,13 +26,13 @@ TRAINING_STATE_FILE = "training_state.pt"
 class LoopConfig(BaseConfig):
     """Optimiser and device keys shared by every training command (pretrain, finetune, tune)."""
 
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    device: str = "auto"
-    amp: Literal["auto", "off", "bf16"] = "auto"
+    batch_size: int = 64  # windows per optimiser step (per process under torchrun)
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_fraction: float = 0.1  # share of the steps with a linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # gradient-norm clip; 0 disables it
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
 
     def validate(self) -> None:
         super().validate()
