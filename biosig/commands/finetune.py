@@ -47,7 +47,7 @@ from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.liveness import scratch_dir
-from biosig.tracking.run import RunContext, tracked_run
+from biosig.tracking.run import RunContext, configure_tracking, tracked_run
 from biosig.tracking.tags import (
     ARCH_TAG,
     CHANNEL_MAPPING_TAG,
@@ -249,9 +249,8 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
     `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
     if config.checkpoint == "auto" and auto_name is None:
         auto_name = config.auto_name()
+    parent = resolve_parent(config, auto_name)
     with tracked_run("finetune", config, nested=nested) as ctx, scratch_dir("finetune") as tmp:
-        parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
-        require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         ctx.set_tags(parent.lineage())
         ctx.name_run(f"finetune → {parent.name or parent.meta.get('name', 'checkpoint')}{FINETUNED_SUFFIX}")
         log.info(f"finetune from {parent.describe()} (run {ctx.run_id})")
@@ -279,6 +278,15 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
         return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, evidence.test,
                               trainer.collapsed, model_info.model_uri, evidence.test_digest, trainable, parent_name,
                               {k: v.metrics for k, v in evidence.references.items()})
+
+
+def resolve_parent(config: FinetuneConfig, auto_name: str | None = None) -> ResolvedCheckpoint:
+    """The pretrained checkpoint, resolved and checked before any run exists: a wrong name, path or
+    architecture is one line and no FAILED run."""
+    configure_tracking(config.tracking_uri)
+    parent = resolve_checkpoint(config.checkpoint, auto_name=auto_name, expected_arch=config.expected_arch())
+    require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
+    return parent
 
 
 @dataclasses.dataclass

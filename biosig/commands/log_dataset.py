@@ -10,6 +10,7 @@ from typing import Literal
 
 from biosig.config import BaseConfig, require_range
 from biosig.data import SourceOptions, WindowSet
+from biosig.data.naming import check_kind
 from biosig.data.profile import plot_examples, profile
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
@@ -49,6 +50,7 @@ class DatasetConfig(BaseConfig):
         for key in ("n_subjects", "windows_per_subject", "window_s"):
             require_range(key, getattr(self, key), 0)
         require_range("subs_per_parent", self.subs_per_parent, 1)
+        check_kind(self.kind)
         if self.output and not self.output.endswith(".parquet"):
             raise ConfigError(f"config key 'output' must end in .parquet, got {self.output!r}")
 

@@ -25,13 +25,12 @@ from typing import Any, Literal
 import optuna
 import yaml
 
-from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, run_finetune
+from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, resolve_parent, run_finetune
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
 from biosig.models.build import build_backbone
-from biosig.models.checkpoint import PRETRAINED_KEYS, require_keys
 from biosig.registry.discovery import resolve_checkpoint
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import use_dataset
@@ -111,10 +110,9 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
         return _work(config, storage, dimensions)
     study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
     auto = config.auto_name() if config.checkpoint == "auto" else None
+    parent = resolve_parent(config, auto)
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
-        parent = resolve_checkpoint(config.checkpoint, auto_name=auto, expected_arch=config.expected_arch())
         ctx.name_run(f"tune {parent.name or parent.uri}")
-        require_keys(parent.meta, PRETRAINED_KEYS, f"checkpoint {parent.uri}: biosig.json")
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
                              context="training")
         # Workers and the refit read the parquet this run logged: the same windows, the same split.

@@ -21,9 +21,13 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
-def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
+def check_kind(kind: str) -> None:
     if not _KIND.match(kind):
         raise ConfigError(f"config key 'kind' must be lower-case letters, digits and '-', got {kind!r}")
+
+
+def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
+    check_kind(kind)
     return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channel_token(ws.channels)}_{ws.n_windows}windows_{kind}"
 
 
