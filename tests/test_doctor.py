@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -22,36 +23,35 @@ from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 from tests.helpers import finished_runs
 
 
-def _freeze_after_an_epoch(client: MlflowClient, proc: subprocess.Popen, timeout_s: float = 180) -> str:
+def _freeze_after_an_epoch(proc: subprocess.Popen, timeout_s: float = 180) -> str:
     """SIGSTOP the pretrain process at a moment when its last/ artifact is complete (weights and
-    training state of the same epoch), so that the kill -9 that follows is not mid-upload."""
+    training state of the same epoch), so that the kill -9 that follows is not mid-upload. While the
+    process is stopped only its artifact files are read, never the tracking database (a process stopped
+    inside a SQLite write would hold the lock)."""
     deadline = time.time() + timeout_s
     while time.time() < deadline and proc.poll() is None:
         for run in finished_runs("RUNNING"):
+            last = Path(run.info.artifact_uri.removeprefix("file://")) / "last"
             proc.send_signal(signal.SIGSTOP)
-            if _complete_last(client, run.info.run_id):
+            if _complete_last(last):
                 return run.info.run_id
             proc.send_signal(signal.SIGCONT)
         time.sleep(0.3)
     raise AssertionError(f"pretrain did not finish an epoch (exit {proc.poll()}): {proc.stderr.read()}")
 
 
-def _complete_last(client: MlflowClient, run_id: str) -> bool:
+def _complete_last(last: Path) -> bool:
     import json
-    import tempfile
 
     import torch
 
-    if {a.path for a in client.list_artifacts(run_id, "last")} != {
-            "last/biosig.json", "last/model.safetensors", "last/training_state.pt"}:
+    if {p.name for p in last.glob("*")} != {"biosig.json", "model.safetensors", "training_state.pt"}:
         return False
-    with tempfile.TemporaryDirectory() as tmp:
-        last = client.download_artifacts(run_id, "last", tmp)
-        try:
-            state = torch.load(f"{last}/training_state.pt", weights_only=True)
-            meta = json.load(open(f"{last}/biosig.json"))
-        except Exception:  # caught mid-write
-            return False
+    try:
+        state = torch.load(last / "training_state.pt", weights_only=True)
+        meta = json.loads((last / "biosig.json").read_text())
+    except Exception:  # caught mid-write
+        return False
     return meta["provenance"]["epoch"] == state["epoch"]
 
 
@@ -61,7 +61,7 @@ def test_kill_9_is_found_by_doctor_and_closed_by_resume(workdir, tiny_pretrain, 
     proc = subprocess.Popen([sys.executable, "-m", "biosig.cli", "pretrain", "--config", str(tiny_pretrain),
                              "--epochs", "500"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "BIOSIG_HEARTBEAT_S": "1"})
-    run_id = _freeze_after_an_epoch(client, proc)
+    run_id = _freeze_after_an_epoch(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     tags = client.get_run(run_id).data.tags

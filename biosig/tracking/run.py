@@ -320,12 +320,17 @@ def _record_failure(ctx: RunContext, exc: BaseException) -> None:
     with contextlib.suppress(Exception):
         ctx.metrics.flush()
     with contextlib.suppress(Exception):
-        message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
-        mlflow.set_tags({ERROR_TAG: message, ERROR_TYPE_TAG: type(exc).__name__,
-                         NOTE_TAG: f"**{'Stopped' if isinstance(exc, (KeyboardInterrupt, Terminated)) else 'Failed'}**: "
-                                   f"{message}"})
+        mlflow.set_tags(failure_tags(exc))
         if not isinstance(exc, (KeyboardInterrupt, Terminated)):
             mlflow.log_text(redact_value("".join(traceback.format_exception(exc))), "run/error.txt")
+
+
+def failure_tags(exc: BaseException) -> dict[str, str]:
+    """The error (redacted) as the `biosig.error` tag and as the run's description, which the UI shows whole."""
+    message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
+    stopped = isinstance(exc, (KeyboardInterrupt, Terminated))
+    return {ERROR_TAG: message, ERROR_TYPE_TAG: type(exc).__name__,
+            NOTE_TAG: f"**{'Stopped' if stopped else 'Failed'}**: {message}"}
 
 
 def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
@@ -337,9 +342,8 @@ def fail_run_from_env(exc: BaseException, tracking_uri: str = "") -> None:
     with contextlib.suppress(Exception):
         configure_tracking(tracking_uri)
         client = MlflowClient()
-        message = redact_value(f"{type(exc).__name__}: {exc}")[:5000]
-        client.set_tag(run_id, ERROR_TAG, message)
-        client.set_tag(run_id, NOTE_TAG, f"**Failed before it started**: {message}")
+        for key, value in failure_tags(exc).items():
+            client.set_tag(run_id, key, value)
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, Terminated)) else "FAILED"
         client.set_terminated(run_id, status=status)
         purge_if_params_hold_secrets(client, run_id)
@@ -356,6 +360,7 @@ def run_tags(run_id: str) -> dict[str, str]:
 def close_dead_run(client: MlflowClient, run_id: str, why: str) -> None:
     """End a run whose process is gone as KILLED, saying why (`resume=`, `biosig doctor --fix`)."""
     client.set_tag(run_id, ERROR_TAG, why)
+    client.set_tag(run_id, NOTE_TAG, f"**Stopped**: {why}")
     client.set_terminated(run_id, status="KILLED")
 
 
