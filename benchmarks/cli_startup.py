@@ -1,7 +1,8 @@
 """Wall time of `biosig --help` and `biosig CMD --help` (target < 0.5 s each).
 
-`biosig --help` imports only click and biosig's config layer; `biosig CMD --help` imports the command's
-module (and with it torch, MLflow, …) to list its keys. Medians of --repeats runs, each a fresh process.
+Neither imports torch, MLflow or scikit-learn: `biosig --help` needs only click, `biosig CMD --help` reads
+the command's keys from biosig.commands.configs (numpy and pyarrow come with biosig.data). Medians of
+--repeats runs, each a fresh process.
 
     python benchmarks/cli_startup.py [--repeats 5]
 """

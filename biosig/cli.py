@@ -26,6 +26,9 @@ from biosig.errors import BiosigError, Terminated
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# MLflow's INFO lines (table creation, system-metrics start/stop, "View run …") would bury biosig's own;
+# its warnings still show. MLFLOW_LOGGING_LEVEL=INFO brings them back.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def config_option_list(config_cls: type[BaseConfig]) -> list[click.Option]:
@@ -127,24 +130,24 @@ def cli() -> None:
 
 #: name, "module:Config", "module:run_function", help, exit code from the result (None: always 0)
 JOBS: list[tuple[str, str, str, str, Callable[[Any], int] | None]] = [
-    ("log-dataset", "biosig.commands.log_dataset:DatasetConfig", "biosig.commands.log_dataset:run_log_dataset",
+    ("log-dataset", "biosig.commands.configs:DatasetConfig", "biosig.commands.log_dataset:run_log_dataset",
      "Build or read a windowed dataset, write it once under its content digest and log it to MLflow.", None),
-    ("prepare-splits", "biosig.commands.prepare_splits:PrepareSplitsConfig",
+    ("prepare-splits", "biosig.commands.configs:PrepareSplitsConfig",
      "biosig.commands.prepare_splits:run_prepare_splits",
      "Subject-level split manifests (or k cross-validation folds), logged with their digests.", None),
-    ("pretrain", "biosig.commands.pretrain:PretrainConfig", "biosig.commands.pretrain:run_pretrain",
+    ("pretrain", "biosig.commands.configs:PretrainConfig", "biosig.commands.pretrain:run_pretrain",
      "Pretrain a backbone (masked reconstruction or forecasting) and register it by its conventional name.", None),
-    ("finetune", "biosig.commands.finetune:FinetuneConfig", "biosig.commands.finetune:run_finetune",
+    ("finetune", "biosig.commands.configs:FinetuneConfig", "biosig.commands.finetune:run_finetune",
      "Fine-tune a registered checkpoint (staged unfreezing) and register the pyfunc classifier.", None),
-    ("main", "biosig.commands.main:MainConfig", "biosig.commands.main:run_main",
+    ("main", "biosig.commands.configs:MainConfig", "biosig.commands.main:run_main",
      "The end-to-end job: synthetic dataset -> pretrain -> finetune(checkpoint=auto) -> registered model.", None),
-    ("tune", "biosig.commands.tune:TuneConfig", "biosig.commands.tune:run_tune",
+    ("tune", "biosig.commands.configs:TuneConfig", "biosig.commands.tune:run_tune",
      "Optuna search over unfreeze_last_n and lr (plus a search-space file): one nested run per trial.", None),
-    ("evaluate", "biosig.commands.evaluate:EvaluateConfig", "biosig.commands.evaluate:run_evaluate",
+    ("evaluate", "biosig.commands.configs:EvaluateConfig", "biosig.commands.evaluate:run_evaluate",
      "Window- and subject-level metrics of a registered model; optional calibration and overlap voting.", None),
-    ("compare", "biosig.commands.compare:CompareConfig", "biosig.commands.compare:run_compare",
+    ("compare", "biosig.commands.configs:CompareConfig", "biosig.commands.compare:run_compare",
      "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
-    ("promote", "biosig.commands.promote:PromoteConfig", "biosig.commands.promote:run_promote",
+    ("promote", "biosig.commands.configs:PromoteConfig", "biosig.commands.promote:run_promote",
      "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
      "Exit code 1 when the promotion is rejected (the decision is recorded either way).",
      lambda decision: 0 if decision.passed else 1),

@@ -32,6 +32,9 @@ class BaseConfig:
     tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
     run_name: str = ""  # empty: named from the command and its subject
     seed: int = 0  # seeds data synthesis, splits, initialisation and shuffling
+    # record CPU, memory, disk and network (GPU with nvidia-ml-py) as system/* metrics every 10 s
+    # ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) while the run is live
+    system_metrics: bool = True
 
     #: Keys holding a data source spec / a local input file: checked before any run starts, so a typo
     #: in a path is one line and no FAILED run.

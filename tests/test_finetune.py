@@ -1,6 +1,7 @@
 """finetune: checkpoint=auto from the registry, staged training, metrics, artifacts, pyfunc model,
 and every listed bad input failing the run with nothing registered."""
 
+import json
 import os
 import subprocess
 import sys
@@ -49,7 +50,13 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
         run.data.metrics)
     assert run.data.metrics["stage1.trainable_params"] < run.data.metrics["stage2.trainable_params"]
     artifacts = {a.path for a in client.list_artifacts(rid, "evaluation")}
-    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/roc.png", "evaluation/predictions.parquet"}
+    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/roc.png", "evaluation/predictions.parquet",
+                         "evaluation/predictions_preview.json", "evaluation/test_summary.json"}
+    preview = client.load_table(run.info.experiment_id, "evaluation/predictions_preview.json", run_ids=[rid])
+    assert list(preview.columns[:4]) == ["subject", "true", "predicted", "correct"] and set(preview["true"]) <= {
+        "poor", "good"}
+    summary = client.load_table(run.info.experiment_id, "evaluation/test_summary.json", run_ids=[rid])
+    assert summary["model"].tolist() == ["fine-tuned"] and summary["auroc"][0] == round(run.data.metrics["test_auroc"], 4)
     predictions = pd.read_parquet(client.download_artifacts(rid, "evaluation/predictions.parquet"))
     assert list(predictions.columns) == ["subject", "y_true", "y_pred", "prob"]
     version = client.get_model_version(FINETUNED, "1")
@@ -57,6 +64,21 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     assert version.tags["biosig.parent.name"] == TINY_NAME and version.tags["biosig.parent.version"] == "1"
     assert version.tags["biosig.task"] == "quality"
     assert version.tags["biosig.dataset.digest"] == run.data.tags["biosig.dataset.digest"]
+
+    # MLflow 3 logged models: the version is the fine-tune's logged model, which holds its metrics and dataset
+    model_id = version.source.removeprefix("models:/")
+    logged_model = client.get_logged_model(model_id)
+    assert logged_model.name == FINETUNED and logged_model.source_run_id == rid
+    assert {"test_auroc", "val_auroc", "best_epoch"} <= {m.key for m in logged_model.metrics}
+    assert {m.dataset_digest for m in logged_model.metrics} == {run.data.tags["biosig.dataset.digest"][:16]}
+    assert json.loads(logged_model.tags["mlflow.modelVersions"]) == [{"name": FINETUNED, "version": "1"}]
+    found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
+                                        filter_string="metrics.test_auroc > 0")
+    assert [m.model_id for m in found] == [model_id]
+    pretrained = client.get_model_version(TINY_NAME, "1")  # the backbone is a logged model too
+    backbone = client.get_logged_model(pretrained.source.removeprefix("models:/"))
+    assert backbone.name == TINY_NAME and "val_loss" in {m.key for m in backbone.metrics}
+    assert json.loads(backbone.tags["mlflow.modelVersions"]) == [{"name": TINY_NAME, "version": "1"}]
 
     # A fresh process loads the registered pyfunc by alias and predicts on the parquet layout.
     dataset = run.data.tags["biosig.dataset.uri"]

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from biosig.errors import ConfigError
 from biosig.models.build import build_backbone
-from biosig.models.mamba2 import Mamba2Mixer, check_mamba2_config, cuda_kernel
+from biosig.models.mamba2 import Mamba2Mixer, cuda_kernel
+from biosig.models.shapes import check_mamba2_config
 
 MUSE = ["AF7", "AF8", "TP9", "TP10"]
 

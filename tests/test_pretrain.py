@@ -36,6 +36,20 @@ def test_pretrain_logs_epochs_and_registers_a_candidate(pretrained):
     (dataset_input,) = run.inputs.dataset_inputs
     assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
     assert dataset_input.dataset.name == run.data.tags["biosig.dataset.name"] == meta["provenance"]["dataset"]
+    profile = json.loads(dataset_input.dataset.profile)  # the UI's dataset panel
+    assert profile["channels"] == "PPG, ECG" and profile["fs_hz"] == 125.0 and profile["subjects"] == 4
+    assert profile["window_length"] == "1024 samples (8.192 s)" and profile["class_balance"]
+    assert version.description.startswith("Pretrained ttm backbone (mae)") and "val_loss" in version.description
+
+
+def test_system_metrics_are_on_by_default_and_can_be_turned_off(tiny_pretrain, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    assert main(["pretrain", "--config", str(tiny_pretrain), "--register", "false"]) == 0
+    assert main(["pretrain", "--config", str(tiny_pretrain), "--register", "false", "--system-metrics", "false"]) == 0
+    on, off = sorted(finished_runs("FINISHED"), key=lambda r: r.info.start_time)
+    assert "system/cpu_utilization_percentage" in on.data.metrics
+    assert "system/system_memory_usage_megabytes" in on.data.metrics
+    assert not [k for k in off.data.metrics if k.startswith("system/")]
 
 
 def test_resume_continues_from_the_last_epoch(pretrained):

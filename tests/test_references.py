@@ -70,7 +70,7 @@ def test_references_train_on_the_same_split_and_serve_like_the_model(pretrained,
     ws = synthetic_cardio(n_subjects=2, windows_per_subject=3, with_acc=True, seed=5, window_s=10.0)
     frame = pd.DataFrame({c: list(ws.signals[:, i]) for i, c in enumerate(ws.channels)})
     (features_run,) = runs_by("biosig.reference", "features")
-    reference = mlflow.pyfunc.load_model(f"runs:/{features_run.info.run_id}/model")
+    reference = mlflow.pyfunc.load_model(f"runs:/{features_run.info.run_id}/{TINY_NAME}_features_reference")
     model = mlflow.pyfunc.load_model(f"models:/{FINETUNED}@candidate")
     ours, theirs = model.predict(frame), reference.predict(as_model_input(ws.signals, ws.channels))
     assert list(ours.columns) == list(theirs.columns) == ["poor", "good"] and len(theirs) == 6

@@ -8,11 +8,9 @@ metric; every row must have the same test-split digest (asserted).
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal
 
 import matplotlib
 
@@ -20,8 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from biosig.commands.configs import COMPARE_MODES, CompareConfig
 from biosig.commands.finetune import FinetuneConfig, run_finetune
-from biosig.config import BaseConfig, load_config
+from biosig.config import load_config
 from biosig.data import SourceOptions
 from biosig.data.splits import manifest_split, subject_split, write_manifest
 from biosig.errors import ConfigError, DataError
@@ -34,40 +33,8 @@ from biosig.tracking.tags import COMPARE_METRIC_TAG, COMPARE_SPLIT_DIGEST_TAG
 
 log = get_logger(__name__)
 
-MODES = ("probe", "finetune")
+MODES = COMPARE_MODES
 COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "trainable_params", "wall_s", "run_id"]
-
-
-@dataclasses.dataclass
-class CompareConfig(BaseConfig):
-    """`compare`: several checkpoints, one dataset and split, one leaderboard."""
-
-    SOURCE_KEYS = ("data",)
-    FILE_KEYS = ("finetune_config", "split_manifest")
-
-    checkpoints: list[str] = dataclasses.field(default_factory=list)  # names, aliases, URIs or globs (ttm_*_mae)
-    data: str = "synthetic:quality"
-    n_subjects: int = 0
-    windows_per_subject: int = 0
-    data_dir: str = "data"
-    modes: list[Literal["probe", "finetune"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
-    metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
-    finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
-    split_manifest: str = ""  # CSV subject,split; empty: a subject split written once and used by every row
-    # Reference rows on the same split: features (window features + scikit-learn) and scratch (the first
-    # checkpoint's architecture, random init); trained once, within the first row's run.
-    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
-    cv: str = ""  # k or loso: every row cross-validated on the same subject folds (pooled test metrics)
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.checkpoints:
-            raise ConfigError("config key 'checkpoints' is empty: list registered names, URIs or patterns")
-        if not self.modes:
-            raise ConfigError(f"config key 'modes' is empty: choose from {', '.join(MODES)}")
-        if self.cv and self.split_manifest:
-            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
-                              "its own subject folds")
 
 
 def run_compare(config: CompareConfig) -> pd.DataFrame:

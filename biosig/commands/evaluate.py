@@ -8,9 +8,8 @@ then vote per subject. The split is the fine-tune's: same fractions and seed giv
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import matplotlib
 
@@ -19,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from biosig.config import BaseConfig, require_range
+from biosig.commands.configs import EvaluateConfig
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ChannelStats, prepare_windows, select_channels
 from biosig.data.splits import subject_split
@@ -58,34 +57,6 @@ log = get_logger(__name__)
 
 CARRIED_TAGS = (PARENT_NAME_TAG, PARENT_VERSION_TAG, PARENT_URI_TAG, DATASET_NAME_TAG,
                 DATASET_DIGEST_TAG, TASK_TAG, ARCH_TAG, KIND_TAG, TEST_DIGEST_TAG)
-
-
-@dataclasses.dataclass
-class EvaluateConfig(BaseConfig):
-    """`evaluate`: window- and subject-level metrics of a registered model, optional calibration."""
-
-    SOURCE_KEYS = ("data",)
-
-    model: str = ""  # NAME@alias, NAME/3, models:/… (bare NAME: @candidate)
-    data: str = ""  # source spec or .parquet; empty: the dataset the model was fine-tuned on
-    n_subjects: int = 0
-    windows_per_subject: int = 0
-    data_dir: str = "data"
-    val_fraction: float = 0.2  # the fine-tune's defaults, so the split matches it
-    test_fraction: float = 0.2
-    calibration: Literal["none", "temperature", "isotonic", "platt"] = "none"
-    overlap: float = 0.0  # overlap of context-length crops inside longer windows, in [0, 1)
-    voting: Literal["soft", "majority"] = "soft"
-    register: bool = False  # register the calibrated model as a new version of the same name
-    force: bool = False  # register even when calibration made validation ECE or Brier worse
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.model:
-            raise DataError("config key 'model' is required: a registered fine-tuned model (NAME@alias, NAME/3)")
-        require_range("overlap", self.overlap, 0, 1, high_open=True)
-        if self.register and self.calibration == "none":
-            raise DataError("register=true needs a calibration method: an uncalibrated copy adds nothing")
 
 
 def run_evaluate(config: EvaluateConfig) -> dict[str, float]:

@@ -16,7 +16,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -25,15 +25,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
-from biosig.commands.pretrain import PretrainConfig
+from biosig.commands.configs import FinetuneConfig, parse_class_weights
 from biosig.commands.promote import PromoteConfig, run_promote
-from biosig.config import load_config, require_range
+from biosig.config import load_config
 from biosig.data import SourceOptions, WindowSet
-from biosig.data.adapt import ChannelStats, ContextFit, Normalisation, WindowScaling, fit_context, select_channels, unit_mismatch
-from biosig.data.channels import check_channels
+from biosig.data.adapt import ChannelStats, WindowScaling, fit_context, select_channels, unit_mismatch
 from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
-from biosig.files import require_local_file
 from biosig.logs import banner, get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
@@ -42,7 +40,7 @@ from biosig.models.heads import Classifier
 from biosig.models.inflation import drop_channels, map_channels
 from biosig.registry.card import model_card
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
-from biosig.registry.naming import FINETUNED_SUFFIX, is_conventional, parse_name
+from biosig.registry.naming import FINETUNED_SUFFIX
 from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import use_dataset
@@ -85,122 +83,14 @@ from biosig.training.metrics import (
     aggregate_by_subject,
     classification_metrics,
     collapsed_classes,
+    predictions_table,
     subject_bootstrap,
+    summary_table,
 )
 from biosig.training.plots import confusion_png, roc_png
 from biosig.training.reference import fit_feature_model
 
 log = get_logger(__name__)
-
-
-@dataclasses.dataclass
-class FinetuneConfig(loop.LoopConfig):
-    """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
-
-    SOURCE_KEYS = ("data",)
-    FILE_KEYS = ("split_manifest", "pretrain_config", "policies")
-
-    data: str = "synthetic:quality"  # source spec or .parquet/.npz path
-    n_subjects: int = 0
-    windows_per_subject: int = 0
-    data_dir: str = "data"
-    channels: list[str] | None = None  # default: every channel of the data, in its order
-    checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
-    pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
-    arch: Literal["auto", "ttm", "mamba2"] = "auto"  # auto: the pretrain config's (checkpoint=auto) or any
-    context_fit: ContextFit = "crop"
-    # global: per-channel z-score fitted on train (keeps absolute amplitude); window: each window scaled by
-    # its own typical amplitude (unit-free); auto: global unless subjects' amplitudes differ > 30x (units)
-    normalisation: Normalisation = "auto"
-    head: Literal["linear", "mlp"] = "linear"
-    head_dropout: float = 0.1
-    pooling: Literal["mean", "meanmax", "flatten"] = "meanmax"  # over patches; channels are always kept
-    stage1_epochs: int = 3
-    stage2_epochs: int = 5
-    stage3_epochs: int = 0
-    unfreeze_last_n: int = 2
-    class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
-    selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
-    # Window probabilities aggregated per participant (subject): metrics at both levels are logged as
-    # {split}_window_* and {split}_participant_*; plain {split}_* are those of `selection_level`.
-    aggregate: Literal["none", "mean", "median", "vote"] = "none"
-    selection_level: Literal["window", "participant"] = "window"
-    patience: int = 3
-    collapse_threshold: float = 0.1
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
-    task: str = ""  # recorded on the registered version; default: the dataset's label name
-    # Reference models trained and tested on the same split, each a nested run (tag biosig.reference):
-    # features (window features + scikit-learn) and scratch (this architecture, random init).
-    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=list)
-    cv: str = ""  # cross-validation: empty (one split), k >= 2 (subject folds) or loso (one subject per fold)
-    bootstrap: int = 1000  # subject-level bootstrap resamples for test_*_ci_low/high (0: no interval)
-    register: bool = True
-    promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
-    policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
-
-    @classmethod
-    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return FINETUNE_MAMBA2_PRESET if _requested_arch(values) == "mamba2" else {}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.selection_level == "participant" and self.aggregate == "none":
-            raise ConfigError("config key 'selection_level' participant needs aggregate=mean, median or vote")
-        if self.promote and not self.register:
-            raise ConfigError("config key 'promote' needs register=true: only registered versions are promoted")
-        if self.channels is not None:
-            check_channels(self.channels, "config key 'channels'")
-        for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
-            require_range(key, getattr(self, key), 0)
-        if self.stage1_epochs + self.stage2_epochs + self.stage3_epochs == 0:
-            raise ConfigError("stage1_epochs, stage2_epochs and stage3_epochs are all 0: nothing to train")
-        require_range("patience", self.patience, 1)
-        require_range("collapse_threshold", self.collapse_threshold, 0, 1)
-        require_range("head_dropout", self.head_dropout, 0, 1, high_open=True)
-        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
-        require_range("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
-        if self.class_weights not in ("auto", "none"):
-            _parse_weights(self.class_weights)
-        require_range("bootstrap", self.bootstrap, 0)
-        if len(set(self.reference)) != len(self.reference):
-            raise ConfigError(f"config key 'reference' lists a reference twice: {self.reference}")
-        if self.cv and self.cv != "loso" and not (self.cv.isdigit() and int(self.cv) >= 2):
-            raise ConfigError(f"config key 'cv' must be empty, an integer >= 2 (subject folds) or loso, "
-                              f"got {self.cv!r}")
-        if self.cv and self.split_manifest:
-            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
-                              "its own subject folds")
-
-    def auto_name(self) -> str:
-        return load_config(PretrainConfig, self.pretrain_config or None).model_name()
-
-    def expected_arch(self) -> str | None:
-        """The architecture the checkpoint must have: `arch`, else the pretrain config's for
-        checkpoint=auto, else any."""
-        if self.arch != "auto":
-            return self.arch
-        if self.checkpoint == "auto":
-            return load_config(PretrainConfig, self.pretrain_config or None).arch
-        return None
-
-
-#: Defaults when the checkpoint is a Mamba-2 EEG model (remission: a participant-level label).
-FINETUNE_MAMBA2_PRESET: dict[str, Any] = {"data": "synthetic:eeg", "selection_metric": "f1", "aggregate": "mean",
-                                          "batch_size": 32}
-
-
-def _requested_arch(values: dict[str, Any]) -> str | None:
-    """The architecture named by `arch`, the pretrain config file or a conventional checkpoint name."""
-    if values.get("arch") not in (None, "auto"):
-        return values["arch"]
-    checkpoint = str(values.get("checkpoint", "auto"))
-    if checkpoint == "auto":
-        require_local_file("pretrain_config", str(values.get("pretrain_config") or ""))
-        return load_config(PretrainConfig, values.get("pretrain_config") or None).arch
-    name = checkpoint.removeprefix("models:/").split("@")[0].split("/")[0]
-    return parse_name(name).arch if is_conventional(name) else None
 
 
 @dataclasses.dataclass
@@ -260,11 +150,15 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
                              output_dir=config.data_dir, context="training")
         if config.split_manifest:
             ctx.set_tags({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)})
+        ctx.begin_model(f"{parent_name}{FINETUNED_SUFFIX}", model_type="finetuned", dataset=logged.mlflow_ref)
         evidence = (_cross_validate if config.cv else _single_split)(ctx, config, parent, logged, Path(tmp))
         trainer, meta, model_info = evidence.trainer, evidence.meta, evidence.model_info
         name = f"{parent_name}{FINETUNED_SUFFIX}"
         version = None
         card = model_card(name=name, meta=meta, parent=parent, dataset=logged, evidence=evidence, config=config)
+        ctx.log_table(summary_table({"fine-tuned": evidence.test, **{f"reference: {k}": v.metrics
+                                                                     for k, v in evidence.references.items()}}),
+                      "evaluation/test_summary.json")
         ctx.log_text(card.text, "model_card.md")
         if config.register:
             version = _register(ctx, name, model_info, parent, logged, evidence.test, meta["task"], evidence.test_digest,
@@ -387,7 +281,7 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
         data = prepare_data(ws, logged.name, refit_config, parent, splits=splits)
         refit_ctx.set_tags({**parent.lineage(), CV_EVIDENCE_RUN_TAG: ctx.run_id})
         trainer = _train(refit_ctx, refit_config, parent, data)
-        meta, model_info = _log_model(refit_ctx, config, parent, logged, trainer, data, tmp)
+        meta, model_info = _log_model(refit_ctx, config, parent, logged, trainer, data, tmp, model_id=ctx.model_id)
     counts = [len(np.unique(o.subject)) for o in outcomes]
     return Evidence(trainer, data, pooled, test_digest, references, meta, model_info, folds=len(folds),
                     subjects={"train": len(np.unique(data.subject["train"])), "val": len(np.unique(data.subject["val"])),
@@ -480,12 +374,13 @@ def _log_reference_deltas(ctx: RunContext, test: dict[str, float], references: d
 
 
 def _log_model(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, trainer: "Trainer",
-               data: FinetuneData, tmp: Path) -> tuple[dict[str, Any], Any]:
-    """The best state as a checkpoint directory, logged as the active run's pyfunc model."""
+               data: FinetuneData, tmp: Path, model_id: str | None = None) -> tuple[dict[str, Any], Any]:
+    """The best state as a checkpoint directory, logged as the pyfunc model `model_id` (default: the one
+    the run began; the cross-validation refit fills its parent's)."""
     parent_name = parent.name or parent.meta.get("name", "")
     meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
     checkpoint = save_checkpoint(tmp / "checkpoint", trainer.best_state, meta)
-    return meta, log_pyfunc(checkpoint, meta)
+    return meta, log_pyfunc(checkpoint, meta, model_id=model_id or ctx.model_id)
 
 
 def _pool(ctx: RunContext | None, config: FinetuneConfig, parts: list[Tested], class_names: list[str],
@@ -783,6 +678,8 @@ class Trainer:
                                     "y_pred": prob.argmax(axis=1), "prob": list(prob.astype(np.float32))})
         predictions.to_parquet(tmp / "predictions.parquet", index=False)
         self.ctx.log_artifact(tmp / "predictions.parquet", "evaluation")
+        self.ctx.log_table(predictions_table(self.data.subject["test"], y_true, prob, names),
+                           "evaluation/predictions_preview.json")
         if self.config.aggregate != "none":
             subjects, y_subject, p_subject = aggregate_by_subject(self.data.subject["test"], y_true, prob,
                                                                   self.config.aggregate)
@@ -812,20 +709,9 @@ def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | Non
         weights = np.ones(n_classes, dtype=np.float32)
         weights[present] = compute_class_weight("balanced", classes=present, y=y)
         return weights
-    weights = _parse_weights(spec)
+    weights = parse_class_weights(spec)
     if len(weights) != n_classes:
         raise ConfigError(f"config key 'class_weights' lists {len(weights)} weights for {n_classes} classes")
-    return weights
-
-
-def _parse_weights(spec: str) -> np.ndarray:
-    try:
-        weights = np.array([float(w) for w in spec.split(",")], dtype=np.float32)
-    except ValueError:
-        raise ConfigError(f"config key 'class_weights' must be auto, none or comma-separated numbers, got {spec!r}") \
-            from None
-    if (weights <= 0).any():
-        raise ConfigError(f"config key 'class_weights' must be positive, got {spec!r}")
     return weights
 
 

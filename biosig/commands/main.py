@@ -3,15 +3,15 @@ log_dataset (the fine-tuning data) -> pretrain (small TTM on PPG+ECG) -> finetun
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Literal
+from typing import Any
 
+from biosig.commands.configs import MainConfig
 from biosig.commands.finetune import FinetuneConfig, run_finetune
 from biosig.commands.log_dataset import DatasetConfig, run_log_dataset
 from biosig.commands.pretrain import PretrainConfig, run_pretrain
-from biosig.config import BaseConfig, load_config
+from biosig.config import load_config
 from biosig.logs import get_logger
-from biosig.tracking.run import resolve_tracking_uri, tracked_run
+from biosig.tracking.run import resolve_tracking_uri, tracked_run, ui_base
 from biosig.tracking.tags import REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG
 
 log = get_logger(__name__)
@@ -20,22 +20,6 @@ log = get_logger(__name__)
 MAIN_PRETRAIN: dict[str, Any] = {"epochs": 30}
 MAIN_FINETUNE: dict[str, Any] = {"stage1_epochs": 5, "stage2_epochs": 15, "patience": 5, "lr": 3e-3,
                                   "context_fit": "resample"}
-
-
-@dataclasses.dataclass
-class MainConfig(BaseConfig):
-    """`main`: dataset -> pretrain -> finetune(checkpoint=auto) -> registered fine-tuned model."""
-
-    SOURCE_KEYS = ("data", "pretrain_data")
-    FILE_KEYS = ("pretrain_config", "finetune_config")
-
-    data: str = "synthetic:quality"  # the fine-tuning dataset
-    pretrain_data: str = "synthetic:ppg-ecg"
-    data_dir: str = "data"
-    pretrain_config: str = ""  # YAML of pretrain keys (default: a small PPG+ECG TTM)
-    finetune_config: str = ""  # YAML of finetune keys (default: 5 head-only + up to 15 partial-unfreeze epochs)
-    # reference models trained beside the fine-tune on the same split (features, scratch); [] for none
-    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
 
 
 def run_main(config: MainConfig) -> dict[str, Any]:
@@ -60,6 +44,7 @@ def run_main(config: MainConfig) -> dict[str, Any]:
                       for k in ("auroc", "f1", "balanced_accuracy")}}
         ctx.log_dict(summary, "summary.json")
         ctx.set_tags({REGISTERED_MODEL_TAG: finetuned.name, REGISTERED_VERSION_TAG: finetuned.version})
+        ctx.registered = f"{finetuned.name}/{finetuned.version}"
         experiment_id = ctx.run.info.experiment_id
     _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test,
                          finetuned.references)
@@ -69,7 +54,7 @@ def run_main(config: MainConfig) -> dict[str, Any]:
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,
                          test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
     uri = resolve_tracking_uri(config.tracking_uri)  # from config, environment or the SQLite default
-    ui = "http://127.0.0.1:5000"
+    ui = ui_base(uri)
     log.info("")
     interval = (f" [95 % CI {test['auroc_ci_low']:.3f}-{test['auroc_ci_high']:.3f}]"
                 if "auroc_ci_low" in test else "")
@@ -79,9 +64,7 @@ def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pr
         log.info(f"  reference '{name}' on the same test split: AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f} "
                  f"(the fine-tuned model {verdict})")
     log.info("where to look:")
-    if uri.startswith("http"):
-        ui = uri.rstrip("/")
-    else:
+    if not uri.startswith("http"):
         log.info(f"  start the UI:      mlflow ui --backend-store-uri {uri}")
     log.info(f"  this pipeline:     {ui}/#/experiments/{experiment_id}/runs/{run_id}  (child runs: log_dataset, "
              "pretrain, finetune)")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from biosig.config import BaseConfig, require_range
+from biosig.commands.configs import PrepareSplitsConfig
 from biosig.data import SourceOptions
 from biosig.data.splits import manifest_digest, recommended_split, subject_folds, subject_split, write_manifest_once
-from biosig.errors import ConfigError, DataError
+from biosig.errors import DataError
 from biosig.logs import get_logger
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import tracked_run
@@ -27,30 +27,6 @@ from biosig.tracking.tags import SPLIT_DIGEST_TAG, SPLIT_FOLDS_TAG, SPLIT_SOURCE
 log = get_logger(__name__)
 
 RECOMMENDED_COLUMN = "recommended_split"
-
-
-@dataclasses.dataclass
-class PrepareSplitsConfig(BaseConfig):
-    """`prepare_splits`: subject-level train/val/test manifests (or k folds) for a dataset."""
-
-    SOURCE_KEYS = ("data",)
-
-    data: str = "synthetic:quality"  # source spec or .parquet path
-    n_subjects: int = 0
-    windows_per_subject: int = 0
-    data_dir: str = "data"
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    cv: int = 0  # 0: one split; k >= 2: k folds around a fixed test split
-    use_recommended: bool = True  # honour a recommended_split column when the parquet has one
-    output_dir: str = "data/splits"
-
-    def validate(self) -> None:
-        super().validate()
-        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
-        require_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
-        if self.cv < 0 or self.cv == 1:
-            raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {self.cv}")
 
 
 @dataclasses.dataclass

@@ -17,17 +17,16 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
 import biosig
-from biosig.config import require_range
+from biosig.commands.configs import PretrainConfig
 from biosig.data import SourceOptions
-from biosig.data.adapt import ChannelStats, ContextFit, fit_context, select_channels
-from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
+from biosig.data.adapt import ChannelStats, fit_context, select_channels
 from biosig.data.naming import dataset_name
 from biosig.data.sources import load_source
 from biosig.data.splits import subject_split
@@ -35,12 +34,10 @@ from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
-from biosig.models.mamba2 import MAMBA2_DEFAULTS, check_mamba2_config
 from biosig.models.masking import MaskedTokenModel
 from biosig.models.pretraining import PretrainModel
-from biosig.models.ttm import check_patching
-from biosig.registry.naming import mamba2_name, parse_name, ttm_name
-from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
+from biosig.registry.naming import parse_name
+from biosig.registry.publish import CANDIDATE_ALIAS, publish_model_files, register_from_run
 from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
@@ -65,96 +62,7 @@ from biosig.training import loop
 
 log = get_logger(__name__)
 
-BACKBONE_KEYS = {
-    "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
-    "mamba2": ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim",
-               "chunk_size", "tokenization", "bidirectional", "dropout"),
-}
 HISTORY_METRICS = ("train_loss", "val_loss", "val_pred_var_ratio", "lr")
-#: Defaults that follow from arch=mamba2 (the Muse EEG model of the product brief) unless set explicitly.
-MAMBA2_PRESET: dict[str, Any] = {
-    "data": "synthetic:eeg", "channels": MUSE_CHANNELS, "context_length": 2048, "patch_length": 16,
-    "d_model": 256, "num_layers": 2, "mask_ratio": 0.2, "dropout": 0.0, "batch_size": 32, "epochs": 3,
-}
-
-
-@dataclasses.dataclass
-class PretrainConfig(loop.LoopConfig):
-    """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
-
-    SOURCE_KEYS = ("data",)
-
-    data: str = "synthetic:ppg-ecg"  # source spec or .parquet/.npz path (see log_dataset)
-    n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
-    windows_per_subject: int = 0
-    data_dir: str = "data"  # where synthetic/npz sources are written as parquet
-    channels: list[str] = dataclasses.field(default_factory=lambda: ["PPG", "ECG"])
-    arch: Literal["ttm", "mamba2"] = "ttm"  # mamba2 switches the defaults to MAMBA2_PRESET (Muse EEG)
-    context_length: int = 1024
-    patch_length: int = 64  # 16 patches of 0.5 s at 125 Hz: measured better than 128 for quality (see docs)
-    d_model: int = 64
-    num_layers: int = 3
-    expansion_factor: int = 2  # ttm
-    dropout: float = 0.1
-    mode: Literal["common_channel", "mix_channel"] = "common_channel"  # ttm
-    objective: Literal["mae", "fcst"] = "mae"  # mae: masked reconstruction; fcst (ttm only): forecasting
-    mask_ratio: float = 0.4
-    masking_style: Literal["mae", "bert"] = "mae"  # mamba2: masked tokens removed (mae) or replaced (bert)
-    prediction_length: int = 96
-    d_state: int = MAMBA2_DEFAULTS["d_state"]  # mamba2
-    expand: int = MAMBA2_DEFAULTS["expand"]  # mamba2
-    headdim: int = MAMBA2_DEFAULTS["headdim"]  # mamba2
-    chunk_size: int = MAMBA2_DEFAULTS["chunk_size"]  # mamba2
-    tokenization: Literal["per_channel", "joint"] = "per_channel"  # mamba2
-    bidirectional: bool = True  # mamba2: add a reverse-direction mixer per layer
-    decoder_layers: int = 1  # mamba2 mae: the light decoder's depth
-    collapse_ratio: float = 0.02  # warn when val prediction/target variance falls below this
-    context_fit: ContextFit = "crop_or_pad"
-    epochs: int = 10
-    val_fraction: float = 0.2
-    register: bool = True
-    resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
-
-    @classmethod
-    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return MAMBA2_PRESET if values.get("arch") == "mamba2" else {}
-
-    def validate(self) -> None:
-        super().validate()
-        check_channels(self.channels, "config key 'channels'")
-        require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
-        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
-        require_range("dropout", self.dropout, 0, 1, high_open=True)
-        require_range("collapse_ratio", self.collapse_ratio, 0, 1)
-        for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length", "decoder_layers"):
-            require_range(key, getattr(self, key), 1)
-        if self.arch == "ttm":
-            check_patching(self.context_length, self.patch_length)
-            if self.masking_style != "mae":
-                raise ConfigError(f"config key 'masking_style' {self.masking_style!r} needs arch=mamba2: TTM's "
-                                  "masked reconstruction fills masked patches in the input")
-        else:
-            check_mamba2_config(self.backbone_config())
-            if self.objective != "mae":
-                raise ConfigError(f"config key 'objective' {self.objective!r} is TTM-only: arch=mamba2 pretrains by "
-                                  "masked-token reconstruction (objective=mae, masking_style mae or bert)")
-
-    def model_name(self) -> str:
-        if self.arch == "mamba2":
-            return mamba2_name(modality=infer_modality(self.channels), d_model=self.d_model,
-                               num_layers=self.num_layers, mask_ratio=self.mask_ratio, masking_style=self.masking_style)
-        return ttm_name(channels=self.channels, context_length=self.context_length, patch_length=self.patch_length,
-                        objective=self.objective, mask_ratio=self.mask_ratio,
-                        prediction_length=self.prediction_length, mode=self.mode)
-
-    def backbone_config(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in BACKBONE_KEYS[self.arch]}
-
-    @property
-    def window_length(self) -> int:
-        return self.context_length + (self.prediction_length if self.objective == "fcst" else 0)
-
-
 def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
     """Backbone + self-supervised objective: forward(x, generator) -> (loss, variance ratio)."""
     backbone = build_backbone(config.arch, channels, config.backbone_config())
@@ -224,6 +132,9 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
                  f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
                  f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
     progress = loop.TrainingProgress()  # best_score: -val_loss
+    ctx.begin_model(name, model_type=f"pretrained {config.arch}", dataset=logged.mlflow_ref,
+                    params={"arch": config.arch, "objective": config.objective, **_name_fields(config),
+                            "dataset": logged.name})
     if previous is not None:
         progress = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
 
@@ -263,7 +174,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
                             "checkpoint exists; raise epochs to continue")
     ctx.set_tags({BEST_EPOCH_TAG: progress.best_epoch})
     _check_mean_collapse(ctx, progress.best_row().get("val_pred_var_ratio", math.nan), config.collapse_ratio)
-    version = _register(ctx, config, name, logged, progress) if config.register else None
+    model = publish_model_files(ctx.model_id, work / "checkpoint", run_id=ctx.run_id, step=progress.best_epoch)
+    version = _register(ctx, config, name, logged, progress, model.model_id) if config.register else None
     ctx.describe(f"Pretrained **{name}** ({config.objective}) on `{logged.name}` (digest `{logged.digest[:12]}`): "
                  f"best epoch {progress.best_epoch} of {progress.epoch}, val_loss {-progress.best_score:.4f}. "
                  + (f"Registered as {name} version {version} (@{CANDIDATE_ALIAS})." if version else "Not registered."))
@@ -409,16 +321,19 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
                                  best_score=-float(saved["best_val_loss"]), history=history)
 
 
-def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progress: loop.TrainingProgress) -> str:
-    source = f"{ctx.run.info.artifact_uri.rstrip('/')}/checkpoint"
+def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progress: loop.TrainingProgress,
+              model_id: str) -> str:
     tags = {
         ARCH_TAG: config.arch, KIND_TAG: "pretrained", RUN_ID_TAG: ctx.run_id,
         DATASET_NAME_TAG: logged.name, DATASET_DIGEST_TAG: logged.digest,
         BEST_EPOCH_TAG: progress.best_epoch, VAL_LOSS_TAG: f"{-progress.best_score:.6g}",
         **{FIELD_TAG_PREFIX + k: ",".join(v) if isinstance(v, list) else v for k, v in _name_fields(config).items()},
     }
-    version = register_from_run(ctx, name, source=source, tags=tags, model_tags={ARCH_TAG: config.arch},
-                                description=f"Pretrained {config.arch} backbone ({config.objective}); see run {ctx.run_id}")
+    version = register_from_run(ctx, name, source=f"models:/{model_id}", model_id=model_id, tags=tags,
+                                model_tags={ARCH_TAG: config.arch},
+                                description=f"Pretrained {config.arch} backbone ({config.objective}) on {logged.name}: "
+                                            f"val_loss {-progress.best_score:.4f} at epoch {progress.best_epoch}; "
+                                            f"see run {ctx.run_id}")
     log.info(f"registered {name} version {version} (alias @{CANDIDATE_ALIAS})")
     return version
 

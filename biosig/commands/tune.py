@@ -20,11 +20,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import yaml
 
+from biosig.commands.configs import STORAGE_ENV, TuneConfig
 from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, resolve_parent, run_finetune
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
@@ -43,52 +44,6 @@ from biosig.training.search_space import Dimension, load_search_space
 log = get_logger(__name__)
 
 STATE_TAG = "optuna.state"
-
-
-#: Optuna storage URL from the environment (e.g. postgresql://user:PASSWORD@host/db), so that a password
-#: need not appear in a config file or `-P`; the `storage` key wins when set.
-STORAGE_ENV = "BIOSIG_OPTUNA_STORAGE"
-
-
-@dataclasses.dataclass
-class TuneConfig(FinetuneConfig):
-    """`tune`: every finetune key is the base of each trial; these keys shape the search."""
-
-    FILE_KEYS = (*FinetuneConfig.FILE_KEYS, "search_space")
-
-    n_trials: int = 20  # trials this call runs (shared among n_jobs workers)
-    lr_min: float = 1e-5
-    lr_max: float = 3e-3
-    search_space: str = ""  # YAML of extra dimensions (head, head_dropout, stage1_epochs, weight_decay, …)
-    pruner: Literal["successive_halving", "median", "none"] = "successive_halving"  # see benchmarks/pruning.py
-    storage: str = ""  # empty: optuna.journal next to the tracking DB; or postgresql://… / sqlite:///…
-    study: str = ""  # empty: a new study; an existing name resumes or joins it
-    n_jobs: int = 1  # worker processes (this one included) on the study
-    register_best: bool = False  # refit the best params through the normal fine-tune path and register
-    parent_run_id: str = ""  # internal: workers log their trials under the parent's run
-    worker: int = 0  # internal: worker index (seeds its sampler)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.n_trials < 1:
-            raise ConfigError(f"config key 'n_trials' must be >= 1, got {self.n_trials}")
-        if self.n_jobs < 1:
-            raise ConfigError(f"config key 'n_jobs' must be >= 1, got {self.n_jobs}")
-        if self.cv:
-            raise ConfigError("config key 'cv' does not apply to tune: trials search on one split (cross-validate "
-                              "the chosen settings with `biosig finetune --cv K`); 'reference' applies to the refit")
-        if self.storage and "://" not in self.storage:  # a journal file: its folder must be one
-            folder = next((p for p in Path(self.storage).absolute().parents if p.exists()), None)
-            if folder is not None and not folder.is_dir():
-                raise ConfigError(f"config key 'storage': {folder} is a file, so the journal {self.storage} "
-                                  "cannot be created under it")
-        if not 0 < self.lr_min < self.lr_max:
-            raise ConfigError(f"learning-rate range [lr_min, lr_max] = [{self.lr_min}, {self.lr_max}] is empty or "
-                              "inverted: need 0 < lr_min < lr_max")
-
-    @property
-    def direction(self) -> str:
-        return "minimize" if self.selection_metric == "loss" else "maximize"
 
 
 @dataclasses.dataclass

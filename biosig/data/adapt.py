@@ -7,7 +7,6 @@ from fractions import Fraction
 from typing import Literal
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from biosig.errors import DataError
 
@@ -47,6 +46,8 @@ def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs
         if length == target_length:
             return signals
         ratio = Fraction(target_length, length).limit_denominator(1000)
+        from scipy.signal import resample_poly  # only when resampling: keeps config imports light
+
         out = resample_poly(signals, ratio.numerator, ratio.denominator, axis=-1)
         out = _crop(out, target_length) if out.shape[-1] >= target_length else _pad(out, target_length)
         return np.ascontiguousarray(out, dtype=np.float32)

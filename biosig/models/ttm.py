@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from biosig.errors import ConfigError
+from biosig.models.shapes import check_patching
 
 #: TinyTimeMixerConfig keys biosig sets; everything else keeps granite-tsfm's default.
 TTM_DEFAULTS: dict[str, Any] = {
@@ -37,17 +38,6 @@ def _tsfm():
     from tsfm_public.models.tinytimemixer.modeling_tinytimemixer import TinyTimeMixerLayer
 
     return TinyTimeMixerConfig, TinyTimeMixerModel, TinyTimeMixerLayer
-
-
-def check_patching(context_length: int, patch_length: int) -> None:
-    if patch_length <= 0 or context_length % patch_length:
-        raise ConfigError(
-            f"patch_length {patch_length} must divide context_length {context_length} "
-            f"(e.g. {', '.join(str(p) for p in (64, 128, 256) if context_length % p == 0) or 'a divisor'})"
-        )
-    if context_length // patch_length < 2:
-        raise ConfigError(f"config key 'context_length': {context_length} holds fewer than 2 patches of "
-                          f"{patch_length} (patch_length)")
 
 
 class TTMBackbone(nn.Module):

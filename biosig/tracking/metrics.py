@@ -27,11 +27,20 @@ class MetricBatcher:
         self._flush_every = flush_every
         self._buffer: list[Metric] = []
         self._pending: list = []  # RunOperations of asynchronous batches
+        self._model_id: str | None = None
+        self._dataset: tuple[str, str] | None = None
+
+    def link(self, model_id: str, dataset: tuple[str, str] | None = None) -> None:
+        """From now on every value also belongs to logged model `model_id` (evaluated on `dataset`: its
+        MLflow name and digest), whose page then shows it."""
+        self._model_id, self._dataset = model_id, dataset
 
     def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
+        name, digest = self._dataset or (None, None)
         for key, value in metrics.items():
-            self._buffer.append(Metric(key=key, value=float(value), timestamp=now, step=int(step)))
+            self._buffer.append(Metric(key=key, value=float(value), timestamp=now, step=int(step),
+                                       model_id=self._model_id, dataset_name=name, dataset_digest=digest))
         if len(self._buffer) >= self._flush_every:
             self.flush()
 

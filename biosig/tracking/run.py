@@ -73,6 +73,11 @@ def configure_tracking(configured_uri: str = "") -> str:
     return uri
 
 
+def logged_model_name(name: str) -> str:
+    """A registered name as an MLflow logged-model name (which may not hold / : . % " ')."""
+    return re.sub(r"[/:.%\"']", "-", name) or "model"
+
+
 class RunContext:
     """What a command sees of its run: ids, batched metrics, artifact helpers."""
 
@@ -82,6 +87,8 @@ class RunContext:
         self.client = client
         self.metrics = MetricBatcher(client, self.run_id)
         self._cleanups: list[Callable[[], None]] = []
+        self.model_id: str | None = None  # the run's logged model, once begin_model created it
+        self.registered = ""  # NAME/version this run registered, printed when it ends
         self.named = False  # True when the user chose the run name (config key run_name)
 
     def name_run(self, name: str) -> None:
@@ -97,6 +104,21 @@ class RunContext:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.metrics.log(metrics, step)
 
+    def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
+                    params: dict[str, Any] | None = None) -> str:
+        """Create the run's MLflow 3 logged model (PENDING) before training, so that every metric logged
+        from then on (epochs, test) is linked to it and to `dataset` (MLflow name, digest): its model page
+        shows them and `search_logged_models` filters on them. The command fills and finalises it
+        (log_pyfunc / log_checkpoint_model with `model_id`); a run that fails leaves it FAILED."""
+        model = mlflow.initialize_logged_model(
+            name=logged_model_name(name), source_run_id=self.run_id, model_type=model_type,
+            params={k: (",".join(map(str, v)) if isinstance(v, list) else str(v))[:500]
+                    for k, v in (params or {}).items() if v not in (None, "")})
+        self.model_id = model.model_id
+        self.metrics.link(model.model_id, dataset)
+        self.on_failure(lambda: mlflow.finalize_logged_model(model.model_id, "FAILED"))
+        return model.model_id
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: redact_value(str(v)) for k, v in tags.items()})
 
@@ -108,6 +130,10 @@ class RunContext:
 
     def log_text(self, text: str, artifact_file: str) -> None:
         mlflow.log_text(text, artifact_file)
+
+    def log_table(self, table, artifact_file: str) -> None:
+        """A DataFrame as a `.json` table the MLflow UI previews (and compares across runs)."""
+        mlflow.log_table(table, artifact_file)
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifacts(str(local_dir), artifact_path)
@@ -156,6 +182,10 @@ class FollowerContext:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         pass
 
+    def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
+                    params: dict[str, Any] | None = None) -> str:
+        return ""
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         pass
 
@@ -166,6 +196,9 @@ class FollowerContext:
         pass
 
     def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_table(self, table, artifact_file: str) -> None:
         pass
 
     def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
@@ -200,6 +233,8 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
         with heartbeat(client, ctx.run_id):
             yield ctx
         ctx.metrics.flush()
+        if not nested:
+            _print_done(ctx, uri)
     except BaseException as exc:
         status = RunStatus.to_string(RunStatus.KILLED if isinstance(exc, (KeyboardInterrupt, Terminated))
                                      else RunStatus.FAILED)
@@ -209,6 +244,18 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         mlflow.end_run(status=status)
+
+
+def ui_base(uri: str) -> str:
+    """Where the MLflow UI of this tracking store is: the server itself, or `mlflow ui`'s default address."""
+    return uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+
+
+def _print_done(ctx: RunContext, uri: str) -> None:
+    """Every command ends with its run id, where to see it and what it registered."""
+    url = f"{ui_base(uri)}/#/experiments/{ctx.run.info.experiment_id}/runs/{ctx.run_id}"
+    log.info(f"run {ctx.run_id}: {url}" + (f"  (registered {ctx.registered})" if ctx.registered else "")
+             + ("" if uri.startswith("http") else f"  [UI: mlflow ui --backend-store-uri {redact_value(uri)}]"))
 
 
 @contextlib.contextmanager
@@ -224,14 +271,15 @@ def _env_run_id_hidden() -> Iterator[None]:
 def _start(client: MlflowClient, config: BaseConfig, nested: bool, parent_run_id: str | None) -> mlflow.ActiveRun:
     run_id = None if nested else os.environ.get("MLFLOW_RUN_ID")
     if run_id:  # `mlflow run` created the run in the experiment it was given (--experiment-name)
-        run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None)
+        run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None,
+                               log_system_metrics=config.system_metrics)
         _warn_experiment_mismatch(client, run, config.experiment)
     else:
         parent = client.get_run(parent_run_id) if parent_run_id else mlflow.active_run() if nested else None
         experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
         with _env_run_id_hidden():  # start_run would otherwise resume MLFLOW_RUN_ID instead of a child
             run = mlflow.start_run(experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id,
-                                   run_name=config.run_name or None)
+                                   run_name=config.run_name or None, log_system_metrics=config.system_metrics)
     return run
 
 

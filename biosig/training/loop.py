@@ -8,37 +8,19 @@ import dataclasses
 import math
 import os
 import random
+import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
 
-from biosig.config import BaseConfig, require_range
 from biosig.errors import ConfigError, TrainingError
 
 TRAINING_STATE_FILE = "training_state.pt"
-
-
-@dataclasses.dataclass
-class LoopConfig(BaseConfig):
-    """Optimiser and device keys shared by every training command (pretrain, finetune, tune)."""
-
-    batch_size: int = 64  # windows per optimiser step (per process under torchrun)
-    lr: float = 1e-3  # AdamW peak learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup_fraction: float = 0.1  # share of the steps with a linear warm-up before the cosine decay
-    grad_clip: float = 1.0  # gradient-norm clip; 0 disables it
-    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-
-    def validate(self) -> None:
-        super().validate()
-        require_range("batch_size", self.batch_size, 1)
-        require_range("lr", self.lr, 0, low_open=True)
-        require_range("warmup_fraction", self.warmup_fraction, 0, 1)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -197,14 +179,25 @@ class TrainingProgress:
         return next((row for row in self.history if row["epoch"] == self.best_epoch), {})
 
 
+PROGRESS_AFTER_S = 5.0
+
+
+def progress_bar(batches: Iterable, where: str) -> Iterable:
+    """tqdm over the batches of a slow epoch, shown only on an interactive terminal of rank 0."""
+    quiet = not sys.stderr.isatty() or os.environ.get("RANK", "0") != "0"
+    return tqdm(batches, desc=f"  {where}", unit="batch", delay=PROGRESS_AFTER_S, leave=False, disable=quiet,
+                dynamic_ncols=True)
+
+
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler,
                 loss_of: Callable[[list[torch.Tensor]], torch.Tensor], *, device: torch.device, amp: str,
                 grad_clip: float, where: str) -> tuple[float, int]:
     """The one training pass both loops use: each batch moved to `device`, `loss_of(batch)` under autocast,
     a finite-loss check naming `where` and the step, one optimiser step. Returns (loss sum, examples);
-    the caller averages (across processes under torchrun)."""
+    the caller averages (across processes under torchrun). A progress bar appears on a terminal once the
+    epoch has run PROGRESS_AFTER_S seconds (never in logs, pipes or non-leader processes)."""
     total, count = 0.0, 0
-    for i, batch in enumerate(batches):
+    for i, batch in enumerate(progress_bar(batches, where)):
         batch = [t.to(device, non_blocking=True) for t in batch]
         with autocast(device, amp):
             loss = loss_of(batch)

@@ -143,3 +143,26 @@ def _rank_auroc(y: np.ndarray, prob: np.ndarray, k: int) -> float:
     if k == 2:
         return binary(y == 1, prob[:, 1])
     return float(np.mean([binary(y == c, prob[:, c]) for c in range(k)]))
+
+
+def predictions_table(subject: np.ndarray, y_true: np.ndarray, prob: np.ndarray, class_names: list[str]):
+    """Per-window predictions as a table a person reads (the MLflow UI previews it): class names instead
+    of indices, a `correct` column and one rounded probability column per class."""
+    import pandas as pd
+
+    names = np.asarray(class_names, dtype=object)
+    y_pred = prob.argmax(axis=1)
+    table = pd.DataFrame({"subject": np.asarray(subject).astype(str), "true": names[y_true], "predicted": names[y_pred],
+                          "correct": y_true == y_pred})
+    for i, name in enumerate(class_names):
+        table[f"p_{name}"] = np.round(prob[:, i].astype(float), 4)
+    return table
+
+
+def summary_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...] = (
+        "auroc", "auroc_ci_low", "auroc_ci_high", "f1", "balanced_accuracy", "ece")):
+    """Test metrics of several models (the fine-tuned model and its references) side by side, one row each."""
+    import pandas as pd
+
+    return pd.DataFrame([{"model": label, **{k: round(float(m[k]), 4) for k in keys if k in m}}
+                         for label, m in rows.items()])

@@ -1,0 +1,468 @@
+"""Every command's config keys, importable without torch, MLflow or scikit-learn.
+
+One dataclass per command (`biosig CMD --key`, `mlflow run . -e CMD -P key=value` and `key: value` in a
+YAML file are the same keys); each field's comment is its help line. Commands import their config from
+here, and `biosig CMD --help` reads only this module, so it answers in a fraction of a second. What a
+config checks needs no framework either: shape rules come from biosig.models.shapes, names from
+biosig.registry.naming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from biosig.config import BaseConfig, load_config, require_range
+from biosig.data.adapt import ContextFit, Normalisation
+from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
+from biosig.data.naming import check_kind
+from biosig.data.sources import SourceOptions
+from biosig.errors import ConfigError, DataError
+from biosig.files import require_local_file
+from biosig.models.shapes import MAMBA2_DEFAULTS, check_mamba2_config, check_patching
+from biosig.registry.naming import is_conventional, mamba2_name, parse_name, ttm_name
+
+
+@dataclasses.dataclass
+class LoopConfig(BaseConfig):
+    """Optimiser and device keys shared by every training command (pretrain, finetune, tune)."""
+
+    batch_size: int = 64  # windows per optimiser step (per process under torchrun)
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_fraction: float = 0.1  # share of the steps with a linear warm-up before the cosine decay
+    grad_clip: float = 1.0  # gradient-norm clip; 0 disables it
+    device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+    amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+
+    def validate(self) -> None:
+        super().validate()
+        require_range("batch_size", self.batch_size, 1)
+        require_range("lr", self.lr, 0, low_open=True)
+        require_range("warmup_fraction", self.warmup_fraction, 0, 1)
+
+
+@dataclasses.dataclass
+class DatasetConfig(BaseConfig):
+    """`log_dataset`: build or read a windowed dataset, write the primary parquet, log it."""
+
+    SOURCE_KEYS = ("source",)
+    FILE_KEYS = ("preprocess", "labels")
+
+    source: str = "synthetic:ppg-ecg"
+    kind: str = "primary"
+    output_dir: str = "data"
+    output: str = ""  # explicit .parquet path; default {output_dir}/{dataset name}.parquet
+    n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
+    windows_per_subject: int = 0
+    window_s: float = 0.0
+    good_fraction: float = 0.24
+    channels: list[str] | None = None  # npz files without a channels array
+    fs: float | None = None  # npz files without fs; Muse CSV sampling rate (default 256)
+    labels: str = ""  # Muse: participants CSV with Participant,Remission (default DIR/participants.csv)
+    subs_per_parent: int = 4  # Muse: consecutive sub-windows per parent window
+    preprocess: str = ""  # butppg:/vitaldb: sources: preprocessing YAML (resampling, filters, gates)
+    missing_acc: Literal["exclude", "zero"] = "exclude"  # BUT PPG records without ACC
+    ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
+    context: str = "primary"  # MLflow dataset input context
+
+    def validate(self) -> None:
+        super().validate()
+        require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
+        for key in ("n_subjects", "windows_per_subject", "window_s"):
+            require_range(key, getattr(self, key), 0)
+        require_range("subs_per_parent", self.subs_per_parent, 1)
+        check_kind(self.kind)
+        if self.output and not self.output.endswith(".parquet"):
+            raise ConfigError(f"config key 'output' must end in .parquet, got {self.output!r}")
+
+    def source_options(self) -> SourceOptions:
+        return SourceOptions(n_subjects=self.n_subjects, windows_per_subject=self.windows_per_subject,
+                             window_s=self.window_s, good_fraction=self.good_fraction,
+                             channels=self.channels, fs=self.fs, labels=self.labels,
+                             subs_per_parent=self.subs_per_parent, preprocess=self.preprocess,
+                             missing_acc=self.missing_acc, ppg_colour=self.ppg_colour, seed=self.seed)
+
+
+@dataclasses.dataclass
+class PrepareSplitsConfig(BaseConfig):
+    """`prepare_splits`: subject-level train/val/test manifests (or k folds) for a dataset."""
+
+    SOURCE_KEYS = ("data",)
+
+    data: str = "synthetic:quality"  # source spec or .parquet path
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    cv: int = 0  # 0: one split; k >= 2: k folds around a fixed test split
+    use_recommended: bool = True  # honour a recommended_split column when the parquet has one
+    output_dir: str = "data/splits"
+
+    def validate(self) -> None:
+        super().validate()
+        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        require_range("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        if self.cv < 0 or self.cv == 1:
+            raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {self.cv}")
+
+
+BACKBONE_KEYS = {
+    "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
+    "mamba2": ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim",
+               "chunk_size", "tokenization", "bidirectional", "dropout"),
+}
+
+
+#: Defaults that follow from arch=mamba2 (the Muse EEG model of the product brief) unless set explicitly.
+MAMBA2_PRESET: dict[str, Any] = {
+    "data": "synthetic:eeg", "channels": MUSE_CHANNELS, "context_length": 2048, "patch_length": 16,
+    "d_model": 256, "num_layers": 2, "mask_ratio": 0.2, "dropout": 0.0, "batch_size": 32, "epochs": 3,
+}
+
+
+@dataclasses.dataclass
+class PretrainConfig(LoopConfig):
+    """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
+
+    SOURCE_KEYS = ("data",)
+
+    data: str = "synthetic:ppg-ecg"  # source spec or .parquet/.npz path (see log_dataset)
+    n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
+    windows_per_subject: int = 0
+    data_dir: str = "data"  # where synthetic/npz sources are written as parquet
+    channels: list[str] = dataclasses.field(default_factory=lambda: ["PPG", "ECG"])
+    arch: Literal["ttm", "mamba2"] = "ttm"  # mamba2 switches the defaults to MAMBA2_PRESET (Muse EEG)
+    context_length: int = 1024
+    patch_length: int = 64  # 16 patches of 0.5 s at 125 Hz: measured better than 128 for quality (see docs)
+    d_model: int = 64
+    num_layers: int = 3
+    expansion_factor: int = 2  # ttm
+    dropout: float = 0.1
+    mode: Literal["common_channel", "mix_channel"] = "common_channel"  # ttm
+    objective: Literal["mae", "fcst"] = "mae"  # mae: masked reconstruction; fcst (ttm only): forecasting
+    mask_ratio: float = 0.4
+    masking_style: Literal["mae", "bert"] = "mae"  # mamba2: masked tokens removed (mae) or replaced (bert)
+    prediction_length: int = 96
+    d_state: int = MAMBA2_DEFAULTS["d_state"]  # mamba2
+    expand: int = MAMBA2_DEFAULTS["expand"]  # mamba2
+    headdim: int = MAMBA2_DEFAULTS["headdim"]  # mamba2
+    chunk_size: int = MAMBA2_DEFAULTS["chunk_size"]  # mamba2
+    tokenization: Literal["per_channel", "joint"] = "per_channel"  # mamba2
+    bidirectional: bool = True  # mamba2: add a reverse-direction mixer per layer
+    decoder_layers: int = 1  # mamba2 mae: the light decoder's depth
+    collapse_ratio: float = 0.02  # warn when val prediction/target variance falls below this
+    context_fit: ContextFit = "crop_or_pad"
+    epochs: int = 10
+    val_fraction: float = 0.2
+    register: bool = True
+    resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
+
+    @classmethod
+    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return MAMBA2_PRESET if values.get("arch") == "mamba2" else {}
+
+    def validate(self) -> None:
+        super().validate()
+        check_channels(self.channels, "config key 'channels'")
+        require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
+        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        require_range("dropout", self.dropout, 0, 1, high_open=True)
+        require_range("collapse_ratio", self.collapse_ratio, 0, 1)
+        for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length", "decoder_layers"):
+            require_range(key, getattr(self, key), 1)
+        if self.arch == "ttm":
+            check_patching(self.context_length, self.patch_length)
+            if self.masking_style != "mae":
+                raise ConfigError(f"config key 'masking_style' {self.masking_style!r} needs arch=mamba2: TTM's "
+                                  "masked reconstruction fills masked patches in the input")
+        else:
+            check_mamba2_config(self.backbone_config())
+            if self.objective != "mae":
+                raise ConfigError(f"config key 'objective' {self.objective!r} is TTM-only: arch=mamba2 pretrains by "
+                                  "masked-token reconstruction (objective=mae, masking_style mae or bert)")
+
+    def model_name(self) -> str:
+        if self.arch == "mamba2":
+            return mamba2_name(modality=infer_modality(self.channels), d_model=self.d_model,
+                               num_layers=self.num_layers, mask_ratio=self.mask_ratio, masking_style=self.masking_style)
+        return ttm_name(channels=self.channels, context_length=self.context_length, patch_length=self.patch_length,
+                        objective=self.objective, mask_ratio=self.mask_ratio,
+                        prediction_length=self.prediction_length, mode=self.mode)
+
+    def backbone_config(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in BACKBONE_KEYS[self.arch]}
+
+    @property
+    def window_length(self) -> int:
+        return self.context_length + (self.prediction_length if self.objective == "fcst" else 0)
+
+
+@dataclasses.dataclass
+class FinetuneConfig(LoopConfig):
+    """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
+
+    SOURCE_KEYS = ("data",)
+    FILE_KEYS = ("split_manifest", "pretrain_config", "policies")
+
+    data: str = "synthetic:quality"  # source spec or .parquet/.npz path
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    channels: list[str] | None = None  # default: every channel of the data, in its order
+    checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
+    pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
+    arch: Literal["auto", "ttm", "mamba2"] = "auto"  # auto: the pretrain config's (checkpoint=auto) or any
+    context_fit: ContextFit = "crop"
+    # global: per-channel z-score fitted on train (keeps absolute amplitude); window: each window scaled by
+    # its own typical amplitude (unit-free); auto: global unless subjects' amplitudes differ > 30x (units)
+    normalisation: Normalisation = "auto"
+    head: Literal["linear", "mlp"] = "linear"
+    head_dropout: float = 0.1
+    pooling: Literal["mean", "meanmax", "flatten"] = "meanmax"  # over patches; channels are always kept
+    stage1_epochs: int = 3
+    stage2_epochs: int = 5
+    stage3_epochs: int = 0
+    unfreeze_last_n: int = 2
+    class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
+    selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
+    # Window probabilities aggregated per participant (subject): metrics at both levels are logged as
+    # {split}_window_* and {split}_participant_*; plain {split}_* are those of `selection_level`.
+    aggregate: Literal["none", "mean", "median", "vote"] = "none"
+    selection_level: Literal["window", "participant"] = "window"
+    patience: int = 3
+    collapse_threshold: float = 0.1
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
+    task: str = ""  # recorded on the registered version; default: the dataset's label name
+    # Reference models trained and tested on the same split, each a nested run (tag biosig.reference):
+    # features (window features + scikit-learn) and scratch (this architecture, random init).
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=list)
+    cv: str = ""  # cross-validation: empty (one split), k >= 2 (subject folds) or loso (one subject per fold)
+    bootstrap: int = 1000  # subject-level bootstrap resamples for test_*_ci_low/high (0: no interval)
+    register: bool = True
+    promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
+    policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
+
+    @classmethod
+    def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
+        return FINETUNE_MAMBA2_PRESET if _requested_arch(values) == "mamba2" else {}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.selection_level == "participant" and self.aggregate == "none":
+            raise ConfigError("config key 'selection_level' participant needs aggregate=mean, median or vote")
+        if self.promote and not self.register:
+            raise ConfigError("config key 'promote' needs register=true: only registered versions are promoted")
+        if self.channels is not None:
+            check_channels(self.channels, "config key 'channels'")
+        for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
+            require_range(key, getattr(self, key), 0)
+        if self.stage1_epochs + self.stage2_epochs + self.stage3_epochs == 0:
+            raise ConfigError("stage1_epochs, stage2_epochs and stage3_epochs are all 0: nothing to train")
+        require_range("patience", self.patience, 1)
+        require_range("collapse_threshold", self.collapse_threshold, 0, 1)
+        require_range("head_dropout", self.head_dropout, 0, 1, high_open=True)
+        require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
+        require_range("test_fraction", self.test_fraction, 0, 1, low_open=True, high_open=True)
+        if self.class_weights not in ("auto", "none"):
+            parse_class_weights(self.class_weights)
+        require_range("bootstrap", self.bootstrap, 0)
+        if len(set(self.reference)) != len(self.reference):
+            raise ConfigError(f"config key 'reference' lists a reference twice: {self.reference}")
+        if self.cv and self.cv != "loso" and not (self.cv.isdigit() and int(self.cv) >= 2):
+            raise ConfigError(f"config key 'cv' must be empty, an integer >= 2 (subject folds) or loso, "
+                              f"got {self.cv!r}")
+        if self.cv and self.split_manifest:
+            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
+                              "its own subject folds")
+
+    def auto_name(self) -> str:
+        return load_config(PretrainConfig, self.pretrain_config or None).model_name()
+
+    def expected_arch(self) -> str | None:
+        """The architecture the checkpoint must have: `arch`, else the pretrain config's for
+        checkpoint=auto, else any."""
+        if self.arch != "auto":
+            return self.arch
+        if self.checkpoint == "auto":
+            return load_config(PretrainConfig, self.pretrain_config or None).arch
+        return None
+
+
+#: Defaults when the checkpoint is a Mamba-2 EEG model (remission: a participant-level label).
+FINETUNE_MAMBA2_PRESET: dict[str, Any] = {"data": "synthetic:eeg", "selection_metric": "f1", "aggregate": "mean",
+                                          "batch_size": 32}
+
+
+def _requested_arch(values: dict[str, Any]) -> str | None:
+    """The architecture named by `arch`, the pretrain config file or a conventional checkpoint name."""
+    if values.get("arch") not in (None, "auto"):
+        return values["arch"]
+    checkpoint = str(values.get("checkpoint", "auto"))
+    if checkpoint == "auto":
+        require_local_file("pretrain_config", str(values.get("pretrain_config") or ""))
+        return load_config(PretrainConfig, values.get("pretrain_config") or None).arch
+    name = checkpoint.removeprefix("models:/").split("@")[0].split("/")[0]
+    return parse_name(name).arch if is_conventional(name) else None
+
+
+def parse_class_weights(spec: str) -> np.ndarray:
+    """`class_weights` as comma-separated positive numbers, one per class."""
+    try:
+        weights = np.array([float(w) for w in spec.split(",")], dtype=np.float32)
+    except ValueError:
+        raise ConfigError(f"config key 'class_weights' must be auto, none or comma-separated numbers, got {spec!r}") \
+            from None
+    if (weights <= 0).any():
+        raise ConfigError(f"config key 'class_weights' must be positive, got {spec!r}")
+    return weights
+
+
+#: Optuna storage URL from the environment (e.g. postgresql://user:PASSWORD@host/db), so that a password
+#: need not appear in a config file or `-P`; the `storage` key wins when set.
+STORAGE_ENV = "BIOSIG_OPTUNA_STORAGE"
+
+
+@dataclasses.dataclass
+class TuneConfig(FinetuneConfig):
+    """`tune`: every finetune key is the base of each trial; these keys shape the search."""
+
+    FILE_KEYS = (*FinetuneConfig.FILE_KEYS, "search_space")
+
+    n_trials: int = 20  # trials this call runs (shared among n_jobs workers)
+    lr_min: float = 1e-5
+    lr_max: float = 3e-3
+    search_space: str = ""  # YAML of extra dimensions (head, head_dropout, stage1_epochs, weight_decay, …)
+    pruner: Literal["successive_halving", "median", "none"] = "successive_halving"  # see benchmarks/pruning.py
+    storage: str = ""  # empty: optuna.journal next to the tracking DB; or postgresql://… / sqlite:///…
+    study: str = ""  # empty: a new study; an existing name resumes or joins it
+    n_jobs: int = 1  # worker processes (this one included) on the study
+    register_best: bool = False  # refit the best params through the normal fine-tune path and register
+    parent_run_id: str = ""  # internal: workers log their trials under the parent's run
+    worker: int = 0  # internal: worker index (seeds its sampler)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_trials < 1:
+            raise ConfigError(f"config key 'n_trials' must be >= 1, got {self.n_trials}")
+        if self.n_jobs < 1:
+            raise ConfigError(f"config key 'n_jobs' must be >= 1, got {self.n_jobs}")
+        if self.cv:
+            raise ConfigError("config key 'cv' does not apply to tune: trials search on one split (cross-validate "
+                              "the chosen settings with `biosig finetune --cv K`); 'reference' applies to the refit")
+        if self.storage and "://" not in self.storage:  # a journal file: its folder must be one
+            folder = next((p for p in Path(self.storage).absolute().parents if p.exists()), None)
+            if folder is not None and not folder.is_dir():
+                raise ConfigError(f"config key 'storage': {folder} is a file, so the journal {self.storage} "
+                                  "cannot be created under it")
+        if not 0 < self.lr_min < self.lr_max:
+            raise ConfigError(f"learning-rate range [lr_min, lr_max] = [{self.lr_min}, {self.lr_max}] is empty or "
+                              "inverted: need 0 < lr_min < lr_max")
+
+    @property
+    def direction(self) -> str:
+        return "minimize" if self.selection_metric == "loss" else "maximize"
+
+
+@dataclasses.dataclass
+class EvaluateConfig(BaseConfig):
+    """`evaluate`: window- and subject-level metrics of a registered model, optional calibration."""
+
+    SOURCE_KEYS = ("data",)
+
+    model: str = ""  # NAME@alias, NAME/3, models:/… (bare NAME: @candidate)
+    data: str = ""  # source spec or .parquet; empty: the dataset the model was fine-tuned on
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    val_fraction: float = 0.2  # the fine-tune's defaults, so the split matches it
+    test_fraction: float = 0.2
+    calibration: Literal["none", "temperature", "isotonic", "platt"] = "none"
+    overlap: float = 0.0  # overlap of context-length crops inside longer windows, in [0, 1)
+    voting: Literal["soft", "majority"] = "soft"
+    register: bool = False  # register the calibrated model as a new version of the same name
+    force: bool = False  # register even when calibration made validation ECE or Brier worse
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise DataError("config key 'model' is required: a registered fine-tuned model (NAME@alias, NAME/3)")
+        require_range("overlap", self.overlap, 0, 1, high_open=True)
+        if self.register and self.calibration == "none":
+            raise DataError("register=true needs a calibration method: an uncalibrated copy adds nothing")
+
+
+COMPARE_MODES = ("probe", "finetune")
+
+
+@dataclasses.dataclass
+class CompareConfig(BaseConfig):
+    """`compare`: several checkpoints, one dataset and split, one leaderboard."""
+
+    SOURCE_KEYS = ("data",)
+    FILE_KEYS = ("finetune_config", "split_manifest")
+
+    checkpoints: list[str] = dataclasses.field(default_factory=list)  # names, aliases, URIs or globs (ttm_*_mae)
+    data: str = "synthetic:quality"
+    n_subjects: int = 0
+    windows_per_subject: int = 0
+    data_dir: str = "data"
+    modes: list[Literal["probe", "finetune"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
+    metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
+    finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
+    split_manifest: str = ""  # CSV subject,split; empty: a subject split written once and used by every row
+    # Reference rows on the same split: features (window features + scikit-learn) and scratch (the first
+    # checkpoint's architecture, random init); trained once, within the first row's run.
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
+    cv: str = ""  # k or loso: every row cross-validated on the same subject folds (pooled test metrics)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.checkpoints:
+            raise ConfigError("config key 'checkpoints' is empty: list registered names, URIs or patterns")
+        if not self.modes:
+            raise ConfigError(f"config key 'modes' is empty: choose from {', '.join(COMPARE_MODES)}")
+        if self.cv and self.split_manifest:
+            raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
+                              "its own subject folds")
+
+
+@dataclasses.dataclass
+class PromoteConfig(BaseConfig):
+    """`promote`: evaluate a registered version against its policy and move the alias if it passes."""
+
+    FILE_KEYS = ("policies",)
+
+    model: str = ""  # registered model name
+    version: str = ""  # version number or alias; empty: the version holding @candidate
+    to: Literal["staging", "production"] = "staging"
+    policy: str = ""  # policy name; empty: the one whose applies_to matches the model
+    policies: str = ""  # directory or file of policies; empty: ./registry_policies (else the project's)
+    dry_run: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise ConfigError("config key 'model' is required: the registered model to promote")
+
+
+@dataclasses.dataclass
+class MainConfig(BaseConfig):
+    """`main`: dataset -> pretrain -> finetune(checkpoint=auto) -> registered fine-tuned model."""
+
+    SOURCE_KEYS = ("data", "pretrain_data")
+    FILE_KEYS = ("pretrain_config", "finetune_config")
+
+    data: str = "synthetic:quality"  # the fine-tuning dataset
+    pretrain_data: str = "synthetic:ppg-ecg"
+    data_dir: str = "data"
+    pretrain_config: str = ""  # YAML of pretrain keys (default: a small PPG+ECG TTM)
+    finetune_config: str = ""  # YAML of finetune keys (default: 5 head-only + up to 15 partial-unfreeze epochs)
+    # reference models trained beside the fine-tune on the same split (features, scratch); [] for none
+    reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
