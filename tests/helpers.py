@@ -41,3 +41,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metrics_of(run) -> dict[str, float]:
+    """A run's metrics under the names code and policies use (`test/auroc` logged -> `test_auroc`)."""
+    from biosig.tracking.metric_names import canonical_metrics
+
+    return canonical_metrics(run.data.metrics)

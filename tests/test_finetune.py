@@ -15,7 +15,8 @@ from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.models.heads import Classifier
-from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs
+from biosig.tracking.metric_names import logged_key
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, metrics_of
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -45,10 +46,13 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     assert f"Registered as {TINY_NAME}_finetuned version 1" in run.data.tags["mlflow.note.content"]
     for metric in ("train_loss", "val_loss", "val_auroc", "val_f1", "val_balanced_accuracy", "val_precision",
                    "val_recall", "val_ece", "val_recall.poor", "val_recall.good"):
-        assert [m.step for m in client.get_metric_history(rid, metric)] == [1, 2, 3, 4], metric
-    assert {"test_auroc", "test_f1", "test_ece", "stage1.trainable_params", "stage2.frozen_params"} <= set(
-        run.data.metrics)
-    assert run.data.metrics["stage1.trainable_params"] < run.data.metrics["stage2.trainable_params"]
+        assert [m.step for m in client.get_metric_history(rid, logged_key(metric))] == [1, 2, 3, 4], metric
+    metrics = metrics_of(run)
+    assert {"test_auroc", "test_f1", "test_ece", "stage1.trainable_params", "stage2.frozen_params"} <= set(metrics)
+    assert metrics["stage1.trainable_params"] < metrics["stage2.trainable_params"]
+    # logged in namespaces, so the UI groups them: train/…, val/…, test/…, model/…
+    assert {"train/loss", "train/lr", "val/auroc", "test/auroc", "model/best_epoch",
+            "model/stage1.trainable_params"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(rid, "evaluation")}
     assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/roc.png", "evaluation/predictions.parquet",
                          "evaluation/predictions_preview.json", "evaluation/test_summary.json"}
@@ -56,7 +60,7 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     assert list(preview.columns[:4]) == ["subject", "true", "predicted", "correct"] and set(preview["true"]) <= {
         "poor", "good"}
     summary = client.load_table(run.info.experiment_id, "evaluation/test_summary.json", run_ids=[rid])
-    assert summary["model"].tolist() == ["fine-tuned"] and summary["auroc"][0] == round(run.data.metrics["test_auroc"], 4)
+    assert summary["model"].tolist() == ["fine-tuned"] and summary["auroc"][0] == round(metrics["test_auroc"], 4)
     predictions = pd.read_parquet(client.download_artifacts(rid, "evaluation/predictions.parquet"))
     assert list(predictions.columns) == ["subject", "y_true", "y_pred", "prob"]
     version = client.get_model_version(FINETUNED, "1")
@@ -69,15 +73,15 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     model_id = version.source.removeprefix("models:/")
     logged_model = client.get_logged_model(model_id)
     assert logged_model.name == FINETUNED and logged_model.source_run_id == rid
-    assert {"test_auroc", "val_auroc", "best_epoch"} <= {m.key for m in logged_model.metrics}
+    assert {"test/auroc", "val/auroc", "model/best_epoch"} <= {m.key for m in logged_model.metrics}
     assert {m.dataset_digest for m in logged_model.metrics} == {run.data.tags["biosig.dataset.digest"][:16]}
     assert json.loads(logged_model.tags["mlflow.modelVersions"]) == [{"name": FINETUNED, "version": "1"}]
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
-                                        filter_string="metrics.test_auroc > 0")
+                                        filter_string="metrics.`test/auroc` > 0")
     assert [m.model_id for m in found] == [model_id]
     pretrained = client.get_model_version(TINY_NAME, "1")  # the backbone is a logged model too
     backbone = client.get_logged_model(pretrained.source.removeprefix("models:/"))
-    assert backbone.name == TINY_NAME and "val_loss" in {m.key for m in backbone.metrics}
+    assert backbone.name == TINY_NAME and "val/loss" in {m.key for m in backbone.metrics}
     assert json.loads(backbone.tags["mlflow.modelVersions"]) == [{"name": TINY_NAME, "version": "1"}]
 
     # A fresh process loads the registered pyfunc by alias and predicts on the parquet layout.

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data.splits import subject_split
 from biosig.data.synthetic import synthetic_eeg
-from tests.helpers import finished_runs, free_port, run_pretrain, write_yaml
+from tests.helpers import finished_runs, free_port, metrics_of, run_pretrain, write_yaml
 
 #: A Mamba-2 small enough that pretraining takes a second or two on one CPU thread.
 TINY_MAMBA2 = {"arch": "mamba2", "d_model": 16, "num_layers": 2, "d_state": 8, "headdim": 8, "chunk_size": 16,
@@ -54,7 +54,7 @@ def test_pretrain_registers_the_conventional_name_and_logs_the_variance_ratio(m2
     assert version.tags["biosig.field.masking_style"] == style
     run = client.get_run(version.run_id)
     assert run.data.params["arch"] == "mamba2" and run.data.params["channels"] == "AF7,AF8,TP9,TP10"
-    ratios = client.get_metric_history(run.info.run_id, "val_pred_var_ratio")
+    ratios = client.get_metric_history(run.info.run_id, "val/pred_var_ratio")
     assert [m.step for m in ratios] == [1, 2] and all(0 < m.value < 10 for m in ratios)
     meta = yaml.safe_load(Path(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/checkpoint/biosig.json"))
                           .read_text())
@@ -97,7 +97,7 @@ def test_finetune_auto_from_the_pretrain_config_logs_both_levels_and_registers_a
     version = client.get_model_version_by_alias(name, "candidate")
     assert version.tags["biosig.parent.name"] == TINY_M2_NAME and version.tags["biosig.arch"] == "mamba2"
     run = client.get_run(version.run_id)
-    metrics = run.data.metrics
+    metrics = metrics_of(run)
     for key in ("val_window_auroc", "val_participant_auroc", "val_window_f1", "val_participant_f1",
                 "test_window_auroc", "test_participant_f1"):
         assert key in metrics, key
@@ -120,7 +120,7 @@ def test_finetune_by_name_and_alias_selecting_on_participant_level(m2_pretrained
                  "TP10,AF8,AF7,TP9", "--selection-level", "participant", "--aggregate", "vote"]) == 0
     run = [r for r in finished_runs("FINISHED") if r.data.tags["biosig.command"] == "finetune"][0]
     assert run.data.params["data"] == "synthetic:eeg"  # the Mamba-2 name implies the EEG defaults
-    assert run.data.metrics["test_f1"] == run.data.metrics["test_participant_f1"]
+    assert metrics_of(run)["test_f1"] == metrics_of(run)["test_participant_f1"]
     # The same montage in another order keeps the checkpoint's order (channel embeddings line up by name).
     model = mlflow.pyfunc.load_model(f"models:/{TINY_M2_NAME}_finetuned@candidate").unwrap_python_model()
     assert model.meta["channels"] == ["AF7", "AF8", "TP9", "TP10"]
@@ -185,7 +185,7 @@ def test_tune_searches_the_unfreeze_depth_of_mamba2_blocks(m2_pretrained):
     trials = [r for r in finished_runs() if r.data.tags.get("biosig.command") == "tune_trial"]
     assert len(trials) == 3
     assert {int(t.data.params["unfreeze_last_n"]) for t in trials} <= {0, 1, 2}  # the checkpoint's 2 blocks
-    assert all(t.data.params["selection_metric"] == "f1" and "val_participant_f1" in t.data.metrics for t in trials)
+    assert all(t.data.params["selection_metric"] == "f1" and "val_participant_f1" in metrics_of(t) for t in trials)
 
 
 def test_resume_under_torchrun_is_refused_before_any_run(m2_config, monkeypatch, capsys):

@@ -31,3 +31,26 @@ def test_auroc_binary_multiclass_and_single_class():
     y3 = np.array([0, 1, 2, 2])
     p3 = np.eye(3)[y3] * 0.7 + 0.1
     assert auroc(y3, p3) == 1.0
+
+
+def test_metric_names_round_trip_through_their_namespaces():
+    from biosig.tracking.metric_names import canonical_name, logged_key
+
+    expected = {"train_loss": "train/loss", "lr": "train/lr", "val_recall.good": "val/recall.good",
+                "test_auroc_ci_low": "test/auroc_ci_low", "stage2.frozen_params": "model/stage2.frozen_params",
+                "best_epoch": "model/best_epoch", "reference.features.test_auroc": "reference/features.test_auroc",
+                "selection.val_auroc.logreg": "selection/val_auroc.logreg", "n_trials": "n_trials",
+                "system/cpu_utilization_percentage": "system/cpu_utilization_percentage"}
+    for name, key in expected.items():
+        assert logged_key(name) == key and canonical_name(key) == name
+    assert canonical_name("test_auroc") == "test_auroc"  # runs logged before namespaces read the same
+
+
+def test_policy_rules_accept_either_spelling(tmp_path):
+    from biosig.registry.policies import load_policy
+
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\napplies_to: ['*']\ntargets:\n  staging:\n    metrics: ['test/auroc >= 0.7', 'test_f1 > 0.5']\n"
+                    "    champion: {metric: test/auroc}\n")
+    rules = load_policy(path).targets["staging"]
+    assert [r.metric for r in rules.metrics] == ["test_auroc", "test_f1"] and rules.champion.metric == "test_auroc"

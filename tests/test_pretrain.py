@@ -12,9 +12,9 @@ from tests.helpers import TINY_NAME, finished_runs
 def test_pretrain_logs_epochs_and_registers_a_candidate(pretrained):
     client = MlflowClient()
     (run,) = finished_runs("FINISHED")
-    history = client.get_metric_history(run.info.run_id, "val_loss")
+    history = client.get_metric_history(run.info.run_id, "val/loss")
     assert [m.step for m in history] == [1, 2]
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"checkpoint", "last", "history.json", "run"} <= artifacts
     model = client.get_registered_model(TINY_NAME)
@@ -58,9 +58,9 @@ def test_resume_continues_from_the_last_epoch(pretrained):
     assert main(["pretrain", "--config", str(pretrained), "--epochs", "3", "--resume", first.info.run_id]) == 0
     second = next(r for r in finished_runs("FINISHED") if r.info.run_id != first.info.run_id)
     assert second.data.tags["biosig.resumed_from"] == first.info.run_id
-    assert [m.step for m in client.get_metric_history(second.info.run_id, "val_loss")] == [1, 2, 3]
-    first_losses = [m.value for m in client.get_metric_history(first.info.run_id, "val_loss")]
-    resumed = [m.value for m in client.get_metric_history(second.info.run_id, "val_loss")]
+    assert [m.step for m in client.get_metric_history(second.info.run_id, "val/loss")] == [1, 2, 3]
+    first_losses = [m.value for m in client.get_metric_history(first.info.run_id, "val/loss")]
+    resumed = [m.value for m in client.get_metric_history(second.info.run_id, "val/loss")]
     assert resumed[:2] == first_losses
     assert client.get_registered_model(TINY_NAME).aliases == {"candidate": 2}
 

@@ -18,7 +18,7 @@ from biosig.models.ttm import TTMBackbone
 from biosig.registry.pyfunc import as_model_input
 from biosig.training.features import feature_names, window_features
 from biosig.training.metrics import _fast_metrics, classification_metrics, subject_bootstrap
-from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, metrics_of
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -56,10 +56,10 @@ def test_references_train_on_the_same_split_and_serve_like_the_model(pretrained,
         assert ref.info.status == "FINISHED" and ref.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert ref.data.tags["biosig.test.digest"] == digest
         for metric in ("auroc", "f1", "balanced_accuracy"):
-            assert parent.data.metrics[f"reference.{name}.test_{metric}"] == pytest.approx(
-                ref.data.metrics[f"test_{metric}"])
-        assert "test_auroc_ci_low" in ref.data.metrics
-    metrics = parent.data.metrics
+            assert metrics_of(parent)[f"reference.{name}.test_{metric}"] == pytest.approx(
+                metrics_of(ref)[f"test_{metric}"])
+        assert "test_auroc_ci_low" in metrics_of(ref)
+    metrics = metrics_of(parent)
     assert metrics["test_auroc_ci_low"] <= metrics["test_auroc"] <= metrics["test_auroc_ci_high"]
     assert metrics["reference.features.delta_test_auroc"] == pytest.approx(
         metrics["test_auroc"] - metrics["reference.features.test_auroc"])
@@ -122,9 +122,9 @@ def test_cross_validation_pools_folds_and_registers_one_refit_model(pretrained, 
     assert sorted(r.data.tags["biosig.cv.fold"] for r in folds) == ["1", "2", "3"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in folds)
     (refit,) = runs_by("biosig.cv.refit")
-    m = parent.data.metrics
+    m = metrics_of(parent)
     assert m["test_auroc_ci_low"] <= m["test_auroc"] <= m["test_auroc_ci_high"]
-    fold_aurocs = [r.data.metrics["test_auroc"] for r in folds]
+    fold_aurocs = [metrics_of(r)["test_auroc"] for r in folds]
     assert m["test_auroc_mean"] == pytest.approx(np.mean(fold_aurocs))
     assert m["test_auroc_std"] == pytest.approx(np.std(fold_aurocs, ddof=1))
     assert "reference.features.test_auroc" in m
@@ -223,7 +223,7 @@ def test_subjects_recorded_in_other_units_train_normally(pretrained, workdir, ca
     run = finetune_windows(pretrained, dataclasses.replace(ws, signals=signals), workdir / "mixed.parquet")
     assert run.data.tags["biosig.normalisation"] == "window"
     assert "different units?" in run.data.tags["biosig.note.normalisation"]
-    history = MlflowClient().get_metric_history(run.info.run_id, "val_loss")
+    history = MlflowClient().get_metric_history(run.info.run_id, "val/loss")
     assert max(m.value for m in history) < 5.0
     assert "MODE COLLAPSE" not in capsys.readouterr().out
     # The registered model applies the same scaling: a window predicts alike in either unit.

@@ -120,7 +120,7 @@ def test_dataset_from_s3_pretrain_finetune_promote_through_the_server(mlflow_ser
     assert set(runs) == {"log_dataset", "pretrain", "finetune", "promote"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     assert runs["log_dataset"].inputs.dataset_inputs[0].dataset.source.find(source) >= 0
-    assert [m.step for m in client.get_metric_history(runs["pretrain"].info.run_id, "val_loss")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(runs["pretrain"].info.run_id, "val/loss")] == [1, 2]
     model = client.get_registered_model(f"{TINY_NAME}_finetuned")
     assert {k: str(v) for k, v in model.aliases.items()} == {"candidate": "1", "staging": "1"}  # str over REST
     assert client.get_model_version(f"{TINY_NAME}_finetuned", "1").current_stage == "Staging"

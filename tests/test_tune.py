@@ -39,7 +39,7 @@ def test_trials_are_nested_runs_and_the_parent_summarises(pretrained, workdir):
     client = MlflowClient()
     first = next(t for t in trials if t.data.tags["optuna.trial"] == "0")  # nothing to prune it against
     assert first.data.tags["optuna.state"] == "COMPLETE"
-    assert [m.step for m in client.get_metric_history(first.info.run_id, "val_auroc")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "val/auroc")] == [1, 2, 3, 4]
     assert parent.data.metrics["n_trials"] == 3 and "best.lr" in parent.data.params
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "tune")}
     assert {"tune/trials.csv", "tune/history.png", "tune/param_importances.json"} <= names

@@ -28,11 +28,12 @@ from typing import Any, Callable
 import yaml
 
 from biosig.errors import ConfigError
+from biosig.tracking.metric_names import canonical_name
 
 TARGETS = ("staging", "production")
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
-_RULE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.\-]*)\s*(?P<op>[<>=!]+)\s*(?P<value>\S+)\s*$")
+_RULE = re.compile(r"^\s*(?P<metric>[A-Za-z_][\w.\-/]*)\s*(?P<op>[<>=!]+)\s*(?P<value>\S+)\s*$")
 _TOP_KEYS = {"name", "description", "applies_to", "sync_stages", "targets"}
 _TARGET_KEYS = {"metrics", "min_class_recall", "requires_alias", "champion", "beats_reference"}
 _CHAMPION_KEYS = {"metric", "min_delta"}
@@ -180,7 +181,7 @@ def _target_rules(rules: Any, target: str, fail) -> TargetRules:
         delta = champion.get("min_delta", 0.0)
         if not _is_number(delta) or delta < 0:
             raise fail(f"champion min_delta must be a number >= 0, got {delta!r}", *where, "champion", "min_delta")
-        champion = Champion(str(champion["metric"]), float(delta))
+        champion = Champion(canonical_name(str(champion["metric"])), float(delta))
     beats = _beats_reference(rules.get("beats_reference"), fail, (*where, "beats_reference"))
     if not parsed and recall is None and champion is None and beats is None:
         raise fail(f"target '{target}' has no thresholds: give metrics, min_class_recall, champion or "
@@ -199,6 +200,7 @@ def _beats_reference(rule: Any, fail, where: tuple) -> BeatsReference | None:
         raise fail(f"beats_reference reference must be one of {', '.join(REFERENCES)}, got {rule['reference']!r}",
                    *where, "reference")
     metric = rule.get("metric", "test_auroc")
+    metric = canonical_name(metric) if isinstance(metric, str) else metric
     if not isinstance(metric, str) or not metric.startswith("test_"):
         raise fail(f"beats_reference metric must be a test_* metric such as test_auroc, got {metric!r}", *where,
                    "metric")
@@ -218,7 +220,7 @@ def _metric_rule(rule: Any, fail, where: tuple) -> MetricRule:
         threshold = float(m["value"])
     except ValueError:
         raise fail(f"threshold {m['value']!r} in {rule!r} is not a number", *where) from None
-    return MetricRule(m["metric"], m["op"], threshold)
+    return MetricRule(canonical_name(m["metric"]), m["op"], threshold)  # test/auroc and test_auroc alike
 
 
 def _check_keys(mapping: dict, allowed: set[str], what: str, fail, where: tuple) -> None:

@@ -26,6 +26,7 @@ from biosig.logs import get_logger
 from biosig.registry.discovery import resolve_version as find_version
 from biosig.registry.policies import BeatsReference, Policy, TargetRules, load_policies, select_policy
 from biosig.registry.publish import CANDIDATE_ALIAS
+from biosig.tracking.metric_names import canonical_metrics
 from biosig.tracking.run import configure_tracking, tracked_run
 from biosig.tracking.tags import (
     ERROR_TAG,
@@ -108,7 +109,7 @@ def judge(client: MlflowClient, policy: Policy, name: str, version: str, target:
 def _run_metrics(client: MlflowClient, mv) -> dict[str, float]:
     if not mv.run_id:
         raise DataError(f"{mv.name} version {mv.version} has no source run to read test metrics from")
-    metrics = dict(client.get_run(mv.run_id).data.metrics)
+    metrics = canonical_metrics(client.get_run(mv.run_id).data.metrics)
     if not any(k.startswith("test_") for k in metrics):
         raise DataError(f"{mv.name} version {mv.version}: its run {mv.run_id} logged no test_* metrics "
                         "(was it produced by `biosig finetune`?)")
@@ -157,7 +158,7 @@ def _champion_result(client: MlflowClient, name: str, mv, target: str, champion,
                           f"not comparable: test digest {(ours or 'missing')[:12]} vs {(theirs or 'missing')[:12]}",
                           False)
     value = metrics.get(champion.metric)
-    best = client.get_run(current.run_id).data.metrics.get(champion.metric) if current.run_id else None
+    best = canonical_metrics(client.get_run(current.run_id).data.metrics).get(champion.metric) if current.run_id else None
     if value is None or best is None:
         return RuleResult(rule, f">= v{holder} + {champion.min_delta:g}", f"{champion.metric} missing", False)
     required = best + champion.min_delta

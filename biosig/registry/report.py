@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from biosig.errors import DataError
 from biosig.registry.promotion import promotion_history
+from biosig.tracking.metric_names import canonical_metrics
 from biosig.tracking.tags import DATASET_NAME_TAG, PARENT_NAME_TAG, PARENT_VERSION_TAG
 
 KEY_METRICS = ("test_auroc", "test_f1", "test_balanced_accuracy", "test_ece")
@@ -33,7 +34,7 @@ def model_versions(client: MlflowClient, name: str) -> list[dict[str, Any]]:
         aliases.setdefault(str(version), []).append(alias)
     rows = []
     for mv in client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1000):
-        metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+        metrics = canonical_metrics(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
         parent = mv.tags.get(PARENT_NAME_TAG, "")
         rows.append({
             "version": mv.version, "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),

@@ -1,4 +1,5 @@
-"""Batched metric logging: one log_batch call per flush instead of one request per value.
+"""Batched metric logging: one log_batch call per flush instead of one request per value, each name
+logged under its namespaced key (tracking.metric_names: `test_auroc` -> `test/auroc`).
 
 Per-call log_metric is ~90/s on SQLite and ~14/s against a server (measured on MLflow 3.17).
 """
@@ -10,6 +11,8 @@ from typing import Mapping
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+
+from biosig.tracking.metric_names import logged_key
 
 MAX_BATCH = 1000  # MLflow's per-request metric limit
 
@@ -39,7 +42,7 @@ class MetricBatcher:
         now = int(time.time() * 1000)
         name, digest = self._dataset or (None, None)
         for key, value in metrics.items():
-            self._buffer.append(Metric(key=key, value=float(value), timestamp=now, step=int(step),
+            self._buffer.append(Metric(key=logged_key(key), value=float(value), timestamp=now, step=int(step),
                                        model_id=self._model_id, dataset_name=name, dataset_digest=digest))
         if len(self._buffer) >= self._flush_every:
             self.flush()
