@@ -3,9 +3,12 @@ and every listed bad input failing the run with nothing registered."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -79,6 +82,9 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
                                         filter_string="metrics.`test/auroc` > 0")
     assert [m.model_id for m in found] == [model_id]
+    requirements = Path(mlflow.artifacts.download_artifacts(f"{logged_model.artifact_location}/requirements.txt")).read_text()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements  # CPU serving images
+    assert re.search(r"^torch==[\d.]+$", requirements, re.M), requirements
     pretrained = client.get_model_version(TINY_NAME, "1")  # the backbone is a logged model too
     backbone = client.get_logged_model(pretrained.source.removeprefix("models:/"))
     assert backbone.name == TINY_NAME and "val/loss" in {m.key for m in backbone.metrics}

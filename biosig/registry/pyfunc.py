@@ -91,13 +91,22 @@ def signature(meta: dict[str, Any]) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+#: Where a serving environment (`mlflow models build-docker`, `--env-manager virtualenv`) gets torch: the
+#: CPU wheels, so a CPU image does not pull 2.7 GB of CUDA libraries (pip prefers 2.11.0+cpu over 2.11.0).
+#: Logging with BIOSIG_SERVING_TORCH_INDEX="" records plain PyPI torch instead (GPU images).
+SERVING_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
 def pip_requirements() -> list[str]:
     """Pinned to what trained the model; given explicitly so that logging skips MLflow's inference."""
+    import os
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in
-            ("mlflow", "torch", "granite-tsfm", "numpy", "pandas", "scipy", "safetensors", "pyyaml",
-             "scikit-learn", "skops")]
+    index = os.environ.get("BIOSIG_SERVING_TORCH_INDEX", SERVING_TORCH_INDEX)
+    pinned = [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in
+              ("mlflow", "torch", "granite-tsfm", "numpy", "pandas", "scipy", "safetensors", "pyyaml",
+               "scikit-learn", "skops")]
+    return ([f"--extra-index-url {index}"] if index else []) + pinned
 
 
 def log_pyfunc(checkpoint: Path, meta: dict[str, Any], model_id: str | None = None):
