@@ -26,9 +26,9 @@ import mlflow  # noqa: E402
 import torch  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from biosig.backbones.ttm import ttm_name  # noqa: E402
 from biosig.models.checkpoint import save_checkpoint  # noqa: E402
 from biosig.registry.discovery import resolve_checkpoint  # noqa: E402
-from biosig.registry.naming import ttm_name  # noqa: E402
 from biosig.registry.report import show  # noqa: E402
 
 TARGET_MS = 20.0

@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from biosig.models.build import build_backbone
+from biosig.backbones import build_backbone
 from biosig.models.masking import MaskedTokenModel
 
 MUSE = ["AF7", "AF8", "TP9", "TP10"]

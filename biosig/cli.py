@@ -201,6 +201,20 @@ def doctor_cmd(experiments: tuple[str, ...], tracking_uri: str, fix: bool, stale
     raise click.exceptions.Exit(run_doctor(experiments, tracking_uri, fix, stale_after))
 
 
+@cli.command("backbones")
+def backbones_cmd() -> None:
+    """The installed backbones (biosig's own and plug-ins of the entry-point group biosig.backbones): arch,
+    where it comes from, its pretraining objectives, an example registered name and its own options."""
+    from biosig import backbones
+
+    for arch, spec in sorted(backbones.installed().items()):
+        click.echo(f"{arch:<10} from {backbones.origin(arch):<18} objectives: {', '.join(spec.objectives):<9} "
+                   f"e.g. {spec.example}")
+        click.echo(f"{'':10} {spec.summary}")
+        if spec.options:
+            click.echo(f"{'':10} backbone_options: " + ", ".join(f"{k}={v!r}" for k, v in spec.options.items()))
+
+
 @cli.group("registry")
 def registry_group() -> None:
     """Inspect registered models: versions with aliases and metrics, promotion history."""

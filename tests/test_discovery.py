@@ -54,7 +54,7 @@ def test_unknown_name_lists_closest_names_and_the_pretrain_command(workdir):
     message = str(err.value)
     assert "no registered model named 'ttm_ppg-ecg_c1024_p128_m30_mae'" in message
     assert f"closest registered: {NAME}, ttm_ppg-ecg_c1024_p64_m40_mae, mamba2_eeg_d256_l2_m20_mae" in message
-    assert ("biosig pretrain --channels PPG,ECG --context-length 1024 --patch-length 128 --objective mae "
+    assert ("biosig pretrain --arch ttm --channels PPG,ECG --context-length 1024 --patch-length 128 --objective mae "
             "--mask-ratio 0.3") in message
     with pytest.raises(DataError, match=f"'{NAME}' has no alias '@production'"):
         resolve_checkpoint(f"{NAME}@production")

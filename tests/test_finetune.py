@@ -151,7 +151,7 @@ def test_missing_channels_fail(pretrained, workdir, capsys):
 def test_unknown_checkpoint_fails_before_training_with_closest_names(pretrained, capsys):
     assert finetune(pretrained, "--checkpoint", "ttm_ppg-ecg_c64_p16_m50_mae") == 2
     err = capsys.readouterr().err
-    assert f"closest registered: {TINY_NAME}" in err and "biosig pretrain --channels PPG,ECG" in err
+    assert f"closest registered: {TINY_NAME}" in err and "biosig pretrain --arch ttm --channels PPG,ECG" in err
     # a registry lookup is knowable before a run: no finetune run at all
     assert not [r for r in finished_runs() if r.data.tags.get("biosig.command") == "finetune"]
     assert nothing_registered()

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from biosig.backbones import build_backbone
 from biosig.errors import ConfigError
-from biosig.models.build import build_backbone
 from biosig.models.mamba2 import Mamba2Mixer, cuda_kernel
 from biosig.models.shapes import check_mamba2_config
 

@@ -1,7 +1,9 @@
 import pytest
 
+from biosig.backbones.mamba2 import mamba2_name
+from biosig.backbones.ttm import ttm_name
 from biosig.errors import ConfigError
-from biosig.registry.naming import is_conventional, mamba2_name, parse_name, ttm_name
+from biosig.registry.naming import is_conventional, parse_name
 
 
 @pytest.mark.parametrize("name", [

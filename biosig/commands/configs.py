@@ -15,15 +15,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from biosig import backbones
 from biosig.config import BaseConfig, load_config, require_range
 from biosig.data.adapt import ContextFit, Normalisation
-from biosig.data.channels import MUSE_CHANNELS, check_channels, infer_modality
+from biosig.data.channels import check_channels
 from biosig.data.naming import check_kind
 from biosig.data.sources import SourceOptions
 from biosig.errors import ConfigError, DataError
 from biosig.files import require_local_file
-from biosig.models.shapes import MAMBA2_DEFAULTS, check_mamba2_config, check_patching
-from biosig.registry.naming import is_conventional, mamba2_name, parse_name, ttm_name
+from biosig.models.shapes import MAMBA2_DEFAULTS
+from biosig.registry.naming import is_conventional, parse_name
 
 
 @dataclasses.dataclass
@@ -111,20 +112,6 @@ class PrepareSplitsConfig(BaseConfig):
             raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {self.cv}")
 
 
-BACKBONE_KEYS = {
-    "ttm": ("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
-    "mamba2": ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim",
-               "chunk_size", "tokenization", "bidirectional", "dropout"),
-}
-
-
-#: Defaults that follow from arch=mamba2 (the Muse EEG model of the product brief) unless set explicitly.
-MAMBA2_PRESET: dict[str, Any] = {
-    "data": "synthetic:eeg", "channels": MUSE_CHANNELS, "context_length": 2048, "patch_length": 16,
-    "d_model": 256, "num_layers": 2, "mask_ratio": 0.2, "dropout": 0.0, "batch_size": 32, "epochs": 3,
-}
-
-
 @dataclasses.dataclass
 class PretrainConfig(LoopConfig):
     """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
@@ -136,7 +123,9 @@ class PretrainConfig(LoopConfig):
     windows_per_subject: int = 0
     data_dir: str = "data"  # where synthetic/npz sources are written as parquet
     channels: list[str] = dataclasses.field(default_factory=lambda: ["PPG", "ECG"])
-    arch: Literal["ttm", "mamba2"] = "ttm"  # mamba2 switches the defaults to MAMBA2_PRESET (Muse EEG)
+    # backbone: ttm, mamba2 or an installed plug-in (`biosig backbones`); mamba2 switches the defaults to
+    # its Muse EEG preset
+    arch: str = "ttm"
     context_length: int = 1024
     patch_length: int = 64  # 16 patches of 0.5 s at 125 Hz: measured better than 128 for quality (see docs)
     d_model: int = 64
@@ -155,6 +144,7 @@ class PretrainConfig(LoopConfig):
     tokenization: Literal["per_channel", "joint"] = "per_channel"  # mamba2
     bidirectional: bool = True  # mamba2: add a reverse-direction mixer per layer
     decoder_layers: int = 1  # mamba2 mae: the light decoder's depth
+    backbone_options: str = ""  # a plug-in backbone's own keys: key=value,… (`biosig backbones` lists them)
     collapse_ratio: float = 0.02  # warn when val prediction/target variance falls below this
     context_fit: ContextFit = "crop_or_pad"
     epochs: int = 10
@@ -164,7 +154,8 @@ class PretrainConfig(LoopConfig):
 
     @classmethod
     def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return MAMBA2_PRESET if values.get("arch") == "mamba2" else {}
+        spec = backbones.installed().get(str(values.get("arch", "ttm")))
+        return dict(spec.pretrain_preset) if spec else {}
 
     def validate(self) -> None:
         super().validate()
@@ -175,27 +166,22 @@ class PretrainConfig(LoopConfig):
         require_range("collapse_ratio", self.collapse_ratio, 0, 1)
         for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length", "decoder_layers"):
             require_range(key, getattr(self, key), 1)
-        if self.arch == "ttm":
-            check_patching(self.context_length, self.patch_length)
-            if self.masking_style != "mae":
-                raise ConfigError(f"config key 'masking_style' {self.masking_style!r} needs arch=mamba2: TTM's "
-                                  "masked reconstruction fills masked patches in the input")
-        else:
-            check_mamba2_config(self.backbone_config())
-            if self.objective != "mae":
-                raise ConfigError(f"config key 'objective' {self.objective!r} is TTM-only: arch=mamba2 pretrains by "
-                                  "masked-token reconstruction (objective=mae, masking_style mae or bert)")
+        spec = self.spec
+        spec.check(self)  # its own words first
+        if self.objective not in spec.objectives:
+            raise ConfigError(f"config key 'objective' {self.objective!r}: arch={self.arch} pretrains with "
+                              f"{', '.join(spec.objectives)}")
+        self.backbone_config()  # backbone_options: known keys, right types
+
+    @property
+    def spec(self) -> backbones.BackboneSpec:
+        return backbones.get(self.arch)
 
     def model_name(self) -> str:
-        if self.arch == "mamba2":
-            return mamba2_name(modality=infer_modality(self.channels), d_model=self.d_model,
-                               num_layers=self.num_layers, mask_ratio=self.mask_ratio, masking_style=self.masking_style)
-        return ttm_name(channels=self.channels, context_length=self.context_length, patch_length=self.patch_length,
-                        objective=self.objective, mask_ratio=self.mask_ratio,
-                        prediction_length=self.prediction_length, mode=self.mode)
+        return self.spec.name(self)
 
     def backbone_config(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in BACKBONE_KEYS[self.arch]}
+        return self.spec.build_config(self)
 
     @property
     def window_length(self) -> int:
@@ -216,7 +202,7 @@ class FinetuneConfig(LoopConfig):
     channels: list[str] | None = None  # default: every channel of the data, in its order
     checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
     pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
-    arch: Literal["auto", "ttm", "mamba2"] = "auto"  # auto: the pretrain config's (checkpoint=auto) or any
+    arch: str = "auto"  # the checkpoint's backbone (ttm, mamba2, a plug-in); auto: the pretrain config's or any
     context_fit: ContextFit = "crop"
     # global: per-channel z-score fitted on train (keeps absolute amplitude); window: each window scaled by
     # its own typical amplitude (unit-free); auto: global unless subjects' amplitudes differ > 30x (units)
@@ -251,7 +237,8 @@ class FinetuneConfig(LoopConfig):
 
     @classmethod
     def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
-        return FINETUNE_MAMBA2_PRESET if _requested_arch(values) == "mamba2" else {}
+        spec = backbones.installed().get(_requested_arch(values) or "")
+        return dict(spec.finetune_preset) if spec else {}
 
     def validate(self) -> None:
         super().validate()
@@ -259,6 +246,8 @@ class FinetuneConfig(LoopConfig):
             raise ConfigError("config key 'selection_level' participant needs aggregate=mean, median or vote")
         if self.promote and not self.register:
             raise ConfigError("config key 'promote' needs register=true: only registered versions are promoted")
+        if self.arch != "auto":
+            backbones.get(self.arch)
         if self.channels is not None:
             check_channels(self.channels, "config key 'channels'")
         for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
@@ -293,11 +282,6 @@ class FinetuneConfig(LoopConfig):
         if self.checkpoint == "auto":
             return load_config(PretrainConfig, self.pretrain_config or None).arch
         return None
-
-
-#: Defaults when the checkpoint is a Mamba-2 EEG model (remission: a participant-level label).
-FINETUNE_MAMBA2_PRESET: dict[str, Any] = {"data": "synthetic:eeg", "selection_metric": "f1", "aggregate": "mean",
-                                          "batch_size": 32}
 
 
 def _requested_arch(values: dict[str, Any]) -> str | None:

@@ -25,6 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
+from biosig.backbones import build_backbone
 from biosig.commands.configs import FinetuneConfig, parse_class_weights
 from biosig.commands.promote import PromoteConfig, run_promote
 from biosig.config import load_config
@@ -33,7 +34,6 @@ from biosig.data.adapt import ChannelStats, WindowScaling, fit_context, select_c
 from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.logs import banner, get_logger
-from biosig.models.build import build_backbone
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
 from biosig.models.heads import Classifier

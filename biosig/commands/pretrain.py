@@ -24,6 +24,7 @@ import yaml
 from torch import nn
 
 import biosig
+from biosig.backbones import build_backbone
 from biosig.commands.configs import PretrainConfig
 from biosig.data import SourceOptions
 from biosig.data.adapt import ChannelStats, fit_context, select_channels
@@ -32,10 +33,7 @@ from biosig.data.sources import load_source
 from biosig.data.splits import subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
-from biosig.models.build import build_backbone
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
-from biosig.models.masking import MaskedTokenModel
-from biosig.models.pretraining import PretrainModel
 from biosig.registry.naming import parse_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_model_files, register_from_run
 from biosig.tracking.datasets import LoggedDataset, use_dataset
@@ -65,10 +63,7 @@ log = get_logger(__name__)
 HISTORY_METRICS = ("train_loss", "val_loss", "val_pred_var_ratio", "lr")
 def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
     """Backbone + self-supervised objective: forward(x, generator) -> (loss, variance ratio)."""
-    backbone = build_backbone(config.arch, channels, config.backbone_config())
-    if config.arch == "ttm":
-        return PretrainModel(backbone, config.objective, config.mask_ratio, config.prediction_length)
-    return MaskedTokenModel(backbone, config.masking_style, config.mask_ratio, config.decoder_layers)
+    return config.spec.pretraining(build_backbone(config.arch, channels, config.backbone_config()), config)
 
 
 @dataclasses.dataclass
@@ -123,7 +118,7 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
         _decay_groups(model), config.lr, config.weight_decay, config.epochs * len(train_loader),
         config.warmup_fraction)
     trained = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
-    meta = _meta(config, name, ws.fs, stats, logged, ctx.run_id, model.backbone)
+    meta = _meta(config, name, ws.fs, stats, logged, ctx.run_id, model)
     n_params = sum(p.numel() for p in model.backbone.parameters())
     ctx.log_metrics({"backbone_params": n_params, "train_windows": len(arrays["train"]),
                      "val_windows": len(arrays["val"])})
@@ -232,18 +227,19 @@ def _validation_loss(model: nn.Module, batches, device, config) -> tuple[float, 
 
 
 def _meta(config: PretrainConfig, name: str, fs: float, stats: ChannelStats, logged, run_id: str,
-          backbone: nn.Module) -> dict[str, Any]:
+          model: nn.Module) -> dict[str, Any]:
+    """biosig.json of the pretrained checkpoint (`model`: the backbone with its pretraining objective)."""
     return {
         "kind": "pretrained",
         "name": name,
-        "backbone": backbone.describe(),
+        "backbone": model.backbone.describe(),
         "channels": list(config.channels),
         "fs": fs,
         "context_length": config.context_length,
         "patch_length": config.patch_length,
         "normalisation": stats.to_dict(),
         "objective": {"type": config.objective, "mask_ratio": config.mask_ratio,
-                      "masking_style": config.masking_style if config.arch == "mamba2" else "fill",
+                      "masking_style": getattr(model, "style", "fill"),  # token models mask by removal/replacement
                       "prediction_length": config.prediction_length},
         "provenance": {"run_id": run_id, "dataset": logged.name, "dataset_digest": logged.digest,
                        "dataset_uri": str(Path(logged.path).resolve()), "biosig_version": biosig.__version__},

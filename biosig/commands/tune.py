@@ -25,13 +25,13 @@ from typing import Any
 import optuna
 import yaml
 
+from biosig.backbones import build_backbone
 from biosig.commands.configs import STORAGE_ENV, TuneConfig
 from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, resolve_parent, run_finetune
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
-from biosig.models.build import build_backbone
 from biosig.registry.discovery import resolve_checkpoint
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import use_dataset

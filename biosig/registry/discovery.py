@@ -26,7 +26,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from biosig.data.naming import channels_from_token
+from biosig import backbones
 from biosig.errors import ConfigError, DataError
 from biosig.models.checkpoint import read_meta
 from biosig.registry.naming import FINETUNED_SUFFIX, ModelName, is_conventional, parse_name
@@ -203,15 +203,5 @@ def _registered(client: MlflowClient, name: str) -> bool:
 
 def pretrain_command(model: ModelName) -> str:
     """The `biosig pretrain` command line whose registered model would carry this name."""
-    f = model.fields
-    if model.arch == "ttm":
-        args = [f"--channels {','.join(channels_from_token(f['channels']))}",
-                f"--context-length {f['context_length']}", f"--patch-length {f['patch_length']}",
-                f"--objective {f['objective']}"]
-        args.append(f"--mask-ratio {f['mask_ratio']}" if f["objective"] == "mae"
-                    else f"--prediction-length {f['prediction_length']}")
-        if f["mode"] != "common_channel":
-            args.append(f"--mode {f['mode']}")
-        return "biosig pretrain " + " ".join(args)
-    return (f"biosig pretrain --arch mamba2 --d-model {f['d_model']} --num-layers {f['num_layers']} "
-            f"--mask-ratio {f['mask_ratio']} --masking-style {f['masking_style']}")
+    spec = backbones.get(model.arch)
+    return f"biosig pretrain --arch {spec.arch} {spec.command_args(model.fields)}"

@@ -27,9 +27,9 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import biosig
+from biosig.backbones import build_classifier
 from biosig.data.adapt import prepare_windows, select_channels
 from biosig.errors import DataError
-from biosig.models.build import build_classifier
 from biosig.models.checkpoint import FINETUNED_KEYS, load_weights, read_meta, require_keys
 from biosig.tracking.run import logged_model_name
 from biosig.tracking.tags import KIND_TAG, PARENT_NAME_TAG, PARENT_VERSION_TAG
