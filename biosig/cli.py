@@ -147,6 +147,10 @@ JOBS: list[tuple[str, str, str, str, Callable[[Any], int] | None]] = [
      "Window- and subject-level metrics of a registered model; optional calibration and overlap voting.", None),
     ("compare", "biosig.commands.configs:CompareConfig", "biosig.commands.compare:run_compare",
      "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
+    ("import-checkpoint", "biosig.commands.configs:ImportCheckpointConfig",
+     "biosig.commands.import_checkpoint:run_import_checkpoint",
+     "Register a backbone trained outside biosig (a torch.save or safetensors state dict) by its conventional "
+     "name, with the file's sha256, path and importer.", None),
     ("promote", "biosig.commands.configs:PromoteConfig", "biosig.commands.promote:run_promote",
      "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
      "Exit code 1 when the promotion is rejected (the decision is recorded either way).",

@@ -3,6 +3,7 @@ PYTHONPATH, so the test environment itself is untouched) and goes pretrain -> fi
 promote -> served as a pyfunc in a fresh process, with no change to biosig."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,12 @@ FINETUNE = ["--data", "synthetic:quality", "--n-subjects", "8", "--windows-per-s
 
 @pytest.fixture(scope="module")
 def plugin_path(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("plugin") / "site"
+    work = tmp_path_factory.mktemp("plugin")
+    source = shutil.copytree(ROOT / "examples" / "backbone_plugin", work / "src",  # builds write into the tree
+                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    target = work / "site"
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), str(ROOT / "examples" / "backbone_plugin")],
-                          capture_output=True, text=True, timeout=300)
+                           "--target", str(target), str(source)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return target
 
@@ -75,4 +78,4 @@ def test_without_the_plugin_its_names_and_arch_are_explained(tmp_path, capsys):
 
     assert main(["pretrain", "--arch", "resnet1d"]) == 2
     err = capsys.readouterr().err
-    assert "no backbone 'resnet1d' is installed" in err and "installed: mamba2, ttm" in err
+    assert "no backbone 'resnet1d' is installed" in err and "installed: mamba2, tspulse, ttm" in err

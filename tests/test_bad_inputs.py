@@ -150,7 +150,7 @@ CASES: list[tuple[list[str], str]] = [
     (["pretrain", "--lr", "inf"], "must be a finite number, got 'inf'"),
     (["pretrain", "--mask_ratio", "1.5"], "config key 'mask_ratio'"),
     (["pretrain", "--context_length", "0"], "config key 'context_length': 0 holds fewer than 2 patches"),
-    (["pretrain", "--arch", "lstm"], "config key 'arch': no backbone 'lstm' is installed; installed: mamba2, ttm"),
+    (["pretrain", "--arch", "lstm"], "config key 'arch': no backbone 'lstm' is installed; installed: mamba2, tspulse, ttm"),
     (["pretrain", "--channels", "PPG,FOO"], "FOO"),
     (["pretrain", "--resume", "0123abcd", "--config", "pretrain.yaml"], "config key 'resume': no run with id '0123abcd'"),
     (["pretrain", "--data", IN + "eeg.parquet", "--config", "pretrain.yaml"], "PPG"),

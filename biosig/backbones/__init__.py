@@ -1,5 +1,5 @@
 """Backbones as plug-ins: every architecture is a BackboneSpec found through the entry-point group
-`biosig.backbones` (biosig's own `ttm` and `mamba2` are declared there like any plug-in):
+`biosig.backbones` (biosig's own `ttm`, `mamba2` and `tspulse` are declared there like any plug-in):
 
     [project.entry-points."biosig.backbones"]
     resnet1d = "biosig_resnet1d:SPEC"
@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 @functools.cache
 def _load() -> dict[str, tuple[BackboneSpec, str]]:
-    from biosig.backbones import mamba2, ttm
+    from biosig.backbones import mamba2, tspulse, ttm
 
     found: dict[str, tuple[BackboneSpec, str]] = {}
     for point in entry_points(group=GROUP):
@@ -42,7 +42,7 @@ def _load() -> dict[str, tuple[BackboneSpec, str]]:
                         f"arch {point.name!r}; skipped")
             continue
         found.setdefault(spec.arch, (spec, point.dist.name if point.dist else point.value))
-    for spec in (ttm.SPEC, mamba2.SPEC):  # a source checkout that was never pip-installed has no entry points
+    for spec in (ttm.SPEC, mamba2.SPEC, tspulse.SPEC):  # a source checkout that was never pip-installed has no entry points
         found.setdefault(spec.arch, (spec, "biosig"))
     return found
 

@@ -73,4 +73,5 @@ SPEC = BackboneSpec(
     # remission is a participant-level label
     finetune_preset={"data": "synthetic:eeg", "selection_metric": "f1", "aggregate": "mean", "batch_size": 32},
     example="mamba2_eeg_d256_l2_m20_mae",
+    lora_targets=("in_proj", "out_proj"),  # each Mamba-2 mixer's input and output projections
 )

@@ -71,6 +71,11 @@ class BackboneSpec:
     pretrain_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults when arch=this
     finetune_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults for its checkpoints
     example: str = ""  # a registered name, for help and errors
+    # names (last component) of the layers adaptation=lora puts adapters on; empty: every nn.Linear
+    lora_targets: tuple[str, ...] = ()
+    # (foreign, ours) key-prefix renames for weights saved by other code (import-checkpoint), beyond the
+    # generic ones (a `backbone.`/`module.` prefix removed)
+    import_prefixes: tuple[tuple[str, str], ...] = ()
 
     def build_config(self, config: Any) -> dict[str, Any]:
         """The build config of a pretrain config: its `keys`, then `options` (defaults < backbone_options)."""

@@ -86,4 +86,7 @@ SPEC = BackboneSpec(
     build=_build, pretraining=_pretraining, name_fields=_fields, format_name=lambda f: ttm_name(**f),
     parse_name=_parse, command_args=_command_args, objectives=("mae", "fcst"), check=_check,
     example="ttm_ppg-ecg_c1024_p64_m40_mae",
+    lora_targets=("fc1", "fc2"),  # the mixers' MLP layers
+    # granite-tsfm's TinyTimeMixerForPrediction keeps the mixer under `backbone.`; biosig's wrapper under `model.`
+    import_prefixes=(("backbone.", "model."),),
 )

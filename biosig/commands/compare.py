@@ -90,6 +90,8 @@ def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest:
                  "tracking_uri": config.tracking_uri, "seed": config.seed, "run_name": f"{mode} {reference}"}
     if mode == "probe":  # frozen backbone: head-only epochs with a linear head
         overrides.update(head="linear", stage2_epochs=0, stage3_epochs=0)
+    elif mode == "lora":  # stage 2 trains LoRA adapters instead of unfreezing blocks
+        overrides.update(adaptation="lora")
     finetune_config = load_config(FinetuneConfig, config.finetune_config or None, overrides)
     if mode == "probe" and finetune_config.stage1_epochs == 0:
         raise ConfigError("a linear probe needs stage1_epochs > 0 in the finetune config")

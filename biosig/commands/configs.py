@@ -189,6 +189,24 @@ class PretrainConfig(LoopConfig):
 
 
 @dataclasses.dataclass
+class ImportCheckpointConfig(PretrainConfig):
+    """`import_checkpoint`: a backbone state dict saved by other code, registered under the conventional name
+    its backbone keys give (arch, channels, context_length, patch_length, d_model, …; the training keys of
+    pretrain are not used)."""
+
+    SOURCE_KEYS = ()
+    FILE_KEYS = ("path",)
+
+    path: str = ""  # the weights: a torch.save file (.pt/.pth/.bin, loaded with weights_only=True) or .safetensors
+    fs: float = 125.0  # sampling rate (Hz) of the windows the weights were trained on
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("config key 'path' is required: the state dict file to import")
+        super().validate()
+
+
+@dataclasses.dataclass
 class FinetuneConfig(LoopConfig):
     """`finetune`: staged fine-tuning of a registered pretrained checkpoint for classification."""
 
@@ -214,6 +232,12 @@ class FinetuneConfig(LoopConfig):
     stage2_epochs: int = 5
     stage3_epochs: int = 0
     unfreeze_last_n: int = 2
+    # stage 2: unfreeze the last unfreeze_last_n blocks, or train LoRA adapters (peft) on the backbone's
+    # layers with everything else frozen; adapters are merged into the weights before the model is saved
+    adaptation: Literal["unfreeze", "lora"] = "unfreeze"
+    lora_rank: int = 8  # adaptation=lora: rank r of each adapter
+    lora_alpha: float = 16.0  # adaptation=lora: scale alpha (updates are scaled by alpha / r)
+    lora_dropout: float = 0.05  # adaptation=lora: dropout on the adapter input
     class_weights: str = "auto"  # auto (balanced) | none | comma-separated weights per class
     selection_metric: Literal["auroc", "f1", "balanced_accuracy", "loss"] = "auroc"
     # Window probabilities aggregated per participant (subject): metrics at both levels are logged as
@@ -252,6 +276,11 @@ class FinetuneConfig(LoopConfig):
             check_channels(self.channels, "config key 'channels'")
         for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
             require_range(key, getattr(self, key), 0)
+        require_range("lora_rank", self.lora_rank, 1)
+        require_range("lora_alpha", self.lora_alpha, 0, low_open=True)
+        require_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
+        if self.adaptation == "lora" and not self.stage2_epochs:
+            raise ConfigError("config key 'adaptation' lora trains its adapters in stage 2: set stage2_epochs > 0")
         if self.stage1_epochs + self.stage2_epochs + self.stage3_epochs == 0:
             raise ConfigError("stage1_epochs, stage2_epochs and stage3_epochs are all 0: nothing to train")
         require_range("patience", self.patience, 1)
@@ -382,7 +411,7 @@ class EvaluateConfig(BaseConfig):
             raise DataError("register=true needs a calibration method: an uncalibrated copy adds nothing")
 
 
-COMPARE_MODES = ("probe", "finetune")
+COMPARE_MODES = ("probe", "finetune", "lora")
 
 
 @dataclasses.dataclass
@@ -397,7 +426,8 @@ class CompareConfig(BaseConfig):
     n_subjects: int = 0
     windows_per_subject: int = 0
     data_dir: str = "data"
-    modes: list[Literal["probe", "finetune"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
+    # probe: frozen backbone, linear head; finetune: staged unfreezing; lora: LoRA adapters in stage 2
+    modes: list[Literal["probe", "finetune", "lora"]] = dataclasses.field(default_factory=lambda: ["probe", "finetune"])
     metric: Literal["balanced_accuracy", "auroc", "f1"] = "balanced_accuracy"
     finetune_config: str = ""  # YAML of finetune keys shared by every row (epochs, lr, head, …)
     split_manifest: str = ""  # CSV subject,split; empty: a subject split written once and used by every row

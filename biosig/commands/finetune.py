@@ -25,6 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
 import biosig
+from biosig import backbones
 from biosig.backbones import build_backbone
 from biosig.commands.configs import FinetuneConfig, parse_class_weights
 from biosig.commands.promote import PromoteConfig, run_promote
@@ -35,9 +36,18 @@ from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subjec
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
-from biosig.models.freezing import GradientMasks, apply_stage, check_unfreeze, param_groups, set_train_mode
+from biosig.models.freezing import (
+    GradientMasks,
+    StageCounts,
+    apply_stage,
+    check_unfreeze,
+    count_stage,
+    param_groups,
+    set_train_mode,
+)
 from biosig.models.heads import Classifier
 from biosig.models.inflation import drop_channels, map_channels
+from biosig.models.lora import LORA_MARK, add_lora, has_lora, merge_lora
 from biosig.registry.card import model_card
 from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX
@@ -551,6 +561,7 @@ class Trainer:
         self.collapsed: list[str] = []
         self.stage_counts: dict[int, dict[str, Any]] = {}
         self.warned_nan_selection = False
+        self.lora_layers: list[str] = []  # adaptation=lora: the adapted layers, once stage 2 added them
 
     @property
     def epoch(self) -> int:
@@ -570,12 +581,15 @@ class Trainer:
                 self._stage(stage, epochs, lr)
             if stage == 1 and epochs:
                 self._check_collapse()
+        if has_lora(self.model.backbone):
+            self._merge_lora()
         self.ctx.metrics.flush()
         self.ctx.log_dict(self.history, "history.json")
         self.ctx.log_dict(self.stage_counts, "stages.json")
 
     def _stage(self, stage: int, epochs: int, lr: float) -> None:
-        counts = apply_stage(self.model, stage, self.config.unfreeze_last_n, self.masks)
+        lora = stage == 2 and self.config.adaptation == "lora"
+        counts = self._add_lora() if lora else apply_stage(self.model, stage, self.config.unfreeze_last_n, self.masks)
         self.stage_counts[stage] = dataclasses.asdict(counts)
         log.info(f"  {counts.describe()}")
         self.ctx.log_metrics({f"stage{stage}.trainable_params": counts.trainable,
@@ -586,7 +600,7 @@ class Trainer:
         for _ in range(epochs):
             self.progress.epoch += 1
             started = time.perf_counter()
-            train_loss = self._train_epoch(stage, optimizer, scheduler)
+            train_loss = self._train_epoch(stage, optimizer, scheduler, lora)
             val = self.score("val")[0]
             row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}}
@@ -609,6 +623,29 @@ class Trainer:
                          f"{stale} epochs")
                 break
 
+    def _add_lora(self) -> StageCounts:
+        """Stage 2 of adaptation=lora: the backbone frozen (head trainable), LoRA adapters on the layers its
+        spec names (`lora_targets`), trained with the head."""
+        c = self.config
+        apply_stage(self.model, 1, 0, self.masks)
+        targets = backbones.get(self.model.backbone.arch).lora_targets
+        layers = add_lora(self.model.backbone, targets, c.lora_rank, c.lora_alpha, c.lora_dropout)
+        self.model.to(self.device)
+        self.lora_layers = layers
+        return count_stage(self.model, self.masks, 2, [f"LoRA r={c.lora_rank} alpha={c.lora_alpha:g} on "
+                                                       f"{len(layers)} layers ({', '.join(targets) or 'Linear'})"])
+
+    def _merge_lora(self) -> None:
+        """The best state as a plain model: a stage-2 best (with adapters) is merged into the weights; a
+        stage-1 best never had adapters, so they are dropped."""
+        adapted_best = any(LORA_MARK in key for key in self.best_state)
+        if adapted_best:
+            self.model.load_state_dict(self.best_state)
+        merge_lora(self.model.backbone)
+        if not adapted_best:
+            self.model.load_state_dict(self.best_state)
+        self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+
     def _score(self, val: dict[str, float]) -> float:
         """Higher is better. A validation split with one class has no AUROC: select on loss then."""
         metric = self.config.selection_metric
@@ -620,8 +657,11 @@ class Trainer:
             metric = "loss"
         return -val["loss"] if metric == "loss" else val[metric]
 
-    def _train_epoch(self, stage: int, optimizer, scheduler) -> float:
-        set_train_mode(self.model, stage, self.config.unfreeze_last_n)
+    def _train_epoch(self, stage: int, optimizer, scheduler, lora: bool = False) -> float:
+        if lora:  # frozen base layers, trained adapters: dropout (the adapters' too) as in any training pass
+            self.model.train()
+        else:
+            set_train_mode(self.model, stage, self.config.unfreeze_last_n)
 
         def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
             return self.criterion(self.model(batch[0]).float(), batch[1])
@@ -724,6 +764,9 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
         "task": config.task or windows.label_name,
         "backbone": backbone.describe(),
         "head": {"kind": config.head, "dropout": config.head_dropout, "pooling": config.pooling},
+        "adaptation": ({"kind": "lora", "rank": config.lora_rank, "alpha": config.lora_alpha,
+                        "layers": len(trainer.lora_layers), "merged": True} if trainer.lora_layers
+                       else {"kind": "unfreeze", "unfreeze_last_n": config.unfreeze_last_n}),
         "class_names": data.class_names,
         "channels": data.channels,
         "fs": parent.meta["fs"],

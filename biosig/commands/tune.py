@@ -44,6 +44,8 @@ from biosig.training.search_space import Dimension, load_search_space
 log = get_logger(__name__)
 
 STATE_TAG = "optuna.state"
+#: adaptation=lora: the ranks a study chooses from (instead of the unfreeze depth)
+LORA_RANKS = (2, 4, 8, 16)
 
 
 @dataclasses.dataclass
@@ -175,8 +177,11 @@ class _Objective:
         self.n_blocks, self.parent_run_id, self.study_name = n_blocks, parent_run_id, study_name
 
     def __call__(self, trial: optuna.Trial) -> float:
-        params = {"lr": trial.suggest_float("lr", self.config.lr_min, self.config.lr_max, log=True),
-                  "unfreeze_last_n": trial.suggest_int("unfreeze_last_n", 0, self.n_blocks)}
+        params: dict[str, Any] = {"lr": trial.suggest_float("lr", self.config.lr_min, self.config.lr_max, log=True)}
+        if self.config.adaptation == "lora":  # the adapters' capacity plays the part of the unfreeze depth
+            params["lora_rank"] = trial.suggest_categorical("lora_rank", LORA_RANKS)
+        else:
+            params["unfreeze_last_n"] = trial.suggest_int("unfreeze_last_n", 0, self.n_blocks)
         params.update({d.name: d.suggest(trial) for d in self.dimensions})
         overrides = {f.name: getattr(self.config, f.name) for f in dataclasses.fields(FinetuneConfig)}
         overrides.update(params, register=False, promote="", run_name=f"trial {trial.number}")

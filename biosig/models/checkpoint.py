@@ -98,3 +98,64 @@ def load_weights(path: str | Path, module: torch.nn.Module) -> None:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # missing/unexpected keys or shape mismatches
         raise DataError(f"checkpoint {path} does not fit the model built from its config: {exc}") from None
+
+
+#: Wrappers other training code saves a state dict in, and key prefixes it puts before the backbone's own.
+STATE_WRAPPERS = ("model_state_dict", "state_dict", "model", "backbone_state_dict", "weights")
+KEY_PREFIXES = ("", "backbone.", "module.", "module.backbone.", "model.", "model.backbone.", "encoder.", "net.")
+
+
+def read_foreign_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict saved by other code: a safetensors file, or a `torch.save` file loaded with
+    weights_only=True (tensors and plain containers only, never arbitrary pickled objects); one known
+    wrapper (`model_state_dict`, `state_dict`, …) is unwrapped."""
+    path = Path(path)
+    try:
+        state = load_file(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                 weights_only=True)
+    except Exception as exc:
+        raise DataError(f"config key 'path': {path} cannot be read as a state dict ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]}); torch.save files are loaded with weights_only=True, "
+                        "so only tensors and plain containers are accepted") from None
+    for _ in range(2):  # {"model_state_dict": {...}} or {"checkpoint": {"state_dict": {...}}}
+        if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
+            inner = next((state[k] for k in STATE_WRAPPERS if isinstance(state.get(k), dict)), None)
+            if inner is None:
+                break
+            state = inner
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise DataError(f"config key 'path': {path} holds no tensors under the keys biosig knows "
+                        f"({', '.join(STATE_WRAPPERS)}); save the model's state_dict()")
+    return tensors
+
+
+def fit_foreign_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str,
+                     renames: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """Map `state` onto the keys of `expected` (a built backbone's state_dict) by the key prefix that fits
+    best: one of KEY_PREFIXES removed (`backbone.`, `module.`, …) or a backbone spec's (foreign, ours)
+    prefix rename; returns (state, the prefix, ignored keys outside it). A key set that still does not
+    fit is one DataError listing the first missing and unexpected keys and shape clashes."""
+    def under(rename: tuple[str, str]) -> dict[str, torch.Tensor]:
+        foreign, ours = rename
+        return {ours + k[len(foreign):]: v for k, v in state.items() if k.startswith(foreign)}
+
+    candidates = [*renames, *((prefix, "") for prefix in KEY_PREFIXES)]
+    rename = max(candidates, key=lambda r: (len(set(under(r)) & set(expected)), -len(r[0])))
+    best, mapped = rename[0], under(rename)
+    missing = sorted(set(expected) - set(mapped))
+    unexpected = sorted(set(mapped) - set(expected))
+    shapes = [f"{k} {tuple(mapped[k].shape)} vs {tuple(expected[k].shape)}" for k in sorted(set(mapped) & set(expected))
+              if mapped[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        def first(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        problems = [f"missing {len(missing)}: {first(missing)}" if missing else "",
+                    f"unexpected {len(unexpected)}: {first(unexpected)}" if unexpected else "",
+                    f"shape mismatch {len(shapes)}: {first(shapes)}" if shapes else ""]
+        raise DataError(f"{where} does not fit the backbone the config describes (key prefix "
+                        f"{best or 'none'!r}): " + "; ".join(filter(None, problems))
+                        + " - check arch and its size keys (d_model, num_layers, patch_length, …)")
+    ignored = sorted(k for k in state if not k.startswith(best))
+    return {k: mapped[k].to(expected[k].dtype) for k in expected}, best, ignored

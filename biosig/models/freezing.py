@@ -80,7 +80,7 @@ def apply_stage(model: nn.Module, stage: int, unfreeze_last_n: int, masks: Gradi
         param.requires_grad_(id(param) in unfrozen_params or inflated)
     for param in model.head.parameters():
         param.requires_grad_(True)
-    counts = _count(model, masks, stage, [n for n, _ in unfrozen])
+    counts = count_stage(model, masks, stage, [n for n, _ in unfrozen])
     expected_frozen = stage != 3
     if expected_frozen and counts.frozen == 0 or counts.trainable == 0:
         raise RuntimeError(f"stage {stage} froze {counts.frozen} and trained {counts.trainable} parameters")
@@ -98,7 +98,8 @@ def set_train_mode(model: nn.Module, stage: int, unfreeze_last_n: int) -> None:
             block.train()
 
 
-def _count(model: nn.Module, masks: GradientMasks | None, stage: int, blocks: list[str]) -> StageCounts:
+def count_stage(model: nn.Module, masks: GradientMasks | None, stage: int, blocks: list[str]) -> StageCounts:
+    """Trainable and frozen parameter entries of `model` as `requires_grad` and the masks leave them."""
     trainable = frozen = 0
     for name, param in model.named_parameters():
         if not param.requires_grad:

@@ -23,13 +23,15 @@ def _module():
     class ResidualBlock(nn.Module):
         def __init__(self, width: int, kernel_size: int, dropout: float) -> None:
             super().__init__()
-            pad = kernel_size // 2
-            self.body = nn.Sequential(nn.Conv1d(width, width, kernel_size, padding=pad), nn.GroupNorm(1, width),
-                                      nn.GELU(), nn.Dropout(dropout),
-                                      nn.Conv1d(width, width, kernel_size, padding=pad), nn.GroupNorm(1, width))
+            self.conv1 = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2)
+            self.norm1 = nn.GroupNorm(1, width)
+            self.conv2 = nn.Conv1d(width, width, kernel_size, padding=kernel_size // 2)
+            self.norm2 = nn.GroupNorm(1, width)
+            self.dropout = nn.Dropout(dropout)
 
         def forward(self, h: torch.Tensor) -> torch.Tensor:
-            return nn.functional.gelu(h + self.body(h))
+            inner = self.dropout(nn.functional.gelu(self.norm1(self.conv1(h))))
+            return nn.functional.gelu(h + self.norm2(self.conv2(inner)))
 
     class ResNet1DBackbone(nn.Module):
         arch = ARCH
@@ -107,4 +109,5 @@ SPEC = BackboneSpec(
     build=lambda channels, config: _module()(channels, **config), pretraining=_pretraining, name_fields=_fields,
     format_name=_format, parse_name=_parse, command_args=_command_args, check=_check,
     example="resnet1d_ppg-ecg_c1024_p64_d64_l3_m40_mae",
+    lora_targets=("conv1", "conv2"),  # adaptation=lora: peft adapters on the residual convolutions
 )

@@ -1,0 +1,126 @@
+"""IBM TSPulse backbone (granite-tsfm), TTM's sibling built for classification and anomaly detection,
+built from a config: no hub access.
+
+Facts this module relies on (measured with granite-tsfm 0.3.11): TSPulseModel maps past_values [B, T, C] to
+[B, C, patches (+ FFT patches, + register tokens), d]; biosig uses the time-domain patches only and builds
+without register tokens and FFT fusion by default; the backbone masks its input whenever the config has
+a mask ratio, in eval mode too, so embeddings are taken with enable_masking=False; in common_channel mode
+no weight depends on the channel count (mix_channel's channel mixers do), but the reconstruction decoder
+does, so pretraining folds channels into the batch (one channel per sequence).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from biosig.errors import ConfigError
+from biosig.models.masking import prediction_variance_ratio
+from biosig.models.shapes import check_patching
+
+#: TSPulseConfig keys biosig sets; everything else keeps granite-tsfm's default.
+TSPULSE_DEFAULTS: dict[str, Any] = {
+    "context_length": 1024,
+    "patch_length": 64,
+    "d_model": 64,
+    "num_layers": 3,
+    "expansion_factor": 2,
+    "dropout": 0.1,
+    "mode": "common_channel",
+    "mask_ratio": 0.4,  # used by pretraining only: embeddings are always taken unmasked
+    "fuse_fft": False,
+}
+
+
+def _tsfm():
+    os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from tsfm_public.models.tspulse import TSPulseConfig, TSPulseForReconstruction, TSPulseModel
+
+    return TSPulseConfig, TSPulseModel, TSPulseForReconstruction
+
+
+def _tsfm_config(n_channels: int, config: dict[str, Any], **extra: Any):
+    """A fresh TSPulseConfig per build (checking it caches derived fields in place)."""
+    config_cls, _, _ = _tsfm()
+    c = config
+    return config_cls(num_input_channels=n_channels, context_length=c["context_length"],
+                      patch_length=c["patch_length"], patch_stride=c["patch_length"], d_model=c["d_model"],
+                      decoder_d_model=c["d_model"], num_layers=c["num_layers"],
+                      expansion_factor=c["expansion_factor"], dropout=c["dropout"], mode=c["mode"],
+                      decoder_mode=c["mode"], mask_ratio=c["mask_ratio"], mask_type="hybrid",
+                      mask_block_length=c["patch_length"], fuse_fft=c["fuse_fft"], patch_register_tokens=0,
+                      # whole masked patches, as many as the mask ratio allows (at most TSPulse's default 2)
+                      num_full_patches_for_hybrid_mask=min(2, int(c["mask_ratio"] * c["context_length"])
+                                                           // c["patch_length"]),
+                      scaling=None,  # biosig normalises; per-window scaling erases amplitude cues quality needs
+                      **extra)
+
+
+class TSPulseBackbone(nn.Module):
+    """forward(x [B, C, T]) -> time-patch embeddings [B, C, patches, d]; blocks() ordered input -> output."""
+
+    arch = "tspulse"
+
+    def __init__(self, channels: list[str], **config: Any) -> None:
+        super().__init__()
+        unknown = set(config) - set(TSPULSE_DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown TSPulse config keys {sorted(unknown)}; known: {sorted(TSPULSE_DEFAULTS)}")
+        self.channels = list(channels)
+        self.config = {**TSPULSE_DEFAULTS, **config}
+        if self.config["mode"] not in ("common_channel", "mix_channel"):
+            raise ConfigError(f"TSPulse mode must be common_channel or mix_channel, got {self.config['mode']!r}")
+        check_patching(self.config["context_length"], self.config["patch_length"])
+        _, model_cls, _ = _tsfm()
+        self.model = model_cls(_tsfm_config(len(self.channels), self.config))
+
+    context_length = property(lambda self: int(self.config["context_length"]))
+    patch_length = property(lambda self: int(self.config["patch_length"]))
+    num_patches = property(lambda self: self.context_length // self.patch_length)
+    embedding_rows = property(lambda self: len(self.channels))
+    d_model = property(lambda self: int(self.config["d_model"]))
+    #: common_channel has no channel-dependent weights; mix_channel's channel mixers are C x C
+    channel_flexible = property(lambda self: self.config["mode"] == "common_channel")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[2] != self.context_length:
+            raise ValueError(f"TSPulse expects [B, C, {self.context_length}], got {list(x.shape)}")
+        hidden = self.model(past_values=x.transpose(1, 2), enable_masking=False).last_hidden_state
+        return hidden[:, :, :self.num_patches, :]
+
+    def blocks(self) -> list[tuple[str, nn.Module]]:
+        """Encoder mixer layers in forward order (input to output)."""
+        return [(f"model.encoder_block.mixers.{name}", layer)
+                for name, layer in self.model.encoder_block.mixers.named_children()]
+
+    def describe(self) -> dict[str, Any]:
+        return {"arch": self.arch, "channels": self.channels, "config": dict(self.config)}
+
+
+class TSPulsePretraining(nn.Module):
+    """TSPulse's own masked reconstruction (hybrid patch/point masks, loss on masked points) around a
+    TSPulseBackbone: the reconstruction model's backbone *is* ours, so its weights are what gets trained.
+    common_channel: channels are folded into the batch (the decoder is channel-count specific);
+    mix_channel: all channels at once. forward(x, generator) -> (loss, prediction/target variance ratio);
+    TSPulse draws its masks from torch's global RNG (seeded by biosig), not from `generator`."""
+
+    def __init__(self, backbone: TSPulseBackbone, decoder_layers: int = 1) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.fold = backbone.config["mode"] == "common_channel"
+        n_channels = 1 if self.fold else len(backbone.channels)
+        _, _, reconstruction_cls = _tsfm()
+        self.reconstruction = reconstruction_cls(_tsfm_config(n_channels, backbone.config,
+                                                              decoder_num_layers=decoder_layers))
+        self.reconstruction.backbone = backbone.model  # one set of backbone weights
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, t = x.shape
+        values = x.reshape(b * c, t, 1) if self.fold else x.transpose(1, 2)
+        out = self.reconstruction(past_values=values, return_loss=True)
+        mask = out.mask.bool()
+        return out.loss, prediction_variance_ratio(out.reconstruction_outputs[mask], values[mask])
