@@ -216,7 +216,10 @@ def backbones_cmd() -> None:
                    f"e.g. {spec.example}")
         click.echo(f"{'':10} {spec.summary}")
         if spec.options:
-            click.echo(f"{'':10} backbone_options: " + ", ".join(f"{k}={v!r}" for k, v in spec.options.items()))
+            comments, hints = field_comments(spec.options), typing.get_type_hints(spec.options)
+            for key, default in spec.option_defaults().items():
+                click.echo(f"{'':10} backbone_options {key}={default!r} ({_describe_type(hints[key])[0]}): "
+                           f"{comments.get(key, '')}")
 
 
 @cli.group("registry")

@@ -15,8 +15,10 @@ how to build it, how it pretrains, and its presets. Specs are found through the 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+from biosig.config import coerce
 from biosig.errors import ConfigError
 
 
@@ -66,7 +68,8 @@ class BackboneSpec:
     parse_name: Callable[[str], dict[str, Any] | None]  # registered name (no _finetuned) -> fields, or None
     command_args: Callable[[dict[str, Any]], str]  # fields -> `biosig pretrain` arguments that give that name
     objectives: tuple[str, ...] = ("mae",)  # values of `objective` it pretrains with
-    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # its own keys and their defaults
+    # its own keys: a dataclass whose fields (type, default, a comment each) are set as backbone_options
+    options: type | None = None
     check: Callable[[Any], None] = lambda config: None  # ConfigError for configs it cannot build
     pretrain_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults when arch=this
     finetune_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults for its checkpoints
@@ -77,33 +80,29 @@ class BackboneSpec:
     # generic ones (a `backbone.`/`module.` prefix removed)
     import_prefixes: tuple[tuple[str, str], ...] = ()
 
+    def option_defaults(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options()) if self.options else {}
+
     def build_config(self, config: Any) -> dict[str, Any]:
         """The build config of a pretrain config: its `keys`, then `options` (defaults < backbone_options)."""
         values = {key: getattr(config, key) for key in self.keys}
-        return {**values, **self.options, **parse_options(getattr(config, "backbone_options", ""), self)}
+        return {**values, **self.option_defaults(), **parse_options(getattr(config, "backbone_options", ""), self)}
 
     def name(self, config: Any) -> str:
         return self.format_name(self.name_fields(config))
 
 
 def parse_options(text: str, spec: BackboneSpec) -> dict[str, Any]:
-    """`backbone_options` (`kernel_size=7,widths=32`) as typed values: each key must be one of the spec's
-    options and takes the type of its default."""
+    """`backbone_options` (`kernel_size=7,fuse_fft=true`) as typed values: each key must be a field of the
+    spec's options dataclass and is coerced to its type."""
+    hints = typing.get_type_hints(spec.options) if spec.options else {}
     values: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or key not in spec.options:
-            known = ", ".join(sorted(spec.options)) or "none"
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or key not in hints:
             raise ConfigError(f"config key 'backbone_options': {item!r} is not key=value with a key of arch "
-                              f"{spec.arch} (its options: {known})")
-        default = spec.options[key]
-        try:
-            values[key] = (raw.strip().lower() in ("true", "1", "yes")) if isinstance(default, bool) \
-                else type(default)(raw.strip()) if default is not None else raw.strip()
-        except ValueError:
-            raise ConfigError(f"config key 'backbone_options': {key}={raw.strip()!r} is not a "
-                              f"{type(default).__name__}") from None
+                              f"{spec.arch} (its options: {', '.join(sorted(hints)) or 'none'})")
+        values[key] = coerce(raw, hints[key], key=f"backbone_options {key}", origin="backbone_options")
     return values
 
 

@@ -6,6 +6,7 @@ Names: tspulse_{channels}_c{context}_p{patch}_m{mask%}_mae[_mix], e.g. tspulse_p
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -16,6 +17,13 @@ from biosig.models.shapes import check_patching
 
 _NAME = re.compile(r"^tspulse_(?P<channels>[a-z0-9]+(?:-[a-z0-9]+)*)_c(?P<context>\d+)_p(?P<patch>\d+)"
                    r"_m(?P<mask>\d{1,2})_mae(?P<mix>_mix)?$")
+
+
+@dataclasses.dataclass
+class TSPulseOptions:
+    """TSPulse's own keys (`backbone_options=fuse_fft=true`)."""
+
+    fuse_fft: bool = False  # add TSPulse's frequency-domain branch (FFT patches beside the time patches; ~2x compute)
 
 
 def tspulse_name(*, channels: list[str], context_length: int, patch_length: int, mask_ratio: float,
@@ -64,7 +72,7 @@ SPEC = BackboneSpec(
     arch="tspulse", summary="IBM TSPulse (granite-tsfm), TTM's sibling for classification; masked reconstruction",
     keys=("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode",
           "mask_ratio"),
-    options={"fuse_fft": False},  # add TSPulse's frequency-domain branch (about 2x the compute)
+    options=TSPulseOptions,
     build=_build, pretraining=_pretraining, name_fields=_fields, format_name=lambda f: tspulse_name(**f),
     parse_name=_parse, command_args=_command_args, objectives=("mae",), check=_check,
     example="tspulse_ppg-ecg_c1024_p64_m40_mae",

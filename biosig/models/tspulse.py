@@ -17,19 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from biosig.errors import ConfigError
+from biosig.models.granite import SIZE_DEFAULTS, GraniteBackbone
 from biosig.models.masking import prediction_variance_ratio
-from biosig.models.shapes import check_patching
 
 #: TSPulseConfig keys biosig sets; everything else keeps granite-tsfm's default.
 TSPULSE_DEFAULTS: dict[str, Any] = {
-    "context_length": 1024,
-    "patch_length": 64,
-    "d_model": 64,
-    "num_layers": 3,
-    "expansion_factor": 2,
-    "dropout": 0.1,
-    "mode": "common_channel",
+    **SIZE_DEFAULTS,
     "mask_ratio": 0.4,  # used by pretraining only: embeddings are always taken unmasked
     "fuse_fft": False,
 }
@@ -60,31 +53,17 @@ def _tsfm_config(n_channels: int, config: dict[str, Any], **extra: Any):
                       **extra)
 
 
-class TSPulseBackbone(nn.Module):
+class TSPulseBackbone(GraniteBackbone):
     """forward(x [B, C, T]) -> time-patch embeddings [B, C, patches, d]; blocks() ordered input -> output."""
 
-    arch = "tspulse"
-
-    def __init__(self, channels: list[str], **config: Any) -> None:
-        super().__init__()
-        unknown = set(config) - set(TSPULSE_DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown TSPulse config keys {sorted(unknown)}; known: {sorted(TSPULSE_DEFAULTS)}")
-        self.channels = list(channels)
-        self.config = {**TSPULSE_DEFAULTS, **config}
-        if self.config["mode"] not in ("common_channel", "mix_channel"):
-            raise ConfigError(f"TSPulse mode must be common_channel or mix_channel, got {self.config['mode']!r}")
-        check_patching(self.config["context_length"], self.config["patch_length"])
-        _, model_cls, _ = _tsfm()
-        self.model = model_cls(_tsfm_config(len(self.channels), self.config))
-
-    context_length = property(lambda self: int(self.config["context_length"]))
-    patch_length = property(lambda self: int(self.config["patch_length"]))
-    num_patches = property(lambda self: self.context_length // self.patch_length)
-    embedding_rows = property(lambda self: len(self.channels))
-    d_model = property(lambda self: int(self.config["d_model"]))
+    arch, label, defaults = "tspulse", "TSPulse", TSPULSE_DEFAULTS
     #: common_channel has no channel-dependent weights; mix_channel's channel mixers are C x C
     channel_flexible = property(lambda self: self.config["mode"] == "common_channel")
+
+    def __init__(self, channels: list[str], **config: Any) -> None:
+        super().__init__(channels, config)
+        _, model_cls, _ = _tsfm()
+        self.model = model_cls(_tsfm_config(len(self.channels), self.config))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[2] != self.context_length:
@@ -96,9 +75,6 @@ class TSPulseBackbone(nn.Module):
         """Encoder mixer layers in forward order (input to output)."""
         return [(f"model.encoder_block.mixers.{name}", layer)
                 for name, layer in self.model.encoder_block.mixers.named_children()]
-
-    def describe(self) -> dict[str, Any]:
-        return {"arch": self.arch, "channels": self.channels, "config": dict(self.config)}
 
 
 class TSPulsePretraining(nn.Module):

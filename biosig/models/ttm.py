@@ -14,18 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from biosig.errors import ConfigError
-from biosig.models.shapes import check_patching
+from biosig.models.granite import SIZE_DEFAULTS, GraniteBackbone
 
 #: TinyTimeMixerConfig keys biosig sets; everything else keeps granite-tsfm's default.
 TTM_DEFAULTS: dict[str, Any] = {
-    "context_length": 1024,
-    "patch_length": 64,
-    "d_model": 64,
-    "num_layers": 3,
-    "expansion_factor": 2,
-    "dropout": 0.1,
-    "mode": "common_channel",
+    **SIZE_DEFAULTS,
     "scaling": None,  # biosig normalises; 'std' scaling erases amplitude cues that quality labels need
     "adaptive_patching_levels": 0,
 }
@@ -40,51 +33,21 @@ def _tsfm():
     return TinyTimeMixerConfig, TinyTimeMixerModel, TinyTimeMixerLayer
 
 
-class TTMBackbone(nn.Module):
+class TTMBackbone(GraniteBackbone):
     """forward(x [B, C, T]) -> embeddings [B, C, patches, d]; blocks() ordered input -> output."""
 
-    arch = "ttm"
+    arch, label, defaults = "ttm", "TTM", TTM_DEFAULTS
+    #: common_channel TTM has no channel-dependent tensors; mix_channel ones are inflated by name
+    channel_flexible = True
 
     def __init__(self, channels: list[str], **config: Any) -> None:
-        super().__init__()
-        unknown = set(config) - set(TTM_DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown TTM config keys {sorted(unknown)}; known: {sorted(TTM_DEFAULTS)}")
-        self.channels = list(channels)
-        self.config = {**TTM_DEFAULTS, **config}
-        if self.config["mode"] not in ("common_channel", "mix_channel"):
-            raise ConfigError(f"TTM mode must be common_channel or mix_channel, got {self.config['mode']!r}")
-        check_patching(self.config["context_length"], self.config["patch_length"])
+        super().__init__(channels, config)
         config_cls, model_cls, _ = _tsfm()
         # A fresh config object per build: building mutates it (num_patches). The bare backbone has no
         # forecasting head, but the config insists on a prediction_length; any positive value is inert here.
         tsfm_config = config_cls(num_input_channels=len(self.channels), patch_stride=self.config["patch_length"],
                                  prediction_length=16, **self.config)
         self.model = model_cls(tsfm_config)
-
-    @property
-    def context_length(self) -> int:
-        return int(self.config["context_length"])
-
-    @property
-    def patch_length(self) -> int:
-        return int(self.config["patch_length"])
-
-    @property
-    def num_patches(self) -> int:
-        return self.context_length // self.patch_length
-
-    @property
-    def embedding_rows(self) -> int:
-        """Rows of the embedding grid [B, rows, patches, d]: one per channel."""
-        return len(self.channels)
-
-    #: common_channel TTM has no channel-dependent tensors; mix_channel ones are inflated by name
-    channel_flexible = True
-
-    @property
-    def d_model(self) -> int:
-        return int(self.config["d_model"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != len(self.channels) or x.shape[2] != self.context_length:
@@ -95,6 +58,3 @@ class TTMBackbone(nn.Module):
         """Mixer layers by module type, in forward order (input to output)."""
         _, _, layer_cls = _tsfm()
         return [(name, module) for name, module in self.model.named_modules() if isinstance(module, layer_cls)]
-
-    def describe(self) -> dict[str, Any]:
-        return {"arch": self.arch, "channels": self.channels, "config": dict(self.config)}

@@ -3,6 +3,7 @@ channel's samples, averaged within each patch into embeddings [B, C, patches, d_
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -69,6 +70,13 @@ def _module():
     return ResNet1DBackbone
 
 
+@dataclasses.dataclass
+class ResNet1DOptions:
+    """Its own keys, set as `backbone_options=kernel_size=5`."""
+
+    kernel_size: int = 7  # width of every convolution, in samples (odd keeps the length)
+
+
 def _fields(config: Any) -> dict[str, Any]:
     return {"channels": config.channels, "context_length": config.context_length, "patch_length": config.patch_length,
             "d_model": config.d_model, "num_layers": config.num_layers, "mask_ratio": config.mask_ratio}
@@ -105,7 +113,7 @@ def _pretraining(backbone, config: Any):
 
 SPEC = BackboneSpec(
     arch=ARCH, summary="1-D ResNet (PaPaGei-style), channel-independent residual convolutions; a plug-in example",
-    keys=("context_length", "patch_length", "d_model", "num_layers", "dropout"), options={"kernel_size": 7},
+    keys=("context_length", "patch_length", "d_model", "num_layers", "dropout"), options=ResNet1DOptions,
     build=lambda channels, config: _module()(channels, **config), pretraining=_pretraining, name_fields=_fields,
     format_name=_format, parse_name=_parse, command_args=_command_args, check=_check,
     example="resnet1d_ppg-ecg_c1024_p64_d64_l3_m40_mae",
