@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # One thread: PyTorch/BLAS step times swing 5x with two threads on 2-core machines
 # (measured: TTM training fell from 237 to 13 windows/s under load).
@@ -11,6 +12,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TSFM_PYTHON_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# Decoded-dataset and S3 caches of the test session live in a temporary folder, not in ~/.cache.
+os.environ.setdefault("BIOSIG_CACHE_DIR", tempfile.mkdtemp(prefix="biosig-test-cache-"))
 
 import numpy as np
 import pytest

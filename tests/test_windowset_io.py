@@ -199,3 +199,27 @@ def test_npz_read_and_bad_npz(tmp_path, cardio):
     (tmp_path / "x.txt").write_text("x")
     with pytest.raises(DataError, match="expected a .npz file, got .*x.txt"):
         read_npz(tmp_path / "x.txt")
+
+
+def test_reads_after_the_first_come_from_the_arrow_cache_of_that_content(tmp_path, cardio, monkeypatch):
+    import os
+
+    monkeypatch.setenv("BIOSIG_CACHE_DIR", str(tmp_path / "cache"))
+    path = write_parquet(cardio, tmp_path / "d.parquet")
+    first = read_parquet(path)
+    (entry,) = (tmp_path / "cache" / "arrow").glob("*.arrow")
+    assert entry.name == f"{first.digest}.arrow"
+    with monkeypatch.context() as patched:  # no parquet decoding at all on a cache hit
+        patched.setattr(pq, "read_table", lambda *a, **k: pytest.fail("parquet was decoded"))
+        second = read_parquet(path)
+    assert second.digest == first.digest and np.array_equal(second.signals, first.signals)
+    assert second.channels == first.channels and second.fs == first.fs
+
+    other = dataclasses.replace(cardio, signals=cardio.signals * 2)  # the same path, other content
+    os.replace(write_parquet(other, tmp_path / "e.parquet"), path)
+    assert read_parquet(path).digest == other.digest != first.digest  # never the stale entry
+    assert read_parquet(path, cache=False).digest == other.digest
+
+    monkeypatch.setenv("BIOSIG_CACHE_DIR", "off")
+    read_parquet(write_parquet(cardio.take(np.arange(5)), tmp_path / "f.parquet"))
+    assert len(list((tmp_path / "cache" / "arrow").glob("*.arrow"))) == 2

@@ -16,8 +16,17 @@ from biosig.errors import DataError
 RETRIES = 5  # botocore "standard" mode: exponential backoff with jitter on throttling and 5xx
 
 
+def cache_root() -> Path | None:
+    """biosig's local cache ($BIOSIG_CACHE_DIR, default ~/.cache/biosig); None when set to `off`."""
+    value = os.environ.get("BIOSIG_CACHE_DIR", "")
+    if value.lower() == "off":
+        return None
+    return Path(value) if value else Path.home() / ".cache" / "biosig"
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("BIOSIG_CACHE_DIR", Path.home() / ".cache" / "biosig")) / "s3"
+    """Downloaded S3 objects (needed to read them at all, so kept under ~/.cache/biosig when caching is off)."""
+    return (cache_root() or Path.home() / ".cache" / "biosig") / "s3"
 
 
 def s3_client():

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import time
 import warnings
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -30,6 +31,7 @@ from biosig.tracking.metric_names import canonical_metrics
 from biosig.tracking.run import configure_tracking, tracked_run
 from biosig.tracking.tags import (
     ERROR_TAG,
+    PROMOTE_DECIDED_AT_TAG,
     PROMOTE_DECISION_TAG,
     PROMOTE_MODEL_TAG,
     PROMOTE_POLICY_TAG,
@@ -201,6 +203,8 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
             if decision.passed:
                 _apply(client, decision)
             _record(client, decision)
+            # under the lock: concurrent promotions are ordered by when they decided, not when they started
+            ctx.set_tags({PROMOTE_DECIDED_AT_TAG: str(time.time_ns() // 1_000_000)})
         ctx.set_tags({PROMOTE_DECISION_TAG: "promoted" if decision.applied else "rejected",
                       PROMOTE_REASON_TAG: decision.reason[:5000]})
         ctx.log_dict(_decision_record(decision), "promotion/decision.json")
@@ -274,10 +278,15 @@ def promotion_history(client: MlflowClient, name: str) -> list[dict[str, Any]]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, filter_string=f"tags.`biosig.promote.model` = '{name}'",
                               order_by=["attributes.start_time ASC"], max_results=5000)
-    return [{"at": dt.datetime.fromtimestamp(r.info.start_time / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
+    runs = sorted(runs, key=_decided_at)  # a failed attempt (no decision) counts from its start
+    return [{"at": dt.datetime.fromtimestamp(_decided_at(r) / 1000, dt.timezone.utc).isoformat(timespec="seconds"),
              "version": r.data.tags.get(PROMOTE_VERSION_TAG, ""),
              "target": r.data.tags.get(PROMOTE_TARGET_TAG, ""),
              "decision": r.data.tags.get(PROMOTE_DECISION_TAG, r.info.status.lower()),
              "policy": r.data.tags.get(PROMOTE_POLICY_TAG, ""),
              "reason": r.data.tags.get(PROMOTE_REASON_TAG, r.data.tags.get(ERROR_TAG, "")),
              "run_id": r.info.run_id} for r in runs]
+
+
+def _decided_at(run) -> int:
+    return int(run.data.tags.get(PROMOTE_DECIDED_AT_TAG) or run.info.start_time)

@@ -123,7 +123,7 @@ def _content_digest(uri: str) -> str:
         path = fetch(uri) if uri.startswith("s3://") else Path(uri)
         if not path.exists():
             return "missing"
-        return read_parquet(path).digest
+        return read_parquet(path, cache=False).digest  # the bytes on disk, not a cached copy
     except BiosigError as exc:
         return f"unreadable ({exc})"
 

@@ -47,6 +47,7 @@ PARENT_URI_TAG = "biosig.parent.uri"
 PARENT_VERSION_TAG = "biosig.parent.version"
 PID_TAG = "biosig.pid"
 PRED_VAR_RATIO_TAG = "biosig.pred_var_ratio"
+PROMOTE_DECIDED_AT_TAG = "biosig.promote.decided_at"  # epoch ms, set under the lock: the audit log's order
 PROMOTE_DECISION_TAG = "biosig.promote.decision"
 PROMOTE_MODEL_TAG = "biosig.promote.model"
 PROMOTE_POLICY_TAG = "biosig.promote.policy"
