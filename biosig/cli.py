@@ -104,10 +104,12 @@ class JobCommand(click.Command):
     only when the command runs or its options are asked for, so `biosig --help` stays fast."""
 
     def __init__(self, name: str, config_path: str, target: str, help_text: str,
-                 exit_code: Callable[[Any], int] | None = None) -> None:
+                 exit_code: Callable[[Any], int] | None = None, argument: str = "") -> None:
+        params = [click.Argument([f"{argument}_argument"], required=False, metavar=argument.upper())] if argument else []
         super().__init__(name, help=help_text, short_help=help_text.split(". ")[0].rstrip("."),
-                         callback=self._run)
+                         callback=self._run, params=params)
         self.config_path, self.target, self.exit_code = config_path, target, exit_code
+        self.argument = argument  # a config key that may also be given as the one positional argument
         self._options_loaded = False
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
@@ -117,6 +119,9 @@ class JobCommand(click.Command):
         return super().get_params(ctx)
 
     def _run(self, config_file: str | None, **options: Any) -> None:
+        if self.argument:
+            positional = options.pop(f"{self.argument}_argument")
+            options[self.argument] = options[self.argument] or positional
         result = _load(self.target)(build_config(_load(self.config_path), config_file, options))
         if self.exit_code is not None and self.exit_code(result):
             raise click.exceptions.Exit(self.exit_code(result))
@@ -222,6 +227,17 @@ def backbones_cmd() -> None:
                            f"{comments.get(key, '')}")
 
 
+@cli.group("dataset")
+def dataset_group() -> None:
+    """Sharded datasets built in parts (log-dataset output=PREFIX/ shard=i/n)."""
+
+
+dataset_group.add_command(JobCommand(
+    "finalize", "biosig.commands.configs:FinalizeDatasetConfig", "biosig.commands.log_dataset:run_finalize_dataset",
+    "Write manifest.json of the sharded dataset at PREFIX once every shard=i/n part is built, and log it to "
+    "MLflow like log-dataset (data_errors.csv covers every record of every part).", argument="prefix"))
+
+
 @cli.group("registry")
 def registry_group() -> None:
     """Inspect registered models: versions with aliases and metrics, promotion history."""
@@ -294,7 +310,7 @@ def run_entrypoint(command: str, argv: Sequence[str]) -> None:
         else:
             args.append(items[i])
             i += 1
-    sys.exit(main([command, *args]))
+    sys.exit(main([*command.split(), *args]))
 
 
 if __name__ == "__main__":

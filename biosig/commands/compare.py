@@ -52,7 +52,7 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         for reference in references:
             for mode in config.modes:
                 wanted = config.reference if not rows else []
-                rows.extend(_rows(config, reference, mode, str(Path(logged.path).resolve()), str(manifest), wanted))
+                rows.extend(_rows(config, reference, mode, logged.uri, str(manifest), wanted))
         digests = {row.pop("test_digest") for row in rows}
         if len(digests) != 1:
             raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")

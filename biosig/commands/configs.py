@@ -10,6 +10,7 @@ biosig.registry.naming.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,7 +57,9 @@ class DatasetConfig(BaseConfig):
     source: str = "synthetic:ppg-ecg"
     kind: str = "primary"
     output_dir: str = "data"
-    output: str = ""  # explicit .parquet path; default {output_dir}/{dataset name}.parquet
+    # explicit .parquet path (default {output_dir}/{dataset name}_{digest}.parquet), or a directory or
+    # s3:// prefix ending in '/': a sharded dataset (parquet shards + manifest.json) built in parallel
+    output: str = ""
     n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
     windows_per_subject: int = 0
     window_s: float = 0.0
@@ -69,16 +72,43 @@ class DatasetConfig(BaseConfig):
     missing_acc: Literal["exclude", "zero"] = "exclude"  # BUT PPG records without ACC
     ppg_colour: int = 0  # BUT PPG: which of the 3 PPG colour channels
     context: str = "primary"  # MLflow dataset input context
+    workers: int = 0  # sharded output: processes building groups of records at once (0: one per CPU)
+    # sharded output across machines: build slice i of n (0-based i/n, e.g. a Slurm array index), then
+    # `biosig dataset finalize PREFIX` once every slice is done
+    shard: str = ""
+    shard_rows: int = 32768  # sharded output: windows per shard at most (row groups of 2048)
+    records_per_shard: int = 0  # sharded output: records per build group (0: 512 for BUT PPG, 4 for VitalDB)
+
+    @property
+    def sharded(self) -> bool:
+        return self.output.endswith("/")
+
+    def part(self) -> tuple[int, int]:
+        if not self.shard:
+            return 0, 1
+        index, count = (int(v) for v in self.shard.split("/"))
+        return index, count
 
     def validate(self) -> None:
         super().validate()
+        if self.shard and not re.fullmatch(r"\d+/[1-9]\d*", self.shard):
+            raise ConfigError(f"config key 'shard' must be i/n (0 <= i < n), got {self.shard!r}")
+        if self.shard and not self.part()[0] < self.part()[1]:
+            raise ConfigError(f"config key 'shard' must be i/n with 0 <= i < n, got {self.shard!r}")
+        if self.shard and not self.sharded:
+            raise ConfigError("config key 'shard' builds part of a sharded dataset: set output to a directory or "
+                              "s3:// prefix ending in '/'")
+        require_range("workers", self.workers, 0)
+        require_range("shard_rows", self.shard_rows, 1)
+        require_range("records_per_shard", self.records_per_shard, 0)
         require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
         for key in ("n_subjects", "windows_per_subject", "window_s"):
             require_range(key, getattr(self, key), 0)
         require_range("subs_per_parent", self.subs_per_parent, 1)
         check_kind(self.kind)
-        if self.output and not self.output.endswith(".parquet"):
-            raise ConfigError(f"config key 'output' must end in .parquet, got {self.output!r}")
+        if self.output and not self.output.endswith((".parquet", "/")):
+            raise ConfigError(f"config key 'output' must end in .parquet (one file) or '/' (a sharded dataset), "
+                              f"got {self.output!r}")
 
     def source_options(self) -> SourceOptions:
         return SourceOptions(n_subjects=self.n_subjects, windows_per_subject=self.windows_per_subject,
@@ -86,6 +116,21 @@ class DatasetConfig(BaseConfig):
                              channels=self.channels, fs=self.fs, labels=self.labels,
                              subs_per_parent=self.subs_per_parent, preprocess=self.preprocess,
                              missing_acc=self.missing_acc, ppg_colour=self.ppg_colour, seed=self.seed)
+
+
+@dataclasses.dataclass
+class FinalizeDatasetConfig(BaseConfig):
+    """`dataset finalize`: write manifest.json of a sharded dataset whose parts were built separately, and log it."""
+
+    prefix: str = ""  # the output directory or s3:// prefix the shard=i/n parts were built into
+    context: str = "primary"  # MLflow dataset input context
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.prefix:
+            raise ConfigError("config key 'prefix' is required: the directory or s3:// prefix of the built parts")
+        if not self.prefix.startswith("s3://") and not Path(self.prefix).is_dir():
+            raise ConfigError(f"config key 'prefix': {self.prefix} is not a directory")
 
 
 @dataclasses.dataclass
@@ -151,6 +196,9 @@ class PretrainConfig(LoopConfig):
     val_fraction: float = 0.2
     register: bool = True
     resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
+    # a sharded dataset (a directory or s3:// prefix with manifest.json) is streamed by this many reader
+    # processes per training process (0: read in the training process)
+    data_workers: int = 1
 
     @classmethod
     def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -161,6 +209,7 @@ class PretrainConfig(LoopConfig):
         super().validate()
         check_channels(self.channels, "config key 'channels'")
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
+        require_range("data_workers", self.data_workers, 0)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)
         require_range("collapse_ratio", self.collapse_ratio, 0, 1)

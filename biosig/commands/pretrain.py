@@ -11,6 +11,7 @@ becomes a version of the registered model `ttm_…` / `mamba2_…` with the alia
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import math
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -27,10 +29,11 @@ import biosig
 from biosig.backbones import build_backbone
 from biosig.commands.configs import PretrainConfig
 from biosig.data import SourceOptions
-from biosig.data.adapt import ChannelStats, fit_context, select_channels
+from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, select_channels
 from biosig.data.naming import dataset_name
+from biosig.data.shards import is_sharded, read_manifest, verify_all
 from biosig.data.sources import load_source
-from biosig.data.splits import subject_split
+from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
@@ -57,10 +60,13 @@ from biosig.tracking.tags import (
     WORLD_SIZE_TAG,
 )
 from biosig.training import loop
+from biosig.training.stream import ShardStream, stream_loader
 
 log = get_logger(__name__)
 
 HISTORY_METRICS = ("train_loss", "val_loss", "val_pred_var_ratio", "lr")
+NORMALISATION_SAMPLE = 16384  # training windows a streamed dataset's channel mean/std are fitted on
+
 def pretrain_model(config: PretrainConfig, channels: list[str]) -> nn.Module:
     """Backbone + self-supervised objective: forward(x, generator) -> (loss, variance ratio)."""
     return config.spec.pretraining(build_backbone(config.arch, channels, config.backbone_config()), config)
@@ -99,32 +105,22 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     previous = _fetch_resume(ctx, config, work) if config.resume else None  # fail before any data work
     device = dist.device(config.device)
     logged = _load_data(ctx, config, dist)
-    ws = logged.windows
-    splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
-    arrays = {split: fit_context(select_channels(part.signals, ws.channels, config.channels, logged.name), ws.fs,
-                                 target_length=config.window_length, target_fs=ws.fs, policy=config.context_fit,
-                                 where=logged.name, patch_length=config.patch_length)
-              for split, part in splits.items() if split != "test"}
-    stats = ChannelStats.fit(arrays["train"], config.channels)
-    arrays = {split: stats.apply(x) for split, x in arrays.items()}
+    feed = _streamed(config, logged, dist) if logged.manifest is not None else _in_memory(config, logged)
     generator = loop.seed_everything(config.seed)
     model = pretrain_model(config, config.channels).to(device)
-    train_loader = loop.loader([arrays["train"]], config.batch_size, shuffle=True, generator=generator, dist=dist,
-                               seed=config.seed)
-    val_loader = loop.loader([arrays["val"]], config.batch_size, shuffle=False)
+    train_loader, val_loader, steps_per_epoch = feed.loaders(config, generator, dist)
     if dist.active:  # different masks per process; DDP copies rank 0's initial weights to all
         generator.manual_seed(config.seed * 1000 + dist.rank)
     optimizer, scheduler = loop.optimizer_and_schedule(
-        _decay_groups(model), config.lr, config.weight_decay, config.epochs * len(train_loader),
+        _decay_groups(model), config.lr, config.weight_decay, config.epochs * steps_per_epoch,
         config.warmup_fraction)
     trained = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
-    meta = _meta(config, name, ws.fs, stats, logged, ctx.run_id, model)
+    meta = _meta(config, name, feed.fs, feed.stats, logged, ctx.run_id, model)
     n_params = sum(p.numel() for p in model.backbone.parameters())
-    ctx.log_metrics({"backbone_params": n_params, "train_windows": len(arrays["train"]),
-                     "val_windows": len(arrays["val"])})
+    ctx.log_metrics({"backbone_params": n_params, "train_windows": feed.n_train, "val_windows": feed.n_val})
     if dist.leader:
-        log.info(f"pretrain {name}: {n_params:,} backbone parameters, {len(arrays['train'])} train / "
-                 f"{len(arrays['val'])} val windows of {logged.name}, device {device}"
+        log.info(f"pretrain {name}: {n_params:,} backbone parameters, {feed.n_train} train / "
+                 f"{feed.n_val} val windows of {logged.name}{feed.how}, device {device}"
                  f"{f', {dist.world_size} processes' if dist.active else ''}, run {ctx.run_id}")
     progress = loop.TrainingProgress()  # best_score: -val_loss
     ctx.begin_model(name, model_type=f"pretrained {config.arch}", dataset=logged.mlflow_ref,
@@ -139,17 +135,19 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         trained.train()
-        if dist.active:
-            train_loader.sampler.set_epoch(epoch)
-        total, count = loop.train_epoch(trained, train_loader, optimizer, scheduler, loss_of, device=device,
-                                        amp=config.amp, grad_clip=config.grad_clip, where=f"epoch {epoch}")
-        train_loss = dist.mean(total, count)
+        feed.set_epoch(train_loader, epoch)
+        # a stream deals whole row groups to ranks, so ranks may get unequal batch counts: DDP's join
+        # lets a rank that ran out shadow the collective calls of those still training
+        with trained.join() if dist.active and feed.streamed else contextlib.nullcontext():
+            total, count = loop.train_epoch(trained, train_loader, optimizer, scheduler, loss_of, device=device,
+                                            amp=config.amp, grad_clip=config.grad_clip, where=f"epoch {epoch}")
+        train_loss, seen = dist.mean_and_count(total, count)
         progress.epoch = epoch
         if not dist.leader:
             continue
         val_loss, ratio = _validation_loss(model, val_loader, device, config)
         row = {"train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
-               "lr": scheduler.get_last_lr()[0]}
+               "lr": scheduler.get_last_lr()[0], "train_windows_seen": seen}  # all processes together
         ctx.log_metrics(row, step=epoch)
         ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
         improved = progress.record(row, -val_loss)
@@ -178,13 +176,91 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
 
 
 def _load_data(ctx: RunContext | FollowerContext, config: PretrainConfig, dist: loop.Distributed) -> LoggedDataset:
-    """The leader logs the dataset (and writes its parquet); other processes read the same source."""
+    """The leader logs the dataset (and writes its parquet); other processes read the same source. A
+    sharded dataset stays where it is and is streamed."""
     options = SourceOptions(n_subjects=config.n_subjects, windows_per_subject=config.windows_per_subject,
                             seed=config.seed)
     if dist.leader:
-        return use_dataset(ctx, config.data, options, output_dir=config.data_dir, context="training")
+        return use_dataset(ctx, config.data, options, output_dir=config.data_dir, context="training", stream=True)
+    if is_sharded(config.data):
+        manifest = read_manifest(config.data)
+        return LoggedDataset(name=manifest.name, path=Path(manifest.root), digest=manifest.digest, run_id="",
+                             windows=None, manifest=manifest)
     ws = load_source(config.data, options)
     return LoggedDataset(name=dataset_name(ws), path=Path(config.data), digest=ws.digest, run_id="", windows=ws)
+
+
+@dataclasses.dataclass
+class _Feed:
+    """Where training batches come from: arrays in memory, or streams over a sharded dataset."""
+
+    fs: float
+    stats: ChannelStats
+    n_train: int
+    n_val: int
+    arrays: dict[str, Any] | None = None
+    streams: dict[str, ShardStream] | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.streams is not None
+
+    @property
+    def how(self) -> str:
+        return f" (streamed from {len(self.streams['train'].units)} row groups)" if self.streams else ""
+
+    def loaders(self, config: PretrainConfig, generator: torch.Generator, dist: loop.Distributed):
+        """(train batches, val batches, optimiser steps per epoch)."""
+        if self.streams is not None:
+            train = stream_loader(self.streams["train"], config.data_workers)
+            val = stream_loader(self.streams["val"], config.data_workers)
+            return train, val, self.streams["train"].batches_per_epoch(max(1, config.data_workers))
+        train = loop.loader([self.arrays["train"]], config.batch_size, shuffle=True, generator=generator, dist=dist,
+                            seed=config.seed)
+        return train, loop.loader([self.arrays["val"]], config.batch_size, shuffle=False), len(train)
+
+    def set_epoch(self, loader, epoch: int) -> None:
+        if self.streams is not None:
+            self.streams["train"].set_epoch(epoch)
+        elif isinstance(loader.sampler, torch.utils.data.DistributedSampler):
+            loader.sampler.set_epoch(epoch)
+
+
+def _in_memory(config: PretrainConfig, logged: LoggedDataset) -> _Feed:
+    ws = logged.windows
+    splits = subject_split(ws, config.val_fraction, 0.0, seed=config.seed)
+    arrays = {split: fit_context(select_channels(part.signals, ws.channels, config.channels, logged.name), ws.fs,
+                                 target_length=config.window_length, target_fs=ws.fs, policy=config.context_fit,
+                                 where=logged.name, patch_length=config.patch_length)
+              for split, part in splits.items() if split != "test"}
+    stats = ChannelStats.fit(arrays["train"], config.channels)
+    arrays = {split: stats.apply(x) for split, x in arrays.items()}
+    return _Feed(ws.fs, stats, len(arrays["train"]), len(arrays["val"]), arrays=arrays)
+
+
+def _streamed(config: PretrainConfig, logged: LoggedDataset, dist: loop.Distributed) -> _Feed:
+    """Train/val streams over the subjects of a manifest split; the normalisation is fitted on a sample
+    of NORMALISATION_SAMPLE training windows from randomly drawn row groups (not a pass over the corpus)."""
+    manifest = logged.manifest
+    verify_all(manifest)  # every shard's bytes against the manifest (remembered per machine)
+    subjects = manifest_subject_split(manifest, config.val_fraction, 0.0, seed=config.seed)
+    transform = WindowTransform(manifest.channels, config.channels, manifest.fs, config.window_length,
+                                config.context_fit, config.patch_length, logged.name)
+    sample, held = [], 0
+    for x, _ in ShardStream(manifest, 1024, subjects=subjects["train"], transform=transform, seed=config.seed,
+                            verify=False):
+        sample.append(x.numpy())
+        held += len(x)
+        if held >= NORMALISATION_SAMPLE:
+            break
+    transform.stats = ChannelStats.fit(np.concatenate(sample), config.channels)
+    streams = {
+        "train": ShardStream(manifest, config.batch_size, subjects=subjects["train"], transform=transform,
+                             seed=config.seed, rank=dist.rank, world_size=dist.world_size, verify=False),
+        "val": ShardStream(manifest, config.batch_size, subjects=subjects["val"], transform=transform, shuffle=False,
+                           verify=False),
+    }
+    return _Feed(manifest.fs, transform.stats, streams["train"].windows, streams["val"].windows, streams=streams)
 
 
 def _decay_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -213,7 +289,7 @@ def _validation_loss(model: nn.Module, batches, device, config) -> tuple[float, 
     model.eval()
     generator = torch.Generator().manual_seed(config.seed + 1)
     total, ratio_total, count = 0.0, 0.0, 0
-    for (x,) in batches:
+    for x, *_ in batches:  # a stream's batches also carry their reader's id
         x = x.to(device, non_blocking=True)
         with loop.autocast(device, config.amp):
             loss, ratio = model(x, generator)
@@ -242,7 +318,7 @@ def _meta(config: PretrainConfig, name: str, fs: float, stats: ChannelStats, log
                       "masking_style": getattr(model, "style", "fill"),  # token models mask by removal/replacement
                       "prediction_length": config.prediction_length},
         "provenance": {"run_id": run_id, "dataset": logged.name, "dataset_digest": logged.digest,
-                       "dataset_uri": str(Path(logged.path).resolve()), "biosig_version": biosig.__version__},
+                       "dataset_uri": logged.uri, "biosig_version": biosig.__version__},
     }
 
 

@@ -74,7 +74,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
                              context="training")
         # Workers and the refit read the parquet this run logged: the same windows, the same split.
         pinned = f"models:/{parent.name}/{parent.version}" if parent.name else parent.uri  # no drift mid-search
-        base = dataclasses.replace(config, data=str(Path(logged.path).resolve()), checkpoint=pinned,
+        base = dataclasses.replace(config, data=logged.uri, checkpoint=pinned,
                                    study=study_name)
         study = _study(base, storage, study_name)
         ctx.set_tags({**parent.lineage(), "optuna.storage": redact_value(_describe(storage, config.storage))})

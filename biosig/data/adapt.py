@@ -3,6 +3,7 @@ length (crop, pad or resample, per config), or refuse with an error naming both 
 
 from __future__ import annotations
 
+import dataclasses
 from fractions import Fraction
 from typing import Literal
 
@@ -167,3 +168,24 @@ def prepare_windows(signals: np.ndarray, channels: list[str], fs: float, spec: d
     x = fit_context(x, fs, target_length=spec["context_length"], target_fs=spec["fs"],
                     policy=spec.get("context_fit", "error"), where=where)
     return ChannelStats.from_dict(spec["normalisation"]).apply(x)
+
+
+@dataclasses.dataclass
+class WindowTransform:
+    """What a training batch goes through between storage and the model: channels selected by name, the
+    window fitted to the model's context, then normalised (picklable, so reader processes apply it)."""
+
+    have: list[str]
+    want: list[str]
+    fs: float
+    target_length: int
+    policy: ContextFit
+    patch_length: int
+    where: str
+    stats: "ChannelStats | WindowScaling | None" = None
+
+    def __call__(self, signals: np.ndarray) -> np.ndarray:
+        x = fit_context(select_channels(signals, self.have, self.want, self.where), self.fs,
+                        target_length=self.target_length, target_fs=self.fs, policy=self.policy, where=self.where,
+                        patch_length=self.patch_length)
+        return self.stats.apply(x) if self.stats is not None else x

@@ -27,8 +27,12 @@ def check_kind(kind: str) -> None:
 
 
 def dataset_name(ws: WindowSet, kind: str = "primary") -> str:
+    return conventional_name(ws.modality, ws.window_s, ws.channels, ws.n_windows, kind)
+
+
+def conventional_name(modality: str, window_s: float, channels: list[str], n_windows: int, kind: str) -> str:
     check_kind(kind)
-    return f"{ws.modality}_{format_seconds(ws.window_s)}s_{channel_token(ws.channels)}_{ws.n_windows}windows_{kind}"
+    return f"{modality}_{format_seconds(window_s)}s_{channel_token(channels)}_{n_windows}windows_{kind}"
 
 
 def channels_from_token(parts: list[str]) -> list[str]:

@@ -106,13 +106,8 @@ def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> Win
         if name not in table.column_names:
             raise DataError(f"{where} is missing the expected column '{name}' (has {table.column_names})")
 
-    n_samples = _channel_length(table, channels, where)
-    signals = np.empty((n_rows, len(channels), n_samples), dtype=np.float32)
-    for ci, name in enumerate(channels):
-        _fill_channel(signals, ci, table.column(name), n_samples, where, name)
-
     ws = WindowSet(
-        signals=signals,
+        signals=signals_of(table, channels, where),
         labels=_int_column(table, label_col, where),
         subject=_subject_column(table, subject_col, where),
         order=np.column_stack([_int_column(table, c, where) for c in order_cols])
@@ -130,6 +125,19 @@ def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> Win
     if verify_order:
         ws.check_sorted()
     return ws
+
+
+def signals_of(table: pa.Table, channels: list[str], where: str) -> np.ndarray:
+    """The float32 [N, C, T] array of the channel columns `channels` (one copy, no per-row objects)."""
+    n_samples = _channel_length(table, channels, where)
+    signals = np.empty((table.num_rows, len(channels), n_samples), dtype=np.float32)
+    for ci, name in enumerate(channels):
+        _fill_channel(signals, ci, table.column(name), n_samples, where, name)
+    return signals
+
+
+def subjects_of(table: pa.Table, name: str, where: str) -> np.ndarray:
+    return _subject_column(table, name, where)
 
 
 def _schema_metadata(table: pa.Table, where: str) -> dict[str, Any]:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from biosig.data.windowset import WindowSet
+
+if TYPE_CHECKING:
+    from biosig.data.shards import Manifest
 
 
 def class_name(ws: WindowSet, label: int) -> str:
@@ -43,6 +46,23 @@ def profile(ws: WindowSet) -> dict[str, Any]:
                           for lab, c in zip(labels, counts)},
         "channels": channels,
     }
+
+
+def sharded_profile(manifest: "Manifest", sample: WindowSet) -> dict[str, Any]:
+    """profile() of a sharded dataset: counts, subjects and class balance exact (from the manifest),
+    channel statistics from `sample`."""
+    prof = profile(sample)
+    per_subject = np.array([sum(labels.values()) for labels in manifest.subject_labels().values()])
+    total = manifest.n_windows
+    prof.update({
+        "n_windows": total, "n_subjects": int(per_subject.size), "n_shards": len(manifest.shards),
+        "windows_per_subject": {"min": int(per_subject.min()), "median": float(np.median(per_subject)),
+                                "max": int(per_subject.max())},
+        "class_balance": {class_name(sample, label): {"count": count, "fraction": count / total}
+                          for label, count in manifest.label_counts().items()},
+        "channel_statistics_from": f"{sample.n_windows} sampled windows",
+    })
+    return prof
 
 
 def plot_examples(ws: WindowSet, out_dir: Path, per_class: int = 3, seed: int = 0) -> list[Path]:

@@ -45,7 +45,9 @@ def vitaldb_defaults() -> PreprocessConfig:
 
 
 def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError], *, missing_acc: str = "exclude",
-                ppg_colour: int = 0, labels_file: Path | None = None, source: str = "") -> WindowSet:
+                ppg_colour: int = 0, labels_file: Path | None = None, source: str = "",
+                records: list[str] | None = None) -> WindowSet:
+    """The windows of every record folder under `root` (or of the folders named in `records`)."""
     if missing_acc not in ("exclude", "zero"):
         raise DataError(f"missing_acc must be exclude or zero, got {missing_acc!r}")
     labels_file = labels_file or root / BUTPPG_LABELS
@@ -55,11 +57,11 @@ def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError],
     if not {"ID", "Quality"} <= set(table.columns):
         raise DataError(f"{labels_file}: needs the columns ID and Quality, has {list(table.columns)}")
     quality = {str(i).zfill(6): int(q) for i, q in zip(table.ID, table.Quality)}
-    records = sorted(p for p in root.iterdir() if p.is_dir() and _RECORD_ID.match(p.name))
-    if not records:
+    folders = butppg_records(root) if records is None else [root / r for r in records]
+    if not folders:
         raise DataError(f"BUT PPG: no record folders (6-digit ids) in {root}")
     parts, missing_label = [], []
-    for folder in records:
+    for folder in folders:
         rid = folder.name
         try:
             signals, has_acc = _butppg_signals(folder, ppg_colour)
@@ -86,7 +88,7 @@ def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError],
                                   "warning"))
     parts = [p for p in parts if p[4]]
     if not parts:
-        raise DataError(f"BUT PPG {root}: no window survived ({len(records)} records; see data_errors.csv)")
+        raise DataError(f"BUT PPG {root}: no window survived ({len(folders)} records; see data_errors.csv)")
     return WindowSet(
         signals=np.concatenate([w.signals for _, w, _, _, _ in parts]),
         labels=np.concatenate([np.full(n, q, dtype=np.int64) for _, _, q, _, n in parts]),
@@ -99,6 +101,11 @@ def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError],
         modality="PPG", subject_name="subject", label_name="quality", class_names=QUALITY_CLASSES,
         source=source or str(root),
     ).sorted()
+
+
+def butppg_records(root: Path) -> list[Path]:
+    """The record folders (6-digit ids) of a BUT PPG root, sorted."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and _RECORD_ID.match(p.name))
 
 
 def _butppg_signals(folder: Path, ppg_colour: int) -> tuple[dict[str, tuple[np.ndarray, float]], bool]:

@@ -3,7 +3,8 @@
 Specs: `synthetic:ppg-ecg` (2 ch, 1024 samples at 125 Hz), `synthetic:quality` (ACC_X/Y/Z, PPG, ECG,
 10 s at 125 Hz), `synthetic:eeg` (Muse AF7/AF8/TP9/TP10, 8 s at 256 Hz), `muse:DIR` / `muse:s3://…/`
 (Muse CSV exports, see biosig.data.muse), or a local `.parquet` /
-`.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache), or a
+`.npz` path, local or `s3://bucket/key` (downloaded once into the content-addressed cache), a sharded
+dataset (a directory or `s3://…/` prefix with manifest.json, see biosig.data.shards), or a
 directory / `s3://bucket/prefix/` of such files, concatenated: a file that fails to read is recorded in
 `LoadReport.errors` (written as data_errors.csv by the caller) instead of failing the whole load.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from biosig.data.npz_io import read_npz
 from biosig.data.parquet_io import read_parquet
+from biosig.data.shards import is_sharded, read_sharded
 from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
@@ -71,7 +73,9 @@ def load_source(spec: str, options: SourceOptions | None = None, errors: list[Fi
         return _load_muse(spec, options, errors)
     if spec.startswith(("butppg:", "vitaldb:")):
         return _load_recordings(spec, options, errors)
-    if spec.endswith("/") or (not spec.startswith(("s3://", "synthetic:")) and Path(spec).is_dir()):
+    if _is_folder(spec) and is_sharded(spec):
+        return read_sharded(spec)
+    if _is_folder(spec):
         return _load_many(spec, options, errors)
     if spec.startswith("synthetic:"):
         return _synthetic(spec, options)
@@ -87,6 +91,12 @@ def load_source(spec: str, options: SourceOptions | None = None, errors: list[Fi
 
 
 DATA_SUFFIXES = (".parquet", ".npz")
+
+
+def _is_folder(spec: str) -> bool:
+    if spec.startswith("s3://"):
+        return spec.endswith("/") or not Path(spec).suffix
+    return spec.endswith("/") or (not spec.startswith("synthetic:") and Path(spec).is_dir())
 
 
 def _load_many(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
@@ -184,16 +194,41 @@ def _synthetic(spec: str, o: SourceOptions) -> WindowSet:
     raise DataError(f"unknown synthetic source '{spec}'; choose one of {', '.join(SYNTHETIC_SOURCES)}")
 
 
-def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
-    """`butppg:DIR` / `vitaldb:DIR` (local folder or s3:// prefix, mirrored into the cache first)."""
-    from biosig.data import recordings
-    from biosig.data.preprocess import PreprocessConfig
+def recording_root(spec: str) -> Path:
+    """The local folder of a `butppg:` / `vitaldb:` source (an s3:// prefix is mirrored into the cache)."""
     from biosig.data.storage import mirror_prefix
 
     kind, where = spec.split(":", 1)
     root = mirror_prefix(where) if where.startswith("s3://") else Path(where)
     if not root.is_dir():
         raise DataError(f"{kind} source {spec}: {where} is not a directory")
+    return root
+
+
+def record_units(spec: str) -> list[str]:
+    """The records of a `butppg:` (folder names) or `vitaldb:` (.vital paths relative to the root) source,
+    sorted: the units a parallel build divides."""
+    from biosig.data import recordings
+
+    kind, where = spec.split(":", 1)
+    root = recording_root(spec)
+    if kind == "butppg":
+        return [p.name for p in recordings.butppg_records(root)]
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*.vital"))
+    if not files:
+        raise DataError(f"vitaldb source {spec}: no .vital files in {where}")
+    return files
+
+
+def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] | None,
+                     records: list[str] | None = None) -> WindowSet:
+    """`butppg:DIR` / `vitaldb:DIR` (local folder or s3:// prefix, mirrored into the cache first); with
+    `records`, only those records (see record_units)."""
+    from biosig.data import recordings
+    from biosig.data.preprocess import PreprocessConfig
+
+    kind, where = spec.split(":", 1)
+    root = recording_root(spec)
     defaults = recordings.butppg_defaults() if kind == "butppg" else recordings.vitaldb_defaults()
     config = PreprocessConfig.from_yaml(options.preprocess) if options.preprocess else defaults
     problems: list[FileError] = []
@@ -201,8 +236,9 @@ def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] 
     try:
         if kind == "butppg":
             return recordings.read_butppg(root, config, problems, missing_acc=options.missing_acc,
-                                          ppg_colour=options.ppg_colour, labels_file=labels, source=spec)
-        files = sorted(root.rglob("*.vital"))
+                                          ppg_colour=options.ppg_colour, labels_file=labels, source=spec,
+                                          records=records)
+        files = sorted(root.rglob("*.vital")) if records is None else [root / r for r in records]
         if not files:
             raise DataError(f"vitaldb source {spec}: no .vital files in {where}")
         return recordings.read_vital_files(files, config, problems, labels_file=labels, source=spec)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from biosig.data.atomic import atomic_path
+from biosig.data.shards import Manifest
 from biosig.data.windowset import WindowSet
 from biosig.errors import ConfigError, DataError
 
@@ -19,17 +20,52 @@ def subject_split(ws: WindowSet, val_fraction: float, test_fraction: float, seed
     """Split by subject, stratified by each subject's majority label so that val and test see every
     class when there are enough subjects. Fractions are of subjects; with test_fraction 0 there is no
     'test' entry."""
+    _check_fractions(val_fraction, test_fraction)
+    subjects, inverse = np.unique(ws.subject, return_inverse=True)
+    _check_enough(len(subjects), test_fraction, ws.where, ws.subject_name)
+    majority = np.array([np.bincount(ws.labels[inverse == i].clip(0)).argmax() for i in range(len(subjects))])
+    window_split = _assign(majority, val_fraction, test_fraction, seed)[inverse]
+    return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
+
+
+def manifest_subject_split(manifest: Manifest, val_fraction: float, test_fraction: float,
+                           seed: int = 0) -> dict[str, set[str]]:
+    """subject_split of a sharded dataset from its manifest's subject index, without reading signals:
+    the same subjects land in the same splits as subject_split of the same rows read into memory."""
+    _check_fractions(val_fraction, test_fraction)
+    index = manifest.subject_labels()
+    subjects = np.array(sorted(index))
+    _check_enough(len(subjects), test_fraction, manifest.root, manifest.schema["subject_column"])
+    majority = np.array([_majority(index[s]) for s in subjects])
+    assignment = _assign(majority, val_fraction, test_fraction, seed)
+    return {name: set(subjects[assignment == name].tolist()) for name in SPLITS if (assignment == name).any()}
+
+
+def _majority(labels: dict[int, int]) -> int:
+    """The most frequent label, unlabelled (-1) counted as 0 and ties to the lower label, as in subject_split."""
+    counts: dict[int, int] = {}
+    for label, n in labels.items():
+        counts[max(label, 0)] = counts.get(max(label, 0), 0) + n
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
     if not 0 < val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ConfigError(f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
                           "with val > 0 and a sum below 1")
-    subjects, inverse = np.unique(ws.subject, return_inverse=True)
-    if len(subjects) < (3 if test_fraction else 2):
-        raise DataError(f"{ws.where} has {len(subjects)} {ws.subject_name}(s): a subject-level "
+
+
+def _check_enough(n_subjects: int, test_fraction: float, where: str, subject_name: str) -> None:
+    if n_subjects < (3 if test_fraction else 2):
+        raise DataError(f"{where} has {n_subjects} {subject_name}(s): a subject-level "
                         f"train/val{'/test' if test_fraction else ''} split needs at least "
                         f"{3 if test_fraction else 2}")
-    majority = np.array([np.bincount(ws.labels[inverse == i].clip(0)).argmax() for i in range(len(subjects))])
+
+
+def _assign(majority: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Each subject's split, stratified by its majority label."""
     rng = np.random.default_rng(seed)
-    assignment = np.empty(len(subjects), dtype=object)
+    assignment = np.empty(len(majority), dtype=object)
     for label in np.unique(majority):
         members = rng.permutation(np.flatnonzero(majority == label))
         n_test = _share(len(members), test_fraction)
@@ -38,8 +74,7 @@ def subject_split(ws: WindowSet, val_fraction: float, test_fraction: float, seed
         assignment[members[n_test:n_test + n_val]] = "val"
         assignment[members[n_test + n_val:]] = "train"
     _ensure_nonempty(assignment, test_fraction > 0, rng)
-    window_split = assignment[inverse]
-    return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
+    return assignment
 
 
 def _share(n: int, fraction: float) -> int:

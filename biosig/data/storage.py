@@ -113,3 +113,23 @@ def mirror_prefix(prefix: str) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(local, target)
     return root
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow FileSystem, path) for a local path or an `s3://bucket/key` URI: S3 is read in ranges (a
+    parquet row group at a time), never downloaded whole. Endpoint and region as for boto3 above;
+    credentials from the environment or the AWS config files."""
+    import pyarrow.fs as pafs
+
+    if not uri.startswith("s3://"):
+        return pafs.LocalFileSystem(), str(Path(uri).resolve())
+    bucket, key = split_s3_uri(uri.rstrip("/") + "/x")
+    kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=RETRIES)}
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key[:-1]}".rstrip("/")

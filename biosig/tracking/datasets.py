@@ -18,6 +18,7 @@ from mlflow.data.numpy_dataset import NumpyDataset
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
 from biosig.data.parquet_io import stored_digest
 from biosig.data.profile import class_name
+from biosig.data.shards import Manifest, is_sharded, read_manifest, read_sharded, sample_windows
 from biosig.data.storage import fetch
 from biosig.errors import DataError, FileError
 from biosig.logs import get_logger
@@ -45,7 +46,14 @@ class LoggedDataset:
     path: Path
     digest: str
     run_id: str
-    windows: WindowSet
+    windows: WindowSet | None  # None: a sharded dataset read by streaming (see `manifest`)
+    manifest: Manifest | None = None
+    location: str = ""  # the dataset's URI when `path` is not it (an s3:// prefix)
+
+    @property
+    def uri(self) -> str:
+        """What another command is given to read the same data: a local path or an s3:// URI."""
+        return self.location or str(Path(self.path).resolve())
 
     @property
     def mlflow_ref(self) -> tuple[str, str]:
@@ -54,14 +62,18 @@ class LoggedDataset:
 
 
 def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: str = "primary",
-                output_dir: str = "data", output: str = "", context: str = "primary") -> LoggedDataset:
+                output_dir: str = "data", output: str = "", context: str = "primary",
+                stream: bool = False) -> LoggedDataset:
     """Load `source` into the run as an MLflow dataset input whose source is a parquet file: a parquet
     source is used in place; synthetic and npz sources are written once to the content-addressed
-    `{output_dir}/{name}_{digest12}.parquet` (or `output`), never replacing different content."""
+    `{output_dir}/{name}_{digest12}.parquet` (or `output`), never replacing different content. A sharded
+    dataset is used in place too, read whole, or (`stream`) left on disk for a streaming reader."""
+    if is_sharded(source):
+        return use_sharded(ctx, source, context=context, stream=stream)
     errors: list[FileError] = []
     ws = load_source(source, options, errors).sorted()  # files hold sorted rows: the digest describes the file
     if errors:
-        _log_data_errors(ctx, errors)
+        log_data_errors(ctx, errors)
     name = dataset_name(ws, kind)
     if source.endswith(".parquet") and source.startswith("s3://") and not output:
         log_windowset(ctx, ws, name=name, uri=source, context=context)  # the object in S3 is the source
@@ -95,7 +107,47 @@ def _write_once(ctx: RunContext, ws: WindowSet, path: Path, *, key: str) -> None
     ctx.on_failure(lambda: path.unlink(missing_ok=True))
 
 
-def _log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
+def use_sharded(ctx: RunContext, root: str, *, context: str, stream: bool) -> LoggedDataset:
+    manifest = read_manifest(root)
+    windows = None if stream else read_sharded(root)
+    log_sharded(ctx, manifest, context=context)
+    return LoggedDataset(name=manifest.name, path=Path(manifest.root), digest=manifest.digest, run_id=ctx.run_id,
+                         windows=windows, manifest=manifest,
+                         location=manifest.root if manifest.root.startswith("s3://") else "")
+
+
+PROFILE_SAMPLE = 512  # windows a sharded dataset's input profile and example plots are computed from
+
+
+def log_sharded(ctx: RunContext, manifest: Manifest, *, context: str) -> WindowSet:
+    """Record a sharded dataset as an MLflow dataset input: source = its prefix, digest = the manifest's,
+    profile = exact counts from the manifest plus signal figures from a sample. Returns the sample."""
+    sample = sample_windows(manifest, PROFILE_SAMPLE)
+    summary = sharded_summary(manifest, sample)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        dataset = WindowDataset(sample, source=resolve_dataset_source(manifest.root), name=manifest.name,
+                                digest=manifest.digest[:MLFLOW_DIGEST_LENGTH], summary=summary)
+    mlflow.log_input(dataset, context=context, tags={"modality": sample.modality, "shards": str(len(manifest.shards)),
+                                                     "kind": manifest.name.rsplit("_", 1)[-1]})
+    ctx.set_tags({DATASET_NAME_TAG: manifest.name, DATASET_DIGEST_TAG: manifest.digest, DATASET_URI_TAG: manifest.root,
+                  DATASET_MODALITY_TAG: sample.modality, DATASET_CHANNELS_TAG: ",".join(manifest.channels)})
+    return sample
+
+
+def sharded_summary(manifest: Manifest, sample: WindowSet) -> dict[str, Any]:
+    total = manifest.n_windows
+    balance = ", ".join(f"{class_name(sample, label)} {count} ({count / total:.0%})"
+                        for label, count in manifest.label_counts().items())
+    return {"windows": total, "channels": ", ".join(manifest.channels), "fs_hz": manifest.fs,
+            "window_length": f"{manifest.n_samples} samples ({manifest.n_samples / manifest.fs:g} s)",
+            "subjects": len(manifest.subject_labels()), "class_balance": balance or "unlabelled",
+            "modality": sample.modality, "shards": len(manifest.shards),
+            "size": f"{sum(s.bytes for s in manifest.shards) / 2**20:.1f} MiB",
+            "profiled_from": f"a sample of {sample.n_windows} windows"}
+
+
+def log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
     """Unreadable files do not fail the run: they (kind=error), files read with repairs (kind=warning:
     dropped NaN rows, gaps) and windows dropped by quality gates (kind=rejected, with counts) are listed in
     dataset/data_errors.csv, counted in tags, and the rejections logged as `rejected_windows.<reason>`."""
@@ -129,13 +181,15 @@ class WindowDataset(NumpyDataset):
     """MLflow's numpy dataset whose profile (the UI's dataset panel) reads like a methods section:
     channels, sampling rate, window length, subjects and class balance, not only array shapes."""
 
-    def __init__(self, ws: WindowSet, *, source, name: str, digest: str) -> None:
-        self._summary = dataset_summary(ws)
+    def __init__(self, ws: WindowSet, *, source, name: str, digest: str,
+                 summary: dict[str, Any] | None = None) -> None:
+        self._summary = summary or dataset_summary(ws)
+        self._sampled = summary is not None  # the arrays are a sample: their shapes are not the dataset's
         super().__init__(features=ws.signals, source=source, targets=ws.labels, name=name, digest=digest)
 
     @property
     def profile(self) -> dict[str, Any]:
-        return {**self._summary, **(super().profile or {})}
+        return dict(self._summary) if self._sampled else {**self._summary, **(super().profile or {})}
 
 
 def dataset_summary(ws: WindowSet) -> dict[str, Any]:

@@ -24,6 +24,7 @@ DATASET_ERRORS_TAG = "biosig.dataset.errors"
 DATASET_MODALITY_TAG = "biosig.dataset.modality"
 DATASET_NAME_TAG = "biosig.dataset.name"
 DATASET_URI_TAG = "biosig.dataset.uri"
+DATASET_PART_TAG = "biosig.dataset.part"  # i/n: a log_dataset run that built one slice of a sharded dataset
 DATASET_WARNINGS_TAG = "biosig.dataset.warnings"
 ERROR_TAG = "biosig.error"
 ERROR_TYPE_TAG = "biosig.error_type"

@@ -79,11 +79,15 @@ class Distributed:
 
     def mean(self, total: float, count: int) -> float:
         """sum(total) / sum(count) over all processes."""
+        return self.mean_and_count(total, count)[0]
+
+    def mean_and_count(self, total: float, count: int) -> tuple[float, int]:
+        """(sum(total) / sum(count), sum(count)) over all processes."""
         if not self.active:
-            return total / count
+            return total / count, count
         values = torch.tensor([total, float(count)], dtype=torch.float64)
         torch.distributed.all_reduce(values)
-        return float(values[0] / values[1])
+        return float(values[0] / values[1]), int(values[1])
 
     def barrier(self) -> None:
         if self.active:

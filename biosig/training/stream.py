@@ -1,0 +1,157 @@
+"""Streaming a sharded dataset into training: an IterableDataset over row groups.
+
+Each epoch the row groups (of the shards that hold any selected subject) are put in an order drawn from
+(seed, epoch) and dealt round-robin to the `world_size x num_workers` readers (DDP rank x DataLoader
+worker), so every window is read by exactly one reader per epoch. A reader shuffles within a bounded
+buffer of windows with its own (seed, epoch, reader) generator, so the stream is the same on every run
+with the same seed, world size and worker count. Batches carry the id of the reader that made them: the
+trainer counts batches per reader, and `resume(position)` makes each reader skip the batches it already
+delivered, which continues an interrupted epoch exactly where it stopped (the same batches in the same
+order while every reader still has batches; in an epoch's last batches, after a reader has run out, the
+same windows in a possibly different order).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from biosig.data.shards import Manifest, open_shard, read_row_group, verify_shard
+from biosig.errors import ConfigError
+
+BUFFER_WINDOWS = 8192  # shuffle buffer: 4 row groups of different shards mixed at a time
+
+
+class ShardStream(IterableDataset):
+    """Batches (signals float32 [B, C, T], reader id) of the windows of `subjects` (all when None)."""
+
+    def __init__(self, manifest: Manifest, batch_size: int, *, subjects: set[str] | None = None,
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None, shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, buffer_windows: int = BUFFER_WINDOWS,
+                 drop_last: bool = False, verify: bool = True) -> None:
+        self.manifest = manifest
+        self.batch_size = batch_size
+        self.subjects = frozenset(subjects) if subjects is not None else None
+        self.transform = transform
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        self.buffer_windows = max(buffer_windows, batch_size)
+        self.drop_last = drop_last
+        self.units = [(si, g) for si, shard in enumerate(manifest.shards)
+                      if self.subjects is None or not self.subjects.isdisjoint(shard.subjects)
+                      for g in range(len(shard.row_groups))]
+        self.windows = sum(n for shard in manifest.shards for subject, labels in shard.subjects.items()
+                           if self.subjects is None or subject in self.subjects for n in labels.values())
+        for si in sorted({si for si, _ in self.units}) if verify else ():
+            verify_shard(manifest, manifest.shards[si])  # once here, before reader processes start
+        self.epoch = 0
+        self.skip: dict[int, int] = {}
+        self.skip_epoch = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, position: "StreamPosition") -> None:
+        """In epoch `position.epoch`, skip the batches each reader had already delivered."""
+        if position.readers != self.readers(position.readers // self.world_size):
+            raise ConfigError(f"the saved stream position has {position.readers} readers, this run "
+                              f"{self.world_size} process(es) x {position.readers // self.world_size} workers: resume "
+                              "with the same number of processes and data_workers")
+        self.skip, self.skip_epoch = dict(position.consumed), position.epoch
+
+    def readers(self, workers: int) -> int:
+        return self.world_size * max(1, workers)
+
+    def batches_per_epoch(self, readers: int = 1) -> int:
+        """An estimate for schedules: windows / batch size on this rank, plus a partial batch per reader."""
+        per_rank = self.windows / self.world_size
+        return max(1, math.ceil(per_rank / self.batch_size) + (0 if self.drop_last else readers - 1))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        resuming = self.epoch == self.skip_epoch
+        # A DataLoader takes batches from its workers in turn, starting with worker 0; after n batches the
+        # next one was due from worker n % workers, so on resume each worker serves the reader that many
+        # places on.
+        shift = sum(v for k, v in self.skip.items() if k // workers == self.rank) % workers if resuming else 0
+        reader = self.rank * workers + (worker + shift) % workers
+        readers = self.world_size * workers
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(len(self.units)) if self.shuffle
+                 else np.arange(len(self.units)))
+        mine = [self.units[i] for i in order[reader::readers]]
+        rng = np.random.default_rng([self.seed, self.epoch, reader])
+        skip = self.skip.get(reader, 0) if resuming else 0
+        ident = torch.tensor(reader)
+        for n, batch in enumerate(self._batches(mine, rng)):
+            if n >= skip:
+                yield torch.from_numpy(batch), ident
+
+    def _batches(self, units: list[tuple[int, int]], rng: np.random.Generator) -> Iterator[np.ndarray]:
+        pool: list[np.ndarray] = []
+        held = 0
+        handle, open_index = None, -1
+        for si, group in units:
+            if si != open_index:
+                handle, open_index = open_shard(self.manifest, self.manifest.shards[si]), si
+            x, _ = read_row_group(self.manifest, self.manifest.shards[si], group, handle, self.subjects)
+            if not len(x):
+                continue
+            if self.transform is not None:
+                x = self.transform(x)
+            pool.append(x)
+            held += len(x)
+            if held >= (self.buffer_windows if self.shuffle else self.batch_size):
+                pool, held = yield from self._drain(pool, rng, keep=self.buffer_windows // 2 if self.shuffle else 0)
+        yield from self._drain(pool, rng, keep=0, final=True)
+
+    def _drain(self, pool: list[np.ndarray], rng: np.random.Generator, *, keep: int,
+               final: bool = False) -> Iterator[np.ndarray]:
+        """Emit whole batches from the (shuffled) pool until at most `keep` + a partial batch remain."""
+        if not pool:
+            return [], 0
+        x = np.concatenate(pool) if len(pool) > 1 else pool[0]
+        if self.shuffle:
+            x = x[rng.permutation(len(x))]
+        n_batches = max(0, (len(x) - keep) // self.batch_size)
+        for b in range(n_batches):
+            yield x[b * self.batch_size:(b + 1) * self.batch_size]
+        rest = x[n_batches * self.batch_size:]
+        if final and len(rest) and not self.drop_last:
+            yield rest
+            return [], 0
+        return ([rest], len(rest)) if len(rest) else ([], 0)
+
+
+@dataclasses.dataclass
+class StreamPosition:
+    """Batches delivered per reader in the current epoch (saved with a mid-epoch checkpoint)."""
+
+    epoch: int
+    readers: int
+    consumed: dict[int, int] = dataclasses.field(default_factory=dict)
+
+    def count(self, reader: torch.Tensor) -> None:
+        key = int(reader)
+        self.consumed[key] = self.consumed.get(key, 0) + 1
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "readers": self.readers, "consumed": {str(k): v for k, v in self.consumed.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StreamPosition":
+        return cls(int(data["epoch"]), int(data["readers"]), {int(k): int(v) for k, v in data["consumed"].items()})
+
+
+def stream_loader(stream: ShardStream, workers: int) -> DataLoader:
+    """A DataLoader over the stream's own batches; `workers` reader processes (0: read in this one)."""
+    if workers < 0:
+        raise ConfigError(f"config key 'data_workers' must be >= 0, got {workers}")
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+                      prefetch_factor=4 if workers else None)

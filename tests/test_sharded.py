@@ -1,0 +1,236 @@
+"""Sharded datasets: built in parallel or in parts (same manifest digest), restarted after a kill,
+streamed into pretraining (rank x worker exactly once, resumable mid-epoch), refused when a shard's bytes
+changed, read from S3 through moto's server, and accepted by every command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from biosig.cli import main
+from biosig.data.shards import read_manifest, read_sharded
+from biosig.training.stream import ShardStream, StreamPosition, stream_loader
+from tests.helpers import TINY_FINETUNE, TINY_PRETRAIN, finished_runs, free_port, metrics_of, write_yaml
+
+#: 12 subjects x 10 windows in blocks of 3 subjects: 4 groups, 4 shards of 30 windows (2 row groups of 16 + 14)
+CORPUS = ["--source", "synthetic:ppg-ecg", "--n-subjects", "12", "--windows-per-subject", "10",
+          "--shard-rows", "30", "--system-metrics", "false"]
+PRETRAIN = {**TINY_PRETRAIN, "batch_size": 4, "system_metrics": False}
+
+
+def build(out: str, *extra: str) -> int:
+    return main(["log-dataset", *CORPUS, "--output", out, *extra])
+
+
+@pytest.fixture
+def corpus(workdir, monkeypatch):
+    """A 4-shard corpus with row groups of 16 windows (so a shard has several)."""
+    monkeypatch.setattr("biosig.data.shards.ROW_GROUP_ROWS", 16)
+    assert build("corpus/", "--workers", "1") == 0
+    return workdir / "corpus"
+
+
+def fingerprints(batches) -> list[float]:
+    return [float(v) for x in batches for v in x.double().sum(dim=(1, 2))]
+
+
+def test_the_manifest_is_the_same_however_the_build_is_divided(corpus, workdir, monkeypatch, capsys):
+    manifest = read_manifest(str(corpus))
+    assert [s.rows for s in manifest.shards] == [30, 30, 30, 30] and manifest.n_windows == 120
+    assert all(s.row_groups == [16, 14] and s.file == f"part-{s.sha256[:16]}.parquet" for s in manifest.shards)
+    assert sorted(manifest.subject_labels()) == [f"S{i:03d}" for i in range(12)]
+    assert sum(manifest.label_counts().values()) == 120
+    body = json.loads((corpus / "manifest.json").read_text())
+    assert body["name"] == "PPG_8.192s_ppg-ecg_120windows_primary" and body["digest"] == manifest.digest
+
+    # two worker processes; then two machines' parts and a finalize: the same bytes, the same digest
+    assert build("parallel/", "--workers", "2") == 0
+    assert build("parts/", "--shard", "1/2") == 0
+    assert main(["dataset", "finalize", "parts/"]) == 2  # part 0 is missing
+    assert "not built yet" in capsys.readouterr().err
+    assert build("parts/", "--shard", "0/2") == 0  # the last part finalizes
+    for other in ("parallel", "parts"):
+        assert read_manifest(str(workdir / other)).digest == manifest.digest
+    assert main(["dataset", "finalize", str(workdir / "parts")]) == 0  # idempotent
+
+    ws = read_sharded(str(corpus))
+    assert ws.n_windows == 120 and ws.digest == manifest.digest
+    run = MlflowClient().get_run(finished_runs()[-1].info.run_id)  # the first log_dataset run
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == manifest.digest[:16] and dataset.dataset.name == manifest.name
+    assert str(corpus) in dataset.dataset.source
+    profile = json.loads(dataset.dataset.profile)
+    assert profile["windows"] == 120 and profile["shards"] == 4 and "sample" in profile["profiled_from"]
+    assert run.data.tags["biosig.dataset.digest"] == manifest.digest
+    parts = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.dataset.part")]
+    assert {r.data.tags["biosig.dataset.part"] for r in parts} == {"0/2", "1/2"}
+
+
+def test_a_build_holding_another_dataset_or_bad_keys_is_refused(corpus, capsys):
+    capsys.readouterr()
+    assert build("corpus/", "--seed", "1") == 2
+    assert "holds a build of another dataset (options differ" in capsys.readouterr().err
+    for args, key in ((["--output", "x/", "--shard", "2/2"], "'shard'"), (["--output", "x.csv"], "'output'"),
+                      (["--output", "x.parquet", "--shard", "0/2"], "'shard'")):
+        assert main(["log-dataset", *CORPUS, *args]) == 2
+        assert key in capsys.readouterr().err
+    assert not finished_runs("RUNNING")
+
+
+def test_an_interrupted_build_restarts_without_redoing_finished_groups(workdir):
+    """kill -9 in the middle of a build; the restart keeps every finished group and the manifest digest
+    equals an uninterrupted build's."""
+    args = [sys.executable, "-m", "biosig", "log-dataset", "--source", "synthetic:ppg-ecg", "--n-subjects", "150",
+            "--windows-per-subject", "4", "--shard-rows", "4", "--workers", "1", "--system-metrics", "false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([*args, "--output", "killed/"], cwd=workdir, env=env, stderr=subprocess.PIPE)
+    parts = workdir / "killed" / "_parts"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(parts.glob("*.json"))) < 10 and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list(parts.glob("*.json")))
+    assert 10 <= finished < 150, f"the build was not interrupted midway ({finished} groups)"
+    assert not (workdir / "killed" / "manifest.json").exists()
+
+    restart = subprocess.run([*args, "--output", "killed/"], cwd=workdir, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert restart.returncode == 0, restart.stderr[-2000:]
+    assert f"{finished} group(s) were already built" in restart.stdout
+    clean = subprocess.run([*args, "--output", "clean/"], cwd=workdir, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    assert read_manifest(str(workdir / "killed")).digest == read_manifest(str(workdir / "clean")).digest
+    assert not [p for p in (workdir / "killed").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_two_ranks_by_two_workers_read_each_window_once_per_epoch(corpus):
+    manifest = read_manifest(str(corpus))
+    seen: list[float] = []
+    for rank in range(2):
+        stream = ShardStream(manifest, 8, seed=3, rank=rank, world_size=2, buffer_windows=32)
+        stream.set_epoch(1)
+        seen += fingerprints(x for x, _ in stream_loader(stream, 2))
+    everything = fingerprints([torch.from_numpy(read_sharded(str(corpus)).signals)])
+    assert sorted(seen) == sorted(everything) and len(set(seen)) == 120
+
+    stream = ShardStream(manifest, 8, seed=3, buffer_windows=32)
+    orders = []
+    for epoch in (1, 2):
+        stream.set_epoch(epoch)
+        orders.append(fingerprints(x for x, _ in stream_loader(stream, 2)))
+    assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])  # reshuffled per epoch, same windows
+
+
+@pytest.mark.parametrize("stop", [3, 6])
+def test_resuming_mid_epoch_continues_the_uninterrupted_stream(corpus, stop):
+    manifest = read_manifest(str(corpus))
+
+    def run(position=None):
+        stream = ShardStream(manifest, 8, seed=5, buffer_windows=32)
+        stream.set_epoch(2)
+        if position is not None:
+            stream.resume(position)
+        return [(int(r), x) for x, r in stream_loader(stream, 2)]
+
+    full = run()
+    position = StreamPosition(epoch=2, readers=2)
+    for reader, _ in full[:stop]:
+        position.count(torch.tensor(reader))
+    rest = run(StreamPosition.from_dict(json.loads(json.dumps(position.to_dict()))))
+    assert len(rest) == len(full) - stop
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(full[stop:], rest))
+
+
+def test_pretraining_streams_a_sharded_dataset(corpus, workdir):
+    config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus)})
+    assert main(["pretrain", "--config", str(config), "--data-workers", "2"]) == 0
+    (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
+    metrics = metrics_of(run)
+    assert metrics["train_windows"] + metrics["val_windows"] == 120
+    history = MlflowClient().get_metric_history(run.info.run_id, "train/windows_seen")
+    assert [m.value for m in history] == [metrics["train_windows"]] * 2  # every training window, every epoch
+    assert run.data.tags["biosig.dataset.digest"] == read_manifest(str(corpus)).digest
+    assert run.data.tags["biosig.dataset.uri"] == str(corpus)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed next to this Python")
+def test_torchrun_two_ranks_by_two_workers_train_on_each_window_once(corpus, workdir):
+    config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus), "data_workers": 2})
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "biosig",
+                             "pretrain", "--config", str(config)], cwd=workdir, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
+    assert run.data.tags["biosig.world_size"] == "2"
+    history = MlflowClient().get_metric_history(run.info.run_id, "train/windows_seen")
+    assert [m.value for m in history] == [metrics_of(run)["train_windows"]] * 2
+
+
+def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, capsys):
+    config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus)})
+    shard = read_manifest(str(corpus)).shards[2]
+    path = corpus / shard.file
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte different
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert shard.file in err and "no longer match" in err
+    assert main(["finetune", "--checkpoint", "auto", "--pretrain-config", str(config), "--data", str(corpus)]) == 2
+    assert not finished_runs("RUNNING")
+
+
+def test_an_s3_prefix_is_built_and_streamed_through_moto(s3, workdir):
+    assert build("s3://models/corpus/", "--workers", "1") == 0
+    listed = s3.list_objects_v2(Bucket="models", Prefix="corpus/")["Contents"]
+    assert any(o["Key"] == "corpus/manifest.json" for o in listed)
+    manifest = read_manifest("s3://models/corpus/")
+    assert len(manifest.shards) == 4 and manifest.root == "s3://models/corpus"
+    config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": "s3://models/corpus/"})
+    assert main(["pretrain", "--config", str(config), "--data-workers", "0"]) == 0
+    (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
+    assert run.data.tags["biosig.dataset.uri"] == "s3://models/corpus"
+    assert metrics_of(run)["train_windows"] + metrics_of(run)["val_windows"] == 120
+    assert not (Path(os.environ["BIOSIG_CACHE_DIR"]) / "s3").exists()  # ranged reads, no whole-object download
+
+
+def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monkeypatch):
+    monkeypatch.setattr("biosig.data.shards.ROW_GROUP_ROWS", 16)
+    assert main(["log-dataset", "--source", "synthetic:quality", "--n-subjects", "9", "--windows-per-subject", "6",
+                 "--shard-rows", "20", "--output", "quality/", "--system-metrics", "false"]) == 0
+    data = str(workdir / "quality")
+    assert len(read_manifest(data).shards) == 3
+    pretrain = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": data, "epochs": 1})
+    assert main(["pretrain", "--config", str(pretrain)]) == 0
+    finetune = ["--checkpoint", "auto", "--pretrain-config", str(pretrain), *TINY_FINETUNE, "--data", data]
+    assert main(["finetune", *finetune]) == 0
+    model = "ttm_ppg-ecg_c64_p16_m40_mae_finetuned"
+    assert main(["evaluate", "--model", f"{model}@candidate", "--data", data]) == 0
+    assert main(["tune", "--checkpoint", "ttm_ppg-ecg_c64_p16_m40_mae", *TINY_FINETUNE, "--data", data,
+                 "--n-trials", "2", "--pruner", "none"]) == 0
+    assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_*", "--modes", "probe", "--data", data,
+                 "--reference", ""]) == 0
+    digest = read_manifest(data).digest
+    for run in finished_runs("FINISHED"):
+        if run.data.tags.get("biosig.command") in ("pretrain", "finetune", "evaluate"):
+            assert run.data.tags["biosig.dataset.digest"] == digest, run.data.tags["biosig.command"]
+    assert not finished_runs("RUNNING")
+    assert np.isfinite(metrics_of(MlflowClient().get_run(
+        MlflowClient().get_model_version_by_alias(model, "candidate").run_id))["test_auroc"])
