@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,10 @@ def corpus(workdir, monkeypatch):
     return workdir / "corpus"
 
 
+def pretrain_runs(status: str):
+    return [r for r in finished_runs(status) if r.data.tags.get("biosig.command") == "pretrain"]
+
+
 def fingerprints(batches) -> list[float]:
     return [float(v) for x in batches for v in x.double().sum(dim=(1, 2))]
 
@@ -65,7 +70,8 @@ def test_the_manifest_is_the_same_however_the_build_is_divided(corpus, workdir, 
     assert main(["dataset", "finalize", str(workdir / "parts")]) == 0  # idempotent
 
     ws = read_sharded(str(corpus))
-    assert ws.n_windows == 120 and ws.digest == manifest.digest
+    assert ws.n_windows == 120 and ws.source == str(corpus)
+    ws.check_sorted()
     run = MlflowClient().get_run(finished_runs()[-1].info.run_id)  # the first log_dataset run
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.digest == manifest.digest[:16] and dataset.dataset.name == manifest.name
@@ -166,6 +172,39 @@ def test_pretraining_streams_a_sharded_dataset(corpus, workdir):
     assert run.data.tags["biosig.dataset.uri"] == str(corpus)
 
 
+def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, workdir, monkeypatch, capsys):
+    from biosig.training import loop
+
+    keys = {**PRETRAIN, "data": str(corpus), "data_workers": 0, "checkpoint_every": 2, "register": False}
+    config = write_yaml(workdir / "pretrain.yaml", keys)
+    assert main(["pretrain", "--config", str(config)]) == 0
+    (whole,) = pretrain_runs("FINISHED")
+    per_epoch = metrics_of(whole)["train_windows"] / keys["batch_size"]  # steps in one epoch (about)
+
+    step, calls = loop.step, []
+
+    def dies_in_epoch_two(*args, **kwargs):  # Ctrl-C at an odd step of epoch 2: after a mid-epoch save
+        calls.append(1)
+        if len(calls) == int(per_epoch) + 7:
+            raise KeyboardInterrupt
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "step", dies_in_epoch_two)
+    assert main(["pretrain", "--config", str(config)]) == 130
+    (killed,) = finished_runs("KILLED")
+    monkeypatch.setattr(loop, "step", step)
+    capsys.readouterr()
+    assert main(["pretrain", "--config", str(config), "--resume", killed.info.run_id]) == 0
+    assert re.search(r"resuming run \w+ at batch [2468] of epoch 2", capsys.readouterr().out)  # not from its start
+    (resumed,) = [r for r in pretrain_runs("FINISHED") if r.info.run_id != whole.info.run_id]
+    client = MlflowClient()
+    for key in ("train/loss", "val/loss"):
+        expected = [m.value for m in client.get_metric_history(whole.info.run_id, key)]
+        got = [m.value for m in sorted(client.get_metric_history(resumed.info.run_id, key), key=lambda m: m.step)]
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-7), key
+    assert resumed.data.tags["biosig.resumed_at_epoch"] == "1"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed next to this Python")
@@ -184,6 +223,7 @@ def test_torchrun_two_ranks_by_two_workers_train_on_each_window_once(corpus, wor
 
 def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, capsys):
     config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus)})
+    assert main(["doctor"]) == 0
     shard = read_manifest(str(corpus)).shards[2]
     path = corpus / shard.file
     data = bytearray(path.read_bytes())
@@ -195,6 +235,10 @@ def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, c
     assert shard.file in err and "no longer match" in err
     assert main(["finetune", "--checkpoint", "auto", "--pretrain-config", str(config), "--data", str(corpus)]) == 2
     assert not finished_runs("RUNNING")
+    capsys.readouterr()
+    assert main(["doctor"]) == 1  # the log_dataset run recorded the corpus before it changed
+    report = capsys.readouterr().out
+    assert f"dataset   {corpus}: unreadable (shard {shard.file}" in report
 
 
 def test_an_s3_prefix_is_built_and_streamed_through_moto(s3, workdir):

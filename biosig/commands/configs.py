@@ -199,6 +199,9 @@ class PretrainConfig(LoopConfig):
     # a sharded dataset (a directory or s3:// prefix with manifest.json) is streamed by this many reader
     # processes per training process (0: read in the training process)
     data_workers: int = 1
+    # streamed (sharded) dataset, one process: also save last/ every N optimiser steps, so that `resume`
+    # continues an interrupted epoch where it stopped (0: at epoch ends only)
+    checkpoint_every: int = 0
 
     @classmethod
     def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +213,7 @@ class PretrainConfig(LoopConfig):
         check_channels(self.channels, "config key 'channels'")
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
         require_range("data_workers", self.data_workers, 0)
+        require_range("checkpoint_every", self.checkpoint_every, 0)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)
         require_range("collapse_ratio", self.collapse_ratio, 0, 1)

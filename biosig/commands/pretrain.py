@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ from biosig.tracking.tags import (
     WORLD_SIZE_TAG,
 )
 from biosig.training import loop
-from biosig.training.stream import ShardStream, stream_loader
+from biosig.training.stream import ShardStream, StreamPosition, stream_loader
 
 log = get_logger(__name__)
 
@@ -126,28 +126,47 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     ctx.begin_model(name, model_type=f"pretrained {config.arch}", dataset=logged.mlflow_ref,
                     params={"arch": config.arch, "objective": config.objective, **_name_fields(config),
                             "dataset": logged.name})
+    midway: MidEpoch | None = None
     if previous is not None:
-        progress = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
+        progress, midway = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
+    if config.checkpoint_every and (dist.active or not feed.streamed):
+        raise ConfigError("config key 'checkpoint_every' saves mid-epoch positions of a streamed (sharded) dataset "
+                          "in one process: use a sharded dataset and no torchrun, or set it to 0")
 
     def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
         return trained(batch[0], generator)[0]
+
+    def save_midway(midway: MidEpoch) -> None:
+        _save_last(work / "last", model, optimizer, scheduler, generator, meta, progress, midway)
+        ctx.log_artifacts(work / "last", "last")
 
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         started = time.perf_counter()
         trained.train()
         feed.set_epoch(train_loader, epoch)
+        midway = midway if midway is not None and midway.position.epoch == epoch else None
+        if midway is not None:
+            feed.streams["train"].resume(midway.position)
+        position = midway.position if midway else StreamPosition(epoch, feed.readers(config.data_workers))
+        after_step = _mid_epoch_hook(position, config.checkpoint_every, save_midway)
+
         # a stream deals whole row groups to ranks, so ranks may get unequal batch counts: DDP's join
         # lets a rank that ran out shadow the collective calls of those still training
         with trained.join() if dist.active and feed.streamed else contextlib.nullcontext():
             total, count = loop.train_epoch(trained, train_loader, optimizer, scheduler, loss_of, device=device,
-                                            amp=config.amp, grad_clip=config.grad_clip, where=f"epoch {epoch}")
+                                            amp=config.amp, grad_clip=config.grad_clip, where=f"epoch {epoch}",
+                                            totals=(midway.total, midway.count) if midway else (0.0, 0),
+                                            after_step=after_step if feed.streamed else None)
+        midway = None
+        train_s = time.perf_counter() - started
         train_loss, seen = dist.mean_and_count(total, count)
         progress.epoch = epoch
         if not dist.leader:
             continue
         val_loss, ratio = _validation_loss(model, val_loader, device, config)
         row = {"train_loss": train_loss, "val_loss": val_loss, "val_pred_var_ratio": ratio,
-               "lr": scheduler.get_last_lr()[0], "train_windows_seen": seen}  # all processes together
+               "lr": scheduler.get_last_lr()[0],
+               "train_windows_seen": seen, "train_windows_per_s": seen / train_s}  # all processes together
         ctx.log_metrics(row, step=epoch)
         ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
         improved = progress.record(row, -val_loss)
@@ -218,6 +237,9 @@ class _Feed:
         train = loop.loader([self.arrays["train"]], config.batch_size, shuffle=True, generator=generator, dist=dist,
                             seed=config.seed)
         return train, loop.loader([self.arrays["val"]], config.batch_size, shuffle=False), len(train)
+
+    def readers(self, data_workers: int) -> int:
+        return self.streams["train"].readers(data_workers) if self.streams else 1
 
     def set_epoch(self, loader, epoch: int) -> None:
         if self.streams is not None:
@@ -328,9 +350,34 @@ def _save(path: Path, state_dict: dict, meta: dict, **provenance: Any) -> None:
     save_checkpoint(path, state_dict, meta)
 
 
-def _save_last(path: Path, model, optimizer, scheduler, generator, meta: dict, progress: loop.TrainingProgress) -> None:
-    _save(path, model.state_dict(), {**meta, "kind": "pretrain-state"}, epoch=progress.epoch)
+@dataclasses.dataclass
+class MidEpoch:
+    """Where an epoch stood when last/ was saved inside it: the stream's position and the loss sums so far."""
+
+    position: StreamPosition
+    total: float
+    count: int
+
+
+def _mid_epoch_hook(position: StreamPosition, every: int,
+                    save: Callable[[MidEpoch], None]) -> Callable[[list[torch.Tensor], float, int], None]:
+    """after_step of a streamed epoch: count each batch's reader; every `every` batches, save last/."""
+    def after_step(batch: list[torch.Tensor], total: float, count: int) -> None:
+        position.count(batch[1])
+        if every and position.batches % every == 0:
+            save(MidEpoch(position, total, count))
+    return after_step
+
+
+def _save_last(path: Path, model, optimizer, scheduler, generator, meta: dict, progress: loop.TrainingProgress,
+               midway: MidEpoch | None = None) -> None:
+    """last/: weights + optimiser, schedule, RNG and history after `progress.epoch` complete epochs (plus,
+    saved inside an epoch, the stream position and loss sums of the epoch under way)."""
+    step = midway.position.batches if midway else 0
+    _save(path, model.state_dict(), {**meta, "kind": "pretrain-state"}, epoch=progress.epoch, step=step)
+    mid = {"position": midway.position.to_dict(), "total": midway.total, "count": midway.count} if midway else {}
     loop.save_training_state(path, {
+        "midway": mid, "step": step,
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
         "epoch": progress.epoch, "best_val_loss": -progress.best_score, "best_epoch": progress.best_epoch,
@@ -364,14 +411,18 @@ def _fetch_resume(ctx: RunContext, config: PretrainConfig, work: Path) -> Path:
     return last
 
 
-def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator, work: Path) -> loop.TrainingProgress:
-    """Continue from `last/`: weights, optimiser, schedule, RNG, the best checkpoint and the loss curve."""
+def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator,
+             work: Path) -> tuple[loop.TrainingProgress, MidEpoch | None]:
+    """Continue from `last/`: weights, optimiser, schedule, RNG, the best checkpoint and the loss curve,
+    and, when it was saved inside an epoch, where that epoch stood."""
     run_id = read_meta(last)["provenance"]["run_id"]
     saved = loop.load_training_state(last)
-    weights_epoch = read_meta(last)["provenance"].get("epoch")
-    if weights_epoch != saved["epoch"]:  # kill -9 while last/ was being uploaded: files of two epochs
-        raise TrainingError(f"last/ of run {run_id} mixes epoch {weights_epoch} weights with the epoch "
-                            f"{saved['epoch']} training state (its upload was interrupted): resume from another run")
+    weights = read_meta(last)["provenance"]
+    if (weights.get("epoch"), weights.get("step", 0)) != (saved["epoch"], saved.get("step", 0)):
+        # kill -9 while last/ was being uploaded: files of two saves
+        raise TrainingError(f"last/ of run {run_id} mixes the weights of epoch {weights.get('epoch')} step "
+                            f"{weights.get('step', 0)} with the training state of epoch {saved['epoch']} step "
+                            f"{saved.get('step', 0)} (its upload was interrupted): resume from another run")
     load_weights(last, model)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
@@ -387,10 +438,16 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     for row in history:  # the whole curve in one run
         ctx.log_metrics({k: row[k] for k in HISTORY_METRICS if k in row}, step=row["epoch"])
     ctx.set_tags({RESUMED_FROM_TAG: run_id, RESUMED_AT_EPOCH_TAG: saved["epoch"]})
-    log.info(f"  resuming run {run_id} after epoch {saved['epoch']} (best epoch {saved['best_epoch']}, "
+    mid = saved.get("midway") or {}
+    midway = MidEpoch(StreamPosition.from_dict(mid["position"]), float(mid["total"]), int(mid["count"])) if mid \
+        else None
+    where = f"at batch {midway.position.batches} of epoch {midway.position.epoch}" if midway else \
+        f"after epoch {saved['epoch']}"
+    log.info(f"  resuming run {run_id} {where} (best epoch {saved['best_epoch']}, "
              f"val_loss {saved['best_val_loss']:.4f})")
-    return loop.TrainingProgress(epoch=int(saved["epoch"]), best_epoch=int(saved["best_epoch"]),
-                                 best_score=-float(saved["best_val_loss"]), history=history)
+    progress = loop.TrainingProgress(epoch=int(saved["epoch"]), best_epoch=int(saved["best_epoch"]),
+                                     best_score=-float(saved["best_val_loss"]), history=history)
+    return progress, midway
 
 
 def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progress: loop.TrainingProgress,

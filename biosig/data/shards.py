@@ -246,9 +246,9 @@ def read_manifest(root: str) -> Manifest:
     return manifest
 
 
-def verify_shard(manifest: Manifest, shard: Shard) -> None:
+def verify_shard(manifest: Manifest, shard: Shard, *, remembered: bool = True) -> None:
     """DataError naming the shard unless its bytes hash to the manifest's sha256 (a check a machine
-    remembers per shard by size and modification time)."""
+    remembers per shard by size and modification time; `remembered=False` hashes regardless)."""
     uri = manifest.uri(shard)
     fs, path = arrow_filesystem(uri)
     info = fs.get_file_info(path)
@@ -259,7 +259,7 @@ def verify_shard(manifest: Manifest, shard: Shard) -> None:
                         f"{shard.bytes}: it changed after it was written; the dataset cannot be used")
     stamp = f"{info.size}:{info.mtime_ns}"
     marker = _verified_marker(shard.sha256)
-    if marker is not None and marker.is_file() and marker.read_text() == stamp:
+    if remembered and marker is not None and marker.is_file() and marker.read_text() == stamp:
         return
     h = hashlib.sha256()
     with fs.open_input_stream(path) as stream:
@@ -315,16 +315,15 @@ def read_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.Parq
 
 
 def read_sharded(root: str) -> WindowSet:
-    """Every shard of a (small enough) sharded dataset as one WindowSet whose digest is the manifest's."""
+    """Every shard of a (small enough) sharded dataset as one WindowSet (its `digest` is of the rows; the
+    dataset's recorded identity is the manifest's digest)."""
     manifest = read_manifest(root)
     parts = []
     for shard in manifest.shards:
         verify_shard(manifest, shard)
         parts.append(from_arrow(open_shard(manifest, shard).read(), where=manifest.uri(shard)))
-    ws = WindowSet.concat(parts, source=manifest.root) if len(parts) > 1 else parts[0]
-    ws.source = manifest.root
-    ws.__dict__["digest"] = manifest.digest  # the dataset's recorded identity (over its shards' bytes)
-    return ws
+    return WindowSet.concat(parts, source=manifest.root) if len(parts) > 1 else \
+        dataclasses.replace(parts[0], source=manifest.root)
 
 
 def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0) -> WindowSet:
@@ -342,6 +341,4 @@ def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0) -> Windo
         total += parts[-1].n_windows
         if total >= max_windows:
             break
-    ws = WindowSet.concat(parts, source=manifest.root)
-    ws.__dict__["digest"] = manifest.digest
-    return ws
+    return WindowSet.concat(parts, source=manifest.root)

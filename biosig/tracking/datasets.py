@@ -68,7 +68,7 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     source is used in place; synthetic and npz sources are written once to the content-addressed
     `{output_dir}/{name}_{digest12}.parquet` (or `output`), never replacing different content. A sharded
     dataset is used in place too, read whole, or (`stream`) left on disk for a streaming reader."""
-    if is_sharded(source):
+    if is_sharded(source) and not output:
         return use_sharded(ctx, source, context=context, stream=stream)
     errors: list[FileError] = []
     ws = load_source(source, options, errors).sorted()  # files hold sorted rows: the digest describes the file

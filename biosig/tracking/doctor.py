@@ -117,9 +117,15 @@ def _content_digest(uri: str) -> str:
     from pathlib import Path
 
     from biosig.data.parquet_io import read_parquet
+    from biosig.data.shards import is_sharded, read_manifest, verify_shard
     from biosig.data.storage import fetch
 
     try:
+        if is_sharded(uri):  # every shard re-hashed (not trusting this machine's earlier checks)
+            manifest = read_manifest(uri)
+            for shard in manifest.shards:
+                verify_shard(manifest, shard, remembered=False)
+            return manifest.digest
         path = fetch(uri) if uri.startswith("s3://") else Path(uri)
         if not path.exists():
             return "missing"

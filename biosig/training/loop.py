@@ -195,12 +195,14 @@ def progress_bar(batches: Iterable, where: str) -> Iterable:
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler,
                 loss_of: Callable[[list[torch.Tensor]], torch.Tensor], *, device: torch.device, amp: str,
-                grad_clip: float, where: str) -> tuple[float, int]:
+                grad_clip: float, where: str, totals: tuple[float, int] = (0.0, 0),
+                after_step: Callable[[list[torch.Tensor], float, int], None] | None = None) -> tuple[float, int]:
     """The one training pass both loops use: each batch moved to `device`, `loss_of(batch)` under autocast,
     a finite-loss check naming `where` and the step, one optimiser step. Returns (loss sum, examples);
     the caller averages (across processes under torchrun). A progress bar appears on a terminal once the
-    epoch has run PROGRESS_AFTER_S seconds (never in logs, pipes or non-leader processes)."""
-    total, count = 0.0, 0
+    epoch has run PROGRESS_AFTER_S seconds (never in logs, pipes or non-leader processes). `totals` continues
+    an epoch resumed mid-way; `after_step(batch, loss sum, examples)` runs after each optimiser step."""
+    total, count = totals
     for i, batch in enumerate(progress_bar(batches, where)):
         batch = [t.to(device, non_blocking=True) for t in batch]
         with autocast(device, amp):
@@ -209,4 +211,6 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         step(model, loss, optimizer, scheduler, grad_clip)
         total += loss.item() * len(batch[0])
         count += len(batch[0])
+        if after_step is not None:
+            after_step(batch, total, count)
     return total, count

@@ -137,6 +137,10 @@ class StreamPosition:
     readers: int
     consumed: dict[int, int] = dataclasses.field(default_factory=dict)
 
+    @property
+    def batches(self) -> int:
+        return sum(self.consumed.values())
+
     def count(self, reader: torch.Tensor) -> None:
         key = int(reader)
         self.consumed[key] = self.consumed.get(key, 0) + 1
