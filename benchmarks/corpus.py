@@ -98,58 +98,84 @@ def stream_rate(root: str, batches: int = 0) -> float:
     return seen / (time.perf_counter() - started)
 
 
+PARTS = ("build", "train", "s3", "large")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-gb", type=float, default=30.0, help="the large corpus's size on disk")
     parser.add_argument("--ratio-gb", type=float, default=2.0, help="the corpora built with 1 and 2 workers")
-    parser.add_argument("--small-gb", type=float, default=0.5,
+    parser.add_argument("--small-gb", type=float, default=1.0,
                         help="the corpus for streamed vs in-memory training and S3 (fits in RAM)")
+    parser.add_argument("--repeats", type=int, default=3, help="streamed / in-memory runs, alternating (medians)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which measurements ({', '.join(PARTS)})")
     parser.add_argument("--dir", default="", help="where corpora are written (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the corpora")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     base = Path(args.dir or tempfile.mkdtemp(prefix="biosig-corpus-"))
     base.mkdir(parents=True, exist_ok=True)
     os.environ["BIOSIG_CACHE_DIR"] = str(base / "cache")
     try:
-        ratio_windows = int(args.ratio_gb * 2**30 / WINDOW_BYTES)
-        rates = {}
-        for workers in (1, 2):
-            seconds, largest, _ = build(base / f"ratio{workers}", base, ratio_windows, workers)
-            rates[workers] = ratio_windows / seconds
-            print(f"build {args.ratio_gb:g} GB, workers={workers}: {rates[workers]:,.0f} windows/s "
-                  f"({rates[workers] * WINDOW_BYTES / 1e6:.0f} MB/s, whole command), peak RSS {largest:.2f} GB "
-                  "per process")
-            shutil.rmtree(base / f"ratio{workers}")
-        print(f"build speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.8)")
-
-        build(base / "small2", base, int(args.small_gb * 2**30 / WINDOW_BYTES), 2)
-        streamed = pretrain(str(base / "small2"), base)
-        subprocess.run([sys.executable, "-m", "biosig", "log-dataset", "--source", str(base / "small2"),
-                        "--output", str(base / "small.parquet"), "--system-metrics", "false"], cwd=base, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        in_memory = pretrain(str(base / "small.parquet"), base)
-        print(f"pretraining on {args.small_gb:g} GB: streamed {streamed[0]:,.0f} windows/s (peak RSS {streamed[1]:.2f} GB), "
-              f"in memory {in_memory[0]:,.0f} windows/s (peak RSS {in_memory[1]:.2f} GB): "
-              f"ratio {streamed[0] / in_memory[0]:.2f} (target >= 0.9)")
-        (base / "small.parquet").unlink()
-
-        local_rate = stream_rate(str(base / "small2"))
-        s3_rate = s3_stream_rate(base / "small2")
-        print(f"stream read, no model: local {local_rate:,.0f} windows/s, S3 (moto) {s3_rate:,.0f} windows/s "
-              f"({s3_rate / local_rate:.2f}x)")
-
-        large = int(args.size_gb * 2**30 / WINDOW_BYTES)
-        seconds, largest, total = build(base / "large", base, large, 2)
-        size = sum(p.stat().st_size for p in (base / "large").glob("*.parquet")) / 2**30
-        print(f"build {size:.1f} GB ({large:,} windows) with workers=2: {seconds / 60:.1f} min "
-              f"({size * 1024 / seconds:.0f} MB/s), peak RSS {largest:.2f} GB largest process, {total:.2f} GB all "
-              f"(target: each <= 3 GB)")
-        rate, largest, total, windows = pretrain(str(base / "large"), base)
-        print(f"one pretraining epoch streamed from {size:.1f} GB: {windows:,} windows at {rate:,.0f} windows/s, "
-              f"peak RSS {largest:.2f} GB largest process, {total:.2f} GB all (target: each <= 3 GB)")
+        if "build" in parts:
+            build_ratio(base, args.ratio_gb)
+        if parts & {"train", "s3"}:
+            build(base / "small", base, int(args.small_gb * 2**30 / WINDOW_BYTES), 2)
+        if "train" in parts:
+            streamed_vs_in_memory(base, args.small_gb, args.repeats)
+        if "s3" in parts:
+            local_rate = stream_rate(str(base / "small"))
+            s3_rate = s3_stream_rate(base / "small")
+            print(f"stream read, no model: local {local_rate:,.0f} windows/s, S3 (moto) {s3_rate:,.0f} windows/s "
+                  f"({s3_rate / local_rate:.2f}x)")
+        if "large" in parts:
+            larger_than_ram(base, args.size_gb)
     finally:
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def build_ratio(base: Path, size_gb: float) -> None:
+    windows = int(size_gb * 2**30 / WINDOW_BYTES)
+    rates = {}
+    for workers in (1, 2):
+        seconds, largest, _ = build(base / f"ratio{workers}", base, windows, workers)
+        rates[workers] = windows / seconds
+        print(f"build {size_gb:g} GB, workers={workers}: {rates[workers]:,.0f} windows/s "
+              f"({rates[workers] * WINDOW_BYTES / 1e6:.0f} MB/s, whole command), peak RSS {largest:.2f} GB per process")
+        shutil.rmtree(base / f"ratio{workers}")
+    print(f"build speed-up with 2 workers: {rates[2] / rates[1]:.2f}x (target >= 1.8)")
+
+
+def streamed_vs_in_memory(base: Path, size_gb: float, repeats: int) -> None:
+    """The same rows streamed from shards and read whole from one parquet, runs alternating."""
+    subprocess.run([sys.executable, "-m", "biosig", "log-dataset", "--source", str(base / "small"),
+                    "--output", str(base / "small.parquet"), "--system-metrics", "false"], cwd=base, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    streamed, in_memory = [], []
+    for _ in range(repeats):
+        streamed.append(pretrain(str(base / "small"), base))
+        in_memory.append(pretrain(str(base / "small.parquet"), base))
+    s_rate = statistics.median(r[0] for r in streamed)
+    m_rate = statistics.median(r[0] for r in in_memory)
+    print(f"pretraining on {size_gb:g} GB (median of {repeats}): streamed {s_rate:,.0f} windows/s "
+          f"(peak RSS {max(r[1] for r in streamed):.2f} GB), in memory {m_rate:,.0f} windows/s "
+          f"(peak RSS {max(r[1] for r in in_memory):.2f} GB): ratio {s_rate / m_rate:.2f} (target >= 0.9); "
+          f"runs: streamed {', '.join(f'{r[0]:,.0f}' for r in streamed)}, "
+          f"in memory {', '.join(f'{r[0]:,.0f}' for r in in_memory)}")
+    (base / "small.parquet").unlink()
+
+
+def larger_than_ram(base: Path, size_gb: float) -> None:
+    windows = int(size_gb * 2**30 / WINDOW_BYTES)
+    seconds, largest, total = build(base / "large", base, windows, 2)
+    size = sum(p.stat().st_size for p in (base / "large").glob("*.parquet")) / 2**30
+    print(f"build {size:.1f} GB ({windows:,} windows) with workers=2: {seconds / 60:.1f} min "
+          f"({size * 1024 / seconds:.0f} MB/s), peak RSS {largest:.2f} GB largest process, {total:.2f} GB all "
+          f"(target: each <= 3 GB)")
+    rate, largest, total, trained = pretrain(str(base / "large"), base)
+    print(f"one pretraining epoch streamed from {size:.1f} GB: {trained:,} windows at {rate:,.0f} windows/s, "
+          f"peak RSS {largest:.2f} GB largest process, {total:.2f} GB all (target: each <= 3 GB)")
 
 
 def s3_stream_rate(local: Path) -> float:

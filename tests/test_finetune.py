@@ -4,6 +4,7 @@ and every listed bad input failing the run with nothing registered."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -19,7 +21,7 @@ from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.models.heads import Classifier
 from biosig.tracking.metric_names import logged_key
-from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, metrics_of
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, free_port, metrics_of
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -227,3 +229,36 @@ def test_bad_class_weights_are_refused_before_a_run(workdir, capsys):
     assert main(["finetune", "--class-weights", "1,-2"]) == 2
     assert "'class_weights' must be positive" in capsys.readouterr().err
     assert finished_runs() == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed next to this Python")
+def test_torchrun_two_processes_finetune_into_one_run_and_one_version(pretrained, workdir):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "biosig",
+                             "finetune", "--pretrain-config", str(pretrained), *TINY_FINETUNE, "--reference", "scratch"],
+                            cwd=workdir, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "finetune"
+              and "mlflow.parentRunId" not in r.data.tags]
+    assert run.data.tags["biosig.world_size"] == "2"
+    assert np.isfinite(metrics_of(run)["reference.scratch.test_auroc"])  # rank 0 trains the reference alone
+    assert result.stdout.count("epoch 1/4 (stage 1)") == 1  # rank 0 speaks for both
+    history = MlflowClient().get_metric_history(run.info.run_id, logged_key("train_loss"))
+    assert [m.step for m in history] == [1, 2, 3, 4] and all(np.isfinite(m.value) for m in history)
+    (version,) = MlflowClient().search_model_versions(f"name = '{FINETUNED}'")
+    assert version.run_id == run.info.run_id and np.isfinite(metrics_of(run)["test_auroc"])
+
+
+def test_cross_validation_under_torchrun_is_refused_before_any_run(pretrained, monkeypatch, capsys):
+    import contextlib
+
+    from biosig.training import loop
+
+    monkeypatch.setattr(loop, "distributed", lambda device: contextlib.nullcontext(loop.Distributed(0, 2, 0)))
+    assert finetune(pretrained, "--cv", "3") == 2
+    assert "'cv' trains its folds one after another in one process" in capsys.readouterr().err
+    assert not [r for r in finished_runs() if r.data.tags.get("biosig.command") == "finetune"]
+    assert nothing_registered()

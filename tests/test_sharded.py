@@ -64,6 +64,8 @@ def test_the_manifest_is_the_same_however_the_build_is_divided(corpus, workdir, 
     assert build("parts/", "--shard", "1/2") == 0
     assert main(["dataset", "finalize", "parts/"]) == 2  # part 0 is missing
     assert "not built yet" in capsys.readouterr().err
+    assert main(["pretrain", "--data", "parts/"]) == 2  # its shards are not a dataset yet
+    assert "unfinished sharded build" in capsys.readouterr().err
     assert build("parts/", "--shard", "0/2") == 0  # the last part finalizes
     for other in ("parallel", "parts"):
         assert read_manifest(str(workdir / other)).digest == manifest.digest
@@ -266,7 +268,9 @@ def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monke
     finetune = ["--checkpoint", "auto", "--pretrain-config", str(pretrain), *TINY_FINETUNE, "--data", data]
     assert main(["finetune", *finetune]) == 0
     model = "ttm_ppg-ecg_c64_p16_m40_mae_finetuned"
-    assert main(["evaluate", "--model", f"{model}@candidate", "--data", data]) == 0
+    with monkeypatch.context() as streamed_only:  # evaluate reads the corpus row group by row group
+        streamed_only.setattr("biosig.tracking.datasets.read_sharded", None)
+        assert main(["evaluate", "--model", f"{model}@candidate", "--data", data]) == 0
     assert main(["tune", "--checkpoint", "ttm_ppg-ecg_c64_p16_m40_mae", *TINY_FINETUNE, "--data", data,
                  "--n-trials", "2", "--pruner", "none"]) == 0
     assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_*", "--modes", "probe", "--data", data,
@@ -278,3 +282,12 @@ def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monke
     assert not finished_runs("RUNNING")
     assert np.isfinite(metrics_of(MlflowClient().get_run(
         MlflowClient().get_model_version_by_alias(model, "candidate").run_id))["test_auroc"])
+    assert main(["log-dataset", "--source", data, "--output", "whole.parquet", "--system-metrics", "false"]) == 0
+    assert main(["evaluate", "--model", f"{model}@candidate", "--data", str(workdir / "whole.parquet")]) == 0
+    by_command = {}
+    for run in sorted(finished_runs("FINISHED"), key=lambda r: r.info.start_time):
+        by_command.setdefault(run.data.tags.get("biosig.command"), []).append(run)
+    streamed, whole = by_command["evaluate"]
+    assert streamed.data.tags["biosig.test.digest"] == by_command["finetune"][0].data.tags["biosig.test.digest"]
+    for name in ("test_auroc", "test_f1", "val_ece", "test_subject_accuracy"):  # the same windows, scored alike
+        assert metrics_of(streamed)[name] == pytest.approx(metrics_of(whole)[name], abs=1e-6), name

@@ -8,6 +8,7 @@ then vote per subject. The split is the fine-tune's: same fractions and seed giv
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,14 @@ import pandas as pd
 from biosig.commands.configs import EvaluateConfig
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ChannelStats, prepare_windows, select_channels
-from biosig.data.splits import subject_split
+from biosig.data.shards import split_digest, subject_windows
+from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import DataError
 from biosig.logs import get_logger
 from biosig.models.checkpoint import save_checkpoint
 from biosig.registry.publish import register_from_run
 from biosig.registry.pyfunc import WindowClassifier, load_window_classifier, log_pyfunc
-from biosig.tracking.datasets import use_dataset
+from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import RunContext, run_tags, tracked_run
 from biosig.tracking.tags import (
@@ -67,25 +69,23 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, float]:
         ctx.name_run(f"evaluate {version.name}/{version.version}")
         logged = use_dataset(ctx, data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
-                             output_dir=config.data_dir, context="evaluation")
-        splits = subject_split(logged.windows, config.val_fraction, config.test_fraction, seed=config.seed)
-        ctx.set_tags({TEST_DIGEST_TAG: splits["test"].digest})
-        logits = {s: window_logits(wrapper, splits[s], config.overlap, config.voting) for s in ("val", "test")}
+                             output_dir=config.data_dir, context="evaluation", stream=True)
+        scored, test_digest = _score_splits(wrapper, logged, config)
+        ctx.set_tags({TEST_DIGEST_TAG: test_digest})
         calibration = None
         if config.calibration != "none":
-            calibration = fit_calibration(config.calibration, logits["val"], splits["val"].labels)
+            calibration = fit_calibration(config.calibration, scored["val"].logits, scored["val"].labels)
             ctx.log_dict(calibration, "evaluation/calibration.json")
         base = wrapper.meta.get("calibration")  # a model calibrated before keeps its calibration
         metrics = {}
         for split in ("val", "test"):
-            ws = splits[split]
-            before = apply_calibration(base, logits[split])
-            after = apply_calibration(calibration or base, logits[split])
-            metrics.update(_metrics(split, ws, before, after, wrapper.meta["class_names"], config.voting))
-            _predictions(ctx, Path(tmp), split, ws, before, after, wrapper.meta["class_names"])
+            before = apply_calibration(base, scored[split].logits)
+            after = apply_calibration(calibration or base, scored[split].logits)
+            metrics.update(_metrics(split, scored[split], before, after, wrapper.meta["class_names"], config.voting))
+            _predictions(ctx, Path(tmp), split, scored[split], before, after)
         ctx.log_metrics(metrics)
-        _plots(ctx, Path(tmp), splits["test"], apply_calibration(base, logits["test"]),
-               apply_calibration(calibration or base, logits["test"]), wrapper.meta["class_names"])
+        _plots(ctx, Path(tmp), scored["test"], apply_calibration(base, scored["test"].logits),
+               apply_calibration(calibration or base, scored["test"].logits), wrapper.meta["class_names"])
         log.info(_summary(metrics, config.calibration))
         if config.register and calibration:
             worse = _worse_on_val(metrics)
@@ -104,6 +104,45 @@ def _worse_on_val(metrics: dict[str, float]) -> str:
              f"{metrics[f'val_{name}']:.3f}" for name in ("ece", "brier")
              if metrics[f"val_{name}"] > metrics[f"val_{name}_uncalibrated"] + 1e-9]
     return " and ".join(worse)
+
+
+@dataclasses.dataclass
+class Scored:
+    """One split as evaluation needs it: the model's scores per window and each window's identity (no signals)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    subject: np.ndarray
+    order: np.ndarray
+    order_names: list[str]
+
+    @classmethod
+    def of(cls, wrapper: WindowClassifier, ws: WindowSet, overlap: float, voting: str) -> "Scored":
+        return cls(window_logits(wrapper, ws, overlap, voting), ws.labels, ws.subject, ws.order, list(ws.order_names))
+
+    @classmethod
+    def concat(cls, parts: list["Scored"], where: str) -> "Scored":
+        if not parts:
+            raise DataError(f"{where}: the split has no windows")
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("logits", "labels", "subject", "order")),
+                   parts[0].order_names)
+
+
+def _score_splits(wrapper: WindowClassifier, logged: LoggedDataset,
+                  config: EvaluateConfig) -> tuple[dict[str, Scored], str]:
+    """Val and test scores and the test split's digest. The split is the fine-tune's (same fractions and
+    seed); a sharded dataset is split by its manifest and scored one row group at a time."""
+    if logged.manifest is None:
+        splits = subject_split(logged.windows, config.val_fraction, config.test_fraction, seed=config.seed)
+        return ({s: Scored.of(wrapper, splits[s], config.overlap, config.voting) for s in ("val", "test")},
+                splits["test"].digest)
+    manifest = logged.manifest
+    subjects = manifest_subject_split(manifest, config.val_fraction, config.test_fraction, seed=config.seed)
+    scored = {split: Scored.concat([Scored.of(wrapper, part, config.overlap, config.voting)
+                                    for part in subject_windows(manifest, subjects[split])],
+                                   f"{manifest.root} ({split})")
+              for split in ("val", "test")}
+    return scored, split_digest(manifest, subjects["test"])
 
 
 def window_logits(wrapper: WindowClassifier, ws: WindowSet, overlap: float, voting: str) -> np.ndarray:
@@ -129,16 +168,16 @@ def window_logits(wrapper: WindowClassifier, ws: WindowSet, overlap: float, voti
     return np.log(np.clip(votes, 1e-6, None))
 
 
-def _metrics(split: str, ws: WindowSet, before: np.ndarray, after: np.ndarray, names: list[str],
+def _metrics(split: str, scored: Scored, before: np.ndarray, after: np.ndarray, names: list[str],
              voting: str) -> dict[str, float]:
-    y = ws.labels
+    y = scored.labels
     out = {f"{split}_{k}": v for k, v in classification_metrics(y, after, names).items()}
     out[f"{split}_brier"] = brier_score(y, after)
     out[f"{split}_ece_uncalibrated"] = classification_metrics(y, before, names)["ece"]
     out[f"{split}_brier_uncalibrated"] = brier_score(y, before)
     out.update({f"{split}_f1.{n}": v for n, v in _per_class_f1(y, after, len(names), names).items()})
-    subjects, subject_prob = vote(after, ws.subject, voting)
-    subject_y = np.array([np.bincount(y[ws.subject == s], minlength=len(names)).argmax() for s in subjects])
+    subjects, subject_prob = vote(after, scored.subject, voting)
+    subject_y = np.array([np.bincount(y[scored.subject == s], minlength=len(names)).argmax() for s in subjects])
     subject = classification_metrics(subject_y, subject_prob, names)
     out.update({f"{split}_subject_{k}": v for k, v in subject.items() if "." not in k})
     out[f"{split}_subject_accuracy"] = float((subject_prob.argmax(axis=1) == subject_y).mean())
@@ -152,23 +191,22 @@ def _per_class_f1(y: np.ndarray, prob: np.ndarray, n: int, names: list[str]) -> 
     return dict(zip(names, map(float, values)))
 
 
-def _predictions(ctx: RunContext, tmp: Path, split: str, ws: WindowSet, before: np.ndarray, after: np.ndarray,
-                 names: list[str]) -> None:
-    frame = pd.DataFrame({"subject": ws.subject, "window": np.arange(ws.n_windows), "y_true": ws.labels,
+def _predictions(ctx: RunContext, tmp: Path, split: str, scored: Scored, before: np.ndarray, after: np.ndarray) -> None:
+    frame = pd.DataFrame({"subject": scored.subject, "window": np.arange(len(scored.labels)), "y_true": scored.labels,
                           "y_pred": after.argmax(axis=1), "prob": list(after.astype(np.float32)),
                           "prob_uncalibrated": list(before.astype(np.float32))})
-    for i, name in enumerate(ws.order_names):
-        frame[name] = ws.order[:, i]
+    for i, name in enumerate(scored.order_names):
+        frame[name] = scored.order[:, i]
     path = tmp / f"{split}_preds.parquet"
     frame.to_parquet(path, index=False)
     ctx.log_artifact(path, "evaluation")
 
 
-def _plots(ctx: RunContext, tmp: Path, ws: WindowSet, before: np.ndarray, after: np.ndarray,
+def _plots(ctx: RunContext, tmp: Path, scored: Scored, before: np.ndarray, after: np.ndarray,
            names: list[str]) -> None:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     for label, prob in (("uncalibrated", before), ("calibrated", after)):
-        confidence, correct = prob.max(axis=1), prob.argmax(axis=1) == ws.labels
+        confidence, correct = prob.max(axis=1), prob.argmax(axis=1) == scored.labels
         edges = np.linspace(0, 1, 16)
         bins = np.clip(np.digitize(confidence, edges) - 1, 0, 14)
         xs = [confidence[bins == b].mean() for b in range(15) if (bins == b).any()]
@@ -183,7 +221,7 @@ def _plots(ctx: RunContext, tmp: Path, ws: WindowSet, before: np.ndarray, after:
     fig.savefig(tmp / "reliability.png", dpi=100)
     plt.close(fig)
     ctx.log_artifact(tmp / "reliability.png", "evaluation")
-    ctx.log_artifact(confusion_png(ws.labels, after, names, tmp / "confusion_matrix.png", "test"), "evaluation")
+    ctx.log_artifact(confusion_png(scored.labels, after, names, tmp / "confusion_matrix.png", "test"), "evaluation")
 
 
 def _summary(metrics: dict[str, float], method: str) -> str:

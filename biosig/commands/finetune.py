@@ -9,6 +9,7 @@ one tested and registered.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime as dt
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 import biosig
 from biosig import backbones
@@ -32,6 +34,7 @@ from biosig.commands.promote import PromoteConfig, run_promote
 from biosig.config import load_config
 from biosig.data import SourceOptions, WindowSet
 from biosig.data.adapt import ChannelStats, WindowScaling, fit_context, select_channels, unit_mismatch
+from biosig.data.shards import split_digest
 from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
 from biosig.errors import ConfigError, DataError, TrainingError
 from biosig.logs import banner, get_logger
@@ -53,9 +56,9 @@ from biosig.registry.discovery import ResolvedCheckpoint, resolve_checkpoint
 from biosig.registry.naming import FINETUNED_SUFFIX
 from biosig.registry.publish import CANDIDATE_ALIAS, register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
-from biosig.tracking.datasets import use_dataset
+from biosig.tracking.datasets import follow_dataset, use_dataset
 from biosig.tracking.liveness import scratch_dir
-from biosig.tracking.run import RunContext, configure_tracking, tracked_run
+from biosig.tracking.run import FollowerContext, RunContext, configure_tracking, tracked_run
 from biosig.tracking.tags import (
     ARCH_TAG,
     CHANNEL_MAPPING_TAG,
@@ -86,6 +89,7 @@ from biosig.tracking.tags import (
     TEST_DIGEST_TAG,
     TEST_METRIC_TAG_PREFIX,
     WARNING_TAG,
+    WORLD_SIZE_TAG,
 )
 from biosig.training import loop
 from biosig.training.metrics import (
@@ -149,8 +153,30 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
     `auto_name` overrides the name that checkpoint=auto derives from `pretrain_config`."""
     if config.checkpoint == "auto" and auto_name is None:
         auto_name = config.auto_name()
-    parent = resolve_parent(config, auto_name)
-    with tracked_run("finetune", config, nested=nested) as ctx, scratch_dir("finetune") as tmp:
+    with loop.distributed(config.device) if not nested else contextlib.nullcontext(loop.Distributed()) as dist:
+        if dist.active and config.cv:
+            raise ConfigError("config key 'cv' trains its folds one after another in one process: start it "
+                              "without torchrun")
+        parent = resolve_parent(config, auto_name)
+        if not dist.leader:
+            return _follow(config, parent, dist)
+        return _finetune(config, parent, nested, dist)
+
+
+def _follow(config: FinetuneConfig, parent: ResolvedCheckpoint, dist: loop.Distributed) -> FinetuneResult:
+    """A torchrun process other than rank 0: the same rows and split, its share of every training batch;
+    rank 0 owns the run, validation, the test, the references and the registration."""
+    logged = follow_dataset(config.data, SourceOptions(n_subjects=config.n_subjects,
+                            windows_per_subject=config.windows_per_subject, seed=config.seed))
+    data = prepare_data(logged.windows, logged.name, config, parent)
+    trainer = _train(FollowerContext(), config, parent, data, dist=dist)
+    return FinetuneResult("", "", None, trainer.best_epoch, trainer.best_val, {}, trainer.collapsed, "")
+
+
+def _finetune(config: FinetuneConfig, parent: ResolvedCheckpoint, nested: bool,
+              dist: loop.Distributed) -> FinetuneResult:
+    tags = {WORLD_SIZE_TAG: dist.world_size} if dist.active else {}
+    with tracked_run("finetune", config, nested=nested, tags=tags) as ctx, scratch_dir("finetune") as tmp:
         ctx.set_tags(parent.lineage())
         ctx.name_run(f"finetune → {parent.name or parent.meta.get('name', 'checkpoint')}{FINETUNED_SUFFIX}")
         log.info(f"finetune from {parent.describe()} (run {ctx.run_id})")
@@ -161,7 +187,8 @@ def run_finetune(config: FinetuneConfig, *, nested: bool = False, auto_name: str
         if config.split_manifest:
             ctx.set_tags({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)})
         ctx.begin_model(f"{parent_name}{FINETUNED_SUFFIX}", model_type="finetuned", dataset=logged.mlflow_ref)
-        evidence = (_cross_validate if config.cv else _single_split)(ctx, config, parent, logged, Path(tmp))
+        evidence = (_cross_validate(ctx, config, parent, logged, Path(tmp)) if config.cv
+                    else _single_split(ctx, config, parent, logged, Path(tmp), dist))
         trainer, meta, model_info = evidence.trainer, evidence.meta, evidence.model_info
         name = f"{parent_name}{FINETUNED_SUFFIX}"
         version = None
@@ -210,10 +237,13 @@ class Evidence:
     windows: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, tmp: Path) -> Evidence:
+def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, tmp: Path,
+                  dist: loop.Distributed | None = None) -> Evidence:
     data = prepare_data(logged.windows, logged.name, config, parent)
+    if logged.manifest is not None:  # the identity `evaluate` gives the same split when it streams it
+        data.test_digest = split_digest(logged.manifest, np.unique(data.subject["test"]).tolist())
     ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
-    trainer, tested = _train_and_test(ctx, config, parent, data, tmp)
+    trainer, tested = _train_and_test(ctx, config, parent, data, tmp, dist)
     test = {**tested.metrics, **_interval(ctx, config, tested, data.class_names)}
     references = run_references(ctx, config, parent, data, logged, tmp)
     _log_reference_deltas(ctx, test, references)
@@ -223,22 +253,25 @@ def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheck
                     windows={s: len(v) for s, v in data.y.items()})
 
 
-def _train(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData, *,
-           pretrained: bool = True, schedule: list[tuple[int, int, float]] | None = None) -> "Trainer":
-    """Build the classifier (pretrained weights, or random for the scratch reference) and run its schedule."""
-    device = loop.resolve_device(config.device)
+def _train(ctx: RunContext | FollowerContext, config: FinetuneConfig, parent: ResolvedCheckpoint,
+           data: FinetuneData, *, pretrained: bool = True, schedule: list[tuple[int, int, float]] | None = None,
+           dist: loop.Distributed | None = None) -> "Trainer":
+    """Build the classifier (pretrained weights, or random for the scratch reference) and run its schedule
+    (with `dist` active: data-parallel over the torchrun processes)."""
+    dist = dist or loop.Distributed()
+    device = dist.device(config.device)
     generator = loop.seed_everything(config.seed)
     model, masks = build_model(ctx, parent, data, config, pretrained=pretrained)
     model.to(device)
     check_unfreeze(config.unfreeze_last_n, len(model.backbone.blocks()))
-    trainer = Trainer(ctx, config, model, masks, data, device, generator, schedule=schedule)
+    trainer = Trainer(ctx, config, model, masks, data, device, generator, schedule=schedule, dist=dist)
     trainer.run()
     return trainer
 
 
 def _train_and_test(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
-                    tmp: Path) -> tuple["Trainer", Tested]:
-    trainer = _train(ctx, config, parent, data)
+                    tmp: Path, dist: loop.Distributed | None = None) -> tuple["Trainer", Tested]:
+    trainer = _train(ctx, config, parent, data, dist=dist)
     return trainer, trainer.test(tmp)
 
 
@@ -541,8 +574,10 @@ class Trainer:
     def __init__(self, ctx: RunContext, config: FinetuneConfig, model: Classifier, masks: GradientMasks | None,
                  data: FinetuneData, device: torch.device, generator: torch.Generator,
                  on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                 schedule: list[tuple[int, int, float]] | None = None) -> None:
+                 schedule: list[tuple[int, int, float]] | None = None, dist: loop.Distributed | None = None) -> None:
         self.ctx, self.config, self.model, self.masks, self.data = ctx, config, model, masks, data
+        self.dist = dist or loop.Distributed()
+        self.trained: nn.Module = model  # what the training step calls: the model, or its DDP wrapper
         c = config
         #: (stage, epochs, lr): staged unfreezing by default; the scratch reference trains everything throughout
         self.schedule = schedule or [(1, c.stage1_epochs, c.lr), (2, c.stage2_epochs, c.lr), (3, c.stage3_epochs, c.lr / 10)]
@@ -553,7 +588,7 @@ class Trainer:
         if weights is not None:
             ctx.set_tags({CLASS_WEIGHTS_TAG: ",".join(f"{w:.4g}" for w in weights)})
         self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
-                                        generator=generator)
+                                        generator=generator, dist=self.dist, seed=config.seed)
         self.progress = loop.TrainingProgress()  # epochs count on across stages
         self.planned_epochs = sum(epochs for _, epochs, _ in self.schedule)  # early stopping may end sooner
         self.best_val: dict[str, float] = {}
@@ -591,6 +626,7 @@ class Trainer:
         lora = stage == 2 and self.config.adaptation == "lora"
         counts = self._add_lora() if lora else apply_stage(self.model, stage, self.config.unfreeze_last_n, self.masks)
         self.stage_counts[stage] = dataclasses.asdict(counts)
+        self.trained = self._data_parallel()
         log.info(f"  {counts.describe()}")
         self.ctx.log_metrics({f"stage{stage}.trainable_params": counts.trainable,
                               f"stage{stage}.frozen_params": counts.frozen}, step=self.epoch)
@@ -600,8 +636,11 @@ class Trainer:
         for _ in range(epochs):
             self.progress.epoch += 1
             started = time.perf_counter()
+            if isinstance(self.train_loader.sampler, DistributedSampler):
+                self.train_loader.sampler.set_epoch(self.epoch)
             train_loss = self._train_epoch(stage, optimizer, scheduler, lora)
-            val = self.score("val")[0]
+            # rank 0 validates and every process follows its verdict (best state, early stop)
+            val = self.dist.from_leader(self.score("val")[0] if self.dist.leader else None)
             row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
                    **{f"val_{k}": v for k, v in val.items()}}
             self.ctx.log_metrics(row, step=self.epoch)
@@ -622,6 +661,14 @@ class Trainer:
                 log.info(f"  early stop of stage {stage}: no better val {self.config.selection_metric} in "
                          f"{stale} epochs")
                 break
+
+    def _data_parallel(self) -> nn.Module:
+        """The model under DDP when several processes train; wrapped anew each stage, because DDP reduces
+        the gradients of the parameters that were trainable when it was built."""
+        if not self.dist.active:
+            return self.model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def _add_lora(self) -> StageCounts:
         """Stage 2 of adaptation=lora: the backbone frozen (head trainable), LoRA adapters on the layers its
@@ -664,12 +711,12 @@ class Trainer:
             set_train_mode(self.model, stage, self.config.unfreeze_last_n)
 
         def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
-            return self.criterion(self.model(batch[0]).float(), batch[1])
+            return self.criterion(self.trained(batch[0]).float(), batch[1])
 
-        total, count = loop.train_epoch(self.model, self.train_loader, optimizer, scheduler, loss_of,
+        total, count = loop.train_epoch(self.trained, self.train_loader, optimizer, scheduler, loss_of,
                                         device=self.device, amp=self.config.amp, grad_clip=self.config.grad_clip,
                                         where=f"stage {stage}, epoch {self.epoch},")
-        return total / count
+        return self.dist.mean(total, count)
 
     @torch.no_grad()
     def score(self, split: str) -> tuple[dict[str, float], np.ndarray]:

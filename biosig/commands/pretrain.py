@@ -30,16 +30,14 @@ from biosig.backbones import build_backbone
 from biosig.commands.configs import PretrainConfig
 from biosig.data import SourceOptions
 from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, select_channels
-from biosig.data.naming import dataset_name
-from biosig.data.shards import is_sharded, read_manifest, verify_all
-from biosig.data.sources import load_source
+from biosig.data.shards import verify_all
 from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
 from biosig.registry.naming import parse_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_model_files, register_from_run
-from biosig.tracking.datasets import LoggedDataset, use_dataset
+from biosig.tracking.datasets import LoggedDataset, follow_dataset, use_dataset
 from biosig.tracking.liveness import liveness, scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, close_dead_run, tracked_run
 from biosig.tracking.tags import (
@@ -201,12 +199,7 @@ def _load_data(ctx: RunContext | FollowerContext, config: PretrainConfig, dist: 
                             seed=config.seed)
     if dist.leader:
         return use_dataset(ctx, config.data, options, output_dir=config.data_dir, context="training", stream=True)
-    if is_sharded(config.data):
-        manifest = read_manifest(config.data)
-        return LoggedDataset(name=manifest.name, path=Path(manifest.root), digest=manifest.digest, run_id="",
-                             windows=None, manifest=manifest)
-    ws = load_source(config.data, options)
-    return LoggedDataset(name=dataset_name(ws), path=Path(config.data), digest=ws.digest, run_id="", windows=ws)
+    return follow_dataset(config.data, options, stream=True)
 
 
 @dataclasses.dataclass

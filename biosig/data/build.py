@@ -46,7 +46,7 @@ from biosig.data.sources import SourceOptions, load_source, record_units
 from biosig.data.windowset import WindowSet
 from biosig.errors import ConfigError, DataError, FileError
 
-PLAN_FILE = "_build.json"
+PLAN_FILE = shard_format.BUILD_FILE
 PARTS_DIR = "_parts"
 RECORDS_PER_GROUP = {"butppg": 512, "vitaldb": 4}  # BUT PPG records are 10 s; VitalDB cases are hours
 

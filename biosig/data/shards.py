@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +32,7 @@ from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
 
 MANIFEST_FILE = "manifest.json"
+BUILD_FILE = "_build.json"  # the plan of a build (biosig.data.build); without a manifest: not finished
 FORMAT = "biosig.sharded/1"
 ROW_GROUP_ROWS = 2048  # windows per row group: the unit a streaming reader fetches and shuffles
 SHARD_ROWS = 32768  # default bound on windows per shard (256 MB of 2-channel 1024-sample windows)
@@ -40,6 +41,18 @@ HASH_CHUNK = 8 << 20
 
 def join(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}"
+
+
+def check_finished(spec: str) -> None:
+    """DataError for a folder or prefix that holds a build without its manifest (its shards are not a
+    dataset yet: some may be missing)."""
+    if spec.startswith("s3://"):
+        unfinished = read_text(join(spec, BUILD_FILE)) is not None and read_text(join(spec, MANIFEST_FILE)) is None
+    else:
+        unfinished = (Path(spec) / BUILD_FILE).is_file() and not (Path(spec) / MANIFEST_FILE).is_file()
+    if unfinished:
+        raise DataError(f"{spec} holds an unfinished sharded build ({BUILD_FILE} but no {MANIFEST_FILE}): finish "
+                        f"it (run the remaining shard=i/n parts, then `biosig dataset finalize {spec}`)")
 
 
 def is_sharded(spec: str) -> bool:
@@ -324,6 +337,34 @@ def read_sharded(root: str) -> WindowSet:
         parts.append(from_arrow(open_shard(manifest, shard).read(), where=manifest.uri(shard)))
     return WindowSet.concat(parts, source=manifest.root) if len(parts) > 1 else \
         dataclasses.replace(parts[0], source=manifest.root)
+
+
+def subject_windows(manifest: Manifest, subjects: set[str]) -> Iterator[WindowSet]:
+    """The windows of `subjects`, one row group at a time in shard order (memory: one row group), reading
+    only the shards whose subject index names one of them."""
+    wanted = list(subjects)
+    for shard in manifest.shards:
+        if subjects.isdisjoint(shard.subjects):
+            continue
+        verify_shard(manifest, shard)
+        handle = open_shard(manifest, shard)
+        for group in range(len(shard.row_groups)):
+            where = f"{manifest.uri(shard)} row group {group}"
+            try:
+                table = handle.read_row_group(group)
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"cannot read {where}: {exc}") from None
+            part = from_arrow(table, where=where, verify_order=False)
+            keep = np.flatnonzero(np.isin(part.subject, wanted))
+            if keep.size:
+                yield part.take(keep)
+
+
+def split_digest(manifest: Manifest, subjects: Iterable[str]) -> str:
+    """The identity of a subject subset of a sharded dataset without reading it: the shards are immutable
+    and named by content, so the manifest digest and the sorted subjects fix the rows."""
+    body = json.dumps({"dataset": manifest.digest, "subjects": sorted(subjects)})
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0) -> WindowSet:

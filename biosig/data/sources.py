@@ -16,7 +16,7 @@ from pathlib import Path
 
 from biosig.data.npz_io import read_npz
 from biosig.data.parquet_io import read_parquet
-from biosig.data.shards import is_sharded, read_sharded
+from biosig.data.shards import check_finished, is_sharded, read_sharded
 from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
@@ -60,6 +60,11 @@ def check_source_spec(key: str, spec: str) -> None:
                           f"{', '.join(SYNTHETIC_SOURCES)}, a .parquet/.npz file or a directory)")
     if where != spec and not path.is_dir():
         raise ConfigError(f"config key '{key}': {spec.split(':')[0]}: needs a directory, got the file {where}")
+    if path.is_dir():
+        try:
+            check_finished(where)
+        except DataError as exc:
+            raise ConfigError(f"config key '{key}': {exc}") from None
     if path.is_file() and path.suffix not in DATA_SUFFIXES:
         raise ConfigError(f"config key '{key}': unsupported source file type '{path.suffix}' for {spec}: "
                           "expected .parquet or .npz")
@@ -76,6 +81,7 @@ def load_source(spec: str, options: SourceOptions | None = None, errors: list[Fi
     if _is_folder(spec) and is_sharded(spec):
         return read_sharded(spec)
     if _is_folder(spec):
+        check_finished(spec)
         return _load_many(spec, options, errors)
     if spec.startswith("synthetic:"):
         return _synthetic(spec, options)

@@ -87,6 +87,17 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
 
 
+def follow_dataset(source: str, options: SourceOptions, *, stream: bool = False) -> LoggedDataset:
+    """The rows a torchrun follower trains on: those the leader's `use_dataset` logs (same source, same
+    sorted order), read without recording anything; a sharded dataset stays on disk when `stream`."""
+    if is_sharded(source):
+        manifest = read_manifest(source)
+        return LoggedDataset(name=manifest.name, path=Path(manifest.root), digest=manifest.digest, run_id="",
+                             windows=None if stream else read_sharded(source), manifest=manifest)
+    ws = load_source(source, options, []).sorted()  # files the leader skips (data_errors.csv) are skipped here too
+    return LoggedDataset(name=dataset_name(ws), path=Path(source), digest=ws.digest, run_id="", windows=ws)
+
+
 def content_file_name(name: str, digest: str) -> str:
     """`{conventional name}_{first 12 hex of the content digest}.parquet`: another seed, size or source
     gives another file, so no run's recorded digest is ever invalidated by a later run."""

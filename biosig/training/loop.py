@@ -85,9 +85,22 @@ class Distributed:
         """(sum(total) / sum(count), sum(count)) over all processes."""
         if not self.active:
             return total / count, count
-        values = torch.tensor([total, float(count)], dtype=torch.float64)
+        values = torch.tensor([total, float(count)], dtype=torch.float64, device=self._collective_device())
         torch.distributed.all_reduce(values)
         return float(values[0] / values[1]), int(values[1])
+
+    def from_leader(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object) on every process: decisions every process must share."""
+        if not self.active:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, device=self._collective_device())
+        return box[0]
+
+    def _collective_device(self) -> torch.device:
+        """NCCL collectives take CUDA tensors; gloo takes CPU ones."""
+        on_nccl = torch.distributed.get_backend() == "nccl"
+        return torch.device("cuda", self.local_rank) if on_nccl else torch.device("cpu")
 
     def barrier(self) -> None:
         if self.active:
