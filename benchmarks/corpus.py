@@ -8,6 +8,9 @@ Prints, in one run:
   epoch      one pretraining epoch streamed from the full corpus (tiny TTM): windows/s and peak RSS
   in-memory  streamed vs in-memory pretraining throughput on a corpus that fits (target ratio >= 0.9)
   S3         stream read throughput (windows/s) from moto's S3 server next to the same corpus on disk
+  finetune   streamed vs in-memory fine-tuning on a labelled corpus that fits (synthetic:quality, 5 channels
+             x 1250 samples, --finetune-gb): training windows/s (median over epochs), whole command seconds
+             and peak RSS of each (the streamed one reads labels, a normalisation sample and row groups)
 
 Peak RSS comes from polling the command's process tree (psutil, every 0.2 s). Throughputs come from the
 runs' `train/windows_per_s` metric (the training pass only, validation excluded). `--size-gb 2` gives a
@@ -98,7 +101,7 @@ def stream_rate(root: str, batches: int = 0) -> float:
     return seen / (time.perf_counter() - started)
 
 
-PARTS = ("build", "train", "s3", "large")
+PARTS = ("build", "train", "s3", "finetune", "large")
 
 
 def main() -> None:
@@ -107,6 +110,7 @@ def main() -> None:
     parser.add_argument("--ratio-gb", type=float, default=2.0, help="the corpora built with 1 and 2 workers")
     parser.add_argument("--small-gb", type=float, default=1.0,
                         help="the corpus for streamed vs in-memory training and S3 (fits in RAM)")
+    parser.add_argument("--finetune-gb", type=float, default=0.5, help="the labelled corpus for fine-tuning")
     parser.add_argument("--repeats", type=int, default=3, help="streamed / in-memory runs, alternating (medians)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which measurements ({', '.join(PARTS)})")
     parser.add_argument("--dir", default="", help="where corpora are written (default: a temporary directory)")
@@ -128,6 +132,8 @@ def main() -> None:
             s3_rate = s3_stream_rate(base / "small")
             print(f"stream read, no model: local {local_rate:,.0f} windows/s, S3 (moto) {s3_rate:,.0f} windows/s "
                   f"({s3_rate / local_rate:.2f}x)")
+        if "finetune" in parts:
+            finetune_streamed_vs_in_memory(base, args.finetune_gb, args.repeats)
         if "large" in parts:
             larger_than_ram(base, args.size_gb)
     finally:
@@ -164,6 +170,49 @@ def streamed_vs_in_memory(base: Path, size_gb: float, repeats: int) -> None:
           f"runs: streamed {', '.join(f'{r[0]:,.0f}' for r in streamed)}, "
           f"in memory {', '.join(f'{r[0]:,.0f}' for r in in_memory)}")
     (base / "small.parquet").unlink()
+
+
+QUALITY_WINDOW_BYTES = 5 * 1250 * 4
+FINETUNE = ["--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "256",
+            "--register", "false", "--system-metrics", "false"]
+
+
+def finetune_streamed_vs_in_memory(base: Path, size_gb: float, repeats: int) -> None:
+    """A tiny TTM pretrained on the labelled corpus, then fine-tuned from the shards and from one parquet."""
+    from mlflow.tracking import MlflowClient
+
+    per_subject = 200
+    subjects = max(9, int(size_gb * 2**30 / QUALITY_WINDOW_BYTES) // per_subject)
+    corpus, whole = base / "quality", base / "quality.parquet"
+    run_measured(["log-dataset", "--source", "synthetic:quality", "--n-subjects", str(subjects),
+                  "--windows-per-subject", str(per_subject), "--shard-rows", "8192", "--workers", "2",
+                  "--output", f"{corpus}/", "--system-metrics", "false"], base)
+    run_measured(["log-dataset", "--source", str(corpus), "--output", str(whole), "--system-metrics", "false"], base)
+    at = TINY_TTM.index("--register")
+    tiny = TINY_TTM[:at] + TINY_TTM[at + 2:]  # registered: fine-tuning finds it by name
+    run_measured(["pretrain", "--data", str(corpus), *tiny], base)
+    client = MlflowClient(f"sqlite:///{base / 'mlflow.db'}")
+    checkpoint = client.search_registered_models()[0].name
+    results: dict[str, list[tuple[float, float, float]]] = {"streamed": [], "in memory": []}
+    for _ in range(repeats):
+        for label, data in (("streamed", corpus), ("in memory", whole)):
+            seconds, largest, _ = run_measured(["finetune", "--checkpoint", checkpoint, "--data", str(data),
+                                                *FINETUNE], base)
+            experiments = [e.experiment_id for e in client.search_experiments()]
+            run = client.search_runs(experiments, "tags.`biosig.command` = 'finetune'",
+                                     order_by=["start_time DESC"])[0]
+            rates = [m.value for m in client.get_metric_history(run.info.run_id, "train/windows_per_s")]
+            results[label].append((statistics.median(rates), seconds, largest))
+    size = sum(p.stat().st_size for p in corpus.glob("*.parquet")) / 2**30
+    summary = {label: tuple(statistics.median(r[i] for r in runs) for i in range(2)) + (max(r[2] for r in runs),)
+               for label, runs in results.items()}
+    for label, (rate, seconds, largest) in summary.items():
+        print(f"finetune on {size:.2f} GB ({subjects * per_subject:,} labelled windows), {label} (median of "
+              f"{repeats}): {rate:,.0f} training windows/s, {seconds:.1f} s whole command, peak RSS {largest:.2f} GB")
+    print(f"finetune streamed / in memory: training throughput {summary['streamed'][0] / summary['in memory'][0]:.2f}"
+          f" (target >= 0.9), whole command {summary['in memory'][1] / summary['streamed'][1]:.2f}x the speed")
+    shutil.rmtree(corpus)
+    whole.unlink()
 
 
 def larger_than_ram(base: Path, size_gb: float) -> None:

@@ -20,7 +20,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from biosig.data.shards import read_manifest, read_sharded
+from biosig.data.shards import read_manifest, read_sharded, split_digest
 from biosig.training.stream import ShardStream, StreamPosition, stream_loader
 from tests.helpers import TINY_FINETUNE, TINY_PRETRAIN, finished_runs, free_port, metrics_of, write_yaml
 
@@ -264,20 +264,23 @@ def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monke
     data = str(workdir / "quality")
     assert len(read_manifest(data).shards) == 3
     pretrain = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": data, "epochs": 1})
-    assert main(["pretrain", "--config", str(pretrain)]) == 0
-    finetune = ["--checkpoint", "auto", "--pretrain-config", str(pretrain), *TINY_FINETUNE, "--data", data]
-    assert main(["finetune", *finetune]) == 0
+    finetune = ["--checkpoint", "auto", "--pretrain-config", str(pretrain), *TINY_FINETUNE, "--data", data,
+                "--reference", "features,scratch"]
     model = "ttm_ppg-ecg_c64_p16_m40_mae_finetuned"
-    with monkeypatch.context() as streamed_only:  # evaluate reads the corpus row group by row group
-        streamed_only.setattr("biosig.tracking.datasets.read_sharded", None)
+    with monkeypatch.context() as streamed_only:  # no command reads the corpus whole: each streams it
+        for reader in ("biosig.tracking.datasets.read_sharded", "biosig.commands.finetune.read_sharded"):
+            streamed_only.setattr(reader, None)
+        assert main(["pretrain", "--config", str(pretrain)]) == 0
+        assert main(["finetune", *finetune]) == 0
         assert main(["evaluate", "--model", f"{model}@candidate", "--data", data]) == 0
-    assert main(["tune", "--checkpoint", "ttm_ppg-ecg_c64_p16_m40_mae", *TINY_FINETUNE, "--data", data,
-                 "--n-trials", "2", "--pruner", "none"]) == 0
-    assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_*", "--modes", "probe", "--data", data,
-                 "--reference", ""]) == 0
+        assert main(["tune", "--checkpoint", "ttm_ppg-ecg_c64_p16_m40_mae", *TINY_FINETUNE, "--data", data,
+                     "--n-trials", "2", "--pruner", "none"]) == 0
+        assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_*", "--modes", "probe", "--data", data,
+                     "--reference", ""]) == 0
     digest = read_manifest(data).digest
     for run in finished_runs("FINISHED"):
-        if run.data.tags.get("biosig.command") in ("pretrain", "finetune", "evaluate"):
+        if run.data.tags.get("biosig.command") in ("pretrain", "finetune", "evaluate") and \
+                "biosig.reference" not in run.data.tags:  # a reference's run records its split, not the input
             assert run.data.tags["biosig.dataset.digest"] == digest, run.data.tags["biosig.command"]
     assert not finished_runs("RUNNING")
     assert np.isfinite(metrics_of(MlflowClient().get_run(
@@ -291,3 +294,47 @@ def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monke
     assert streamed.data.tags["biosig.test.digest"] == by_command["finetune"][0].data.tags["biosig.test.digest"]
     for name in ("test_auroc", "test_f1", "val_ece", "test_subject_accuracy"):  # the same windows, scored alike
         assert metrics_of(streamed)[name] == pytest.approx(metrics_of(whole)[name], abs=1e-6), name
+
+
+def test_streamed_fine_tuning_data_holds_the_in_memory_splits(workdir, monkeypatch):
+    """prepare_streamed reads labels, subjects and a normalisation sample; its splits, labels, inputs and
+    statistics are those prepare_data makes of the same rows in memory."""
+    from types import SimpleNamespace
+
+    from biosig.commands.configs import FinetuneConfig
+    from biosig.commands.finetune_data import prepare_data, prepare_streamed
+
+    monkeypatch.setattr("biosig.data.shards.ROW_GROUP_ROWS", 16)
+    assert main(["log-dataset", "--source", "synthetic:quality", "--n-subjects", "9", "--windows-per-subject", "6",
+                 "--shard-rows", "20", "--output", "quality/", "--system-metrics", "false"]) == 0
+    data = str(workdir / "quality")
+    parent = SimpleNamespace(meta={"channels": ["PPG", "ECG"], "context_length": 64, "patch_length": 16, "fs": 125.0})
+    config = FinetuneConfig(data=data)
+    whole = prepare_data(read_sharded(data), "quality", config, parent)
+    streamed = prepare_streamed(read_manifest(data), "quality", config, parent)
+    assert streamed.x == {} and streamed.channels == whole.channels
+    for split in ("train", "val", "test"):
+        pairs = sorted(zip(streamed.subject[split].tolist(), streamed.y[split].tolist()))
+        assert pairs == sorted(zip(whole.subject[split].tolist(), whole.y[split].tolist())), split
+        inputs = np.concatenate(list(streamed.inputs(split, batch_size=5)))
+        assert len(inputs) == len(streamed.y[split])
+        assert np.sort(inputs.sum(axis=(1, 2))) == pytest.approx(np.sort(whole.x[split].sum(axis=(1, 2))), abs=1e-3)
+        raw = np.concatenate(list(streamed.raw_inputs(split)))
+        assert raw.shape[1:] == whole.raw[split].shape[1:] and len(raw) == len(whole.raw[split])
+    # the sample is every training window here (fewer than NORMALISATION_SAMPLE): the same statistics
+    assert streamed.stats.mean == pytest.approx(whole.stats.mean, rel=1e-4)
+    assert streamed.stats.std == pytest.approx(whole.stats.std, rel=1e-4)
+    assert streamed.test_digest == split_digest(read_manifest(data), set(whole.subject["test"].tolist()))
+
+
+def test_a_split_manifest_missing_subjects_of_a_corpus_is_refused_naming_it(corpus, workdir, capsys):
+    config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus), "epochs": 1})
+    assert main(["pretrain", "--config", str(config)]) == 0
+    (workdir / "split.csv").write_text("subject,split\nS000,train\nS001,val\nS002,test\n")
+    capsys.readouterr()
+    assert main(["finetune", "--checkpoint", "auto", "--pretrain-config", str(config), *TINY_FINETUNE,
+                 "--data", str(corpus), "--split-manifest", "split.csv"]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "split manifest" in line]  # one line
+    assert f"split manifest split.csv does not assign 9 subject(s) of {corpus}, e.g. S003" in line
+    assert not finished_runs("RUNNING")
+    assert not [m.name for m in MlflowClient().search_registered_models() if m.name.endswith("_finetuned")]

@@ -22,11 +22,11 @@ from biosig.commands.configs import COMPARE_MODES, CompareConfig
 from biosig.commands.finetune import FinetuneConfig, run_finetune
 from biosig.config import load_config
 from biosig.data import SourceOptions
-from biosig.data.splits import manifest_split, subject_split, write_manifest
+from biosig.data.splits import manifest_split, manifest_subject_split, subject_split, write_manifest
 from biosig.errors import ConfigError, DataError
 from biosig.logs import get_logger
 from biosig.registry.discovery import expand_checkpoints, resolve_checkpoint
-from biosig.tracking.datasets import use_dataset
+from biosig.tracking.datasets import LoggedDataset, use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import tracked_run
 from biosig.tracking.tags import COMPARE_METRIC_TAG, COMPARE_SPLIT_DIGEST_TAG
@@ -43,9 +43,10 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         references = expand_checkpoints(ctx.client, config.checkpoints)
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
-                             output_dir=config.data_dir, context="evaluation")
-        _check_fit(references, logged.windows.channels, logged.name)
-        manifest = "" if config.cv else _manifest(config, logged.windows, Path(tmp))
+                             output_dir=config.data_dir, context="evaluation", stream=not config.cv)
+        channels = logged.windows.channels if logged.windows is not None else logged.manifest.channels
+        _check_fit(references, channels, logged.name)
+        manifest = "" if config.cv else _manifest(config, logged, Path(tmp))
         if manifest:
             ctx.log_artifact(manifest)
         rows = []
@@ -74,9 +75,17 @@ def _check_fit(references: list[str], channels: list[str], where: str) -> None:
                             "cannot be compared on this task")
 
 
-def _manifest(config: CompareConfig, ws, tmp: Path) -> Path:
-    """The split manifest every row uses (logged with the leaderboard): given, or written once here."""
+def _manifest(config: CompareConfig, logged: LoggedDataset, tmp: Path) -> Path:
+    """The split manifest every row uses (logged with the leaderboard): given, or written once here (a
+    sharded dataset's from its manifest's subject index; each row checks it covers every subject)."""
     settings = load_config(FinetuneConfig, config.finetune_config or None, {"seed": config.seed})
+    if logged.windows is None:
+        if config.split_manifest:
+            return Path(config.split_manifest)
+        splits = manifest_subject_split(logged.manifest, settings.val_fraction, settings.test_fraction,
+                                        seed=settings.seed)
+        return write_manifest(splits, tmp / "split_manifest.csv")
+    ws = logged.windows
     splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
               else subject_split(ws, settings.val_fraction, settings.test_fraction, seed=settings.seed))
     return write_manifest(splits, tmp / "split_manifest.csv")

@@ -39,10 +39,14 @@ class LoopConfig(BaseConfig):
     grad_clip: float = 1.0  # gradient-norm clip; 0 disables it
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     amp: Literal["auto", "off", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # a sharded dataset (a directory or s3:// prefix with manifest.json) is streamed by this many reader
+    # processes per training process (0: read in the training process)
+    data_workers: int = 1
 
     def validate(self) -> None:
         super().validate()
         require_range("batch_size", self.batch_size, 1)
+        require_range("data_workers", self.data_workers, 0)
         require_range("lr", self.lr, 0, low_open=True)
         require_range("warmup_fraction", self.warmup_fraction, 0, 1)
 
@@ -196,9 +200,6 @@ class PretrainConfig(LoopConfig):
     val_fraction: float = 0.2
     register: bool = True
     resume: str = ""  # run id of an earlier pretrain run to continue from its last epoch
-    # a sharded dataset (a directory or s3:// prefix with manifest.json) is streamed by this many reader
-    # processes per training process (0: read in the training process)
-    data_workers: int = 1
     # streamed (sharded) dataset, one process: also save last/ every N optimiser steps, so that `resume`
     # continues an interrupted epoch where it stopped (0: at epoch ends only)
     checkpoint_every: int = 0
@@ -212,7 +213,6 @@ class PretrainConfig(LoopConfig):
         super().validate()
         check_channels(self.channels, "config key 'channels'")
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
-        require_range("data_workers", self.data_workers, 0)
         require_range("checkpoint_every", self.checkpoint_every, 0)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)

@@ -30,13 +30,13 @@ import biosig
 from biosig import backbones
 from biosig.backbones import build_backbone
 from biosig.commands.configs import FinetuneConfig, parse_class_weights
+from biosig.commands.finetune_data import FinetuneData, prepare_data, prepare_streamed
 from biosig.commands.promote import PromoteConfig, run_promote
 from biosig.config import load_config
-from biosig.data import SourceOptions, WindowSet
-from biosig.data.adapt import ChannelStats, WindowScaling, fit_context, select_channels, unit_mismatch
-from biosig.data.shards import split_digest
-from biosig.data.splits import cv_folds, manifest_digest, manifest_split, subject_split
-from biosig.errors import ConfigError, DataError, TrainingError
+from biosig.data import SourceOptions
+from biosig.data.shards import read_sharded
+from biosig.data.splits import cv_folds, manifest_digest, subject_split
+from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.checkpoint import PRETRAINED_KEYS, read_weights, require_keys, save_checkpoint, write_meta
 from biosig.models.freezing import (
@@ -103,6 +103,7 @@ from biosig.training.metrics import (
 )
 from biosig.training.plots import confusion_png, roc_png
 from biosig.training.reference import fit_feature_model
+from biosig.training.stream import stream_loader
 
 log = get_logger(__name__)
 
@@ -121,20 +122,6 @@ class FinetuneResult:
     trainable_params: int = 0  # the most any stage trained
     parent_name: str = ""
     references: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> test metrics
-
-
-@dataclasses.dataclass
-class FinetuneData:
-    x: dict[str, np.ndarray]
-    y: dict[str, np.ndarray]
-    subject: dict[str, np.ndarray]
-    class_names: list[str]
-    channels: list[str]
-    stats: ChannelStats | WindowScaling
-    test_digest: str  # content digest of the test split: champion comparisons need the same one
-    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # selected channels, before context fit
-    fs: float = 0.0
-    note: str = ""  # why normalisation=auto chose what it chose, when it matters
 
 
 @dataclasses.dataclass
@@ -167,8 +154,8 @@ def _follow(config: FinetuneConfig, parent: ResolvedCheckpoint, dist: loop.Distr
     """A torchrun process other than rank 0: the same rows and split, its share of every training batch;
     rank 0 owns the run, validation, the test, the references and the registration."""
     logged = follow_dataset(config.data, SourceOptions(n_subjects=config.n_subjects,
-                            windows_per_subject=config.windows_per_subject, seed=config.seed))
-    data = prepare_data(logged.windows, logged.name, config, parent)
+                            windows_per_subject=config.windows_per_subject, seed=config.seed), stream=not config.cv)
+    data = _prepare(logged, config, parent)
     trainer = _train(FollowerContext(), config, parent, data, dist=dist)
     return FinetuneResult("", "", None, trainer.best_epoch, trainer.best_val, {}, trainer.collapsed, "")
 
@@ -183,7 +170,7 @@ def _finetune(config: FinetuneConfig, parent: ResolvedCheckpoint, nested: bool,
         parent_name = parent.name or parent.meta.get("name", "")
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
-                             output_dir=config.data_dir, context="training")
+                             output_dir=config.data_dir, context="training", stream=not config.cv)
         if config.split_manifest:
             ctx.set_tags({SPLIT_DIGEST_TAG: manifest_digest(config.split_manifest)})
         ctx.begin_model(f"{parent_name}{FINETUNED_SUFFIX}", model_type="finetuned", dataset=logged.mlflow_ref)
@@ -239,9 +226,7 @@ class Evidence:
 
 def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, logged, tmp: Path,
                   dist: loop.Distributed | None = None) -> Evidence:
-    data = prepare_data(logged.windows, logged.name, config, parent)
-    if logged.manifest is not None:  # the identity `evaluate` gives the same split when it streams it
-        data.test_digest = split_digest(logged.manifest, np.unique(data.subject["test"]).tolist())
+    data = _prepare(logged, config, parent)
     ctx.set_tags({TEST_DIGEST_TAG: data.test_digest})
     trainer, tested = _train_and_test(ctx, config, parent, data, tmp, dist)
     test = {**tested.metrics, **_interval(ctx, config, tested, data.class_names)}
@@ -251,6 +236,23 @@ def _single_split(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheck
     return Evidence(trainer, data, test, data.test_digest, references, meta, model_info,
                     subjects={s: len(np.unique(v)) for s, v in data.subject.items()},
                     windows={s: len(v) for s, v in data.y.items()})
+
+
+def _prepare(logged, config: FinetuneConfig, parent: ResolvedCheckpoint) -> FinetuneData:
+    """The splits of the run's dataset: prepared in memory, or (a sharded dataset) streamed."""
+    if logged.windows is None:
+        return prepare_streamed(logged.manifest, logged.name, config, parent)
+    return prepare_data(logged.windows, logged.name, config, parent)
+
+
+def _input_spec(logged) -> tuple[str, dict[str, Any]]:
+    """(label column, the windows the model takes: channels, fs, samples) of the run's dataset."""
+    if logged.windows is not None:
+        ws = logged.windows
+        return ws.label_name, {"channels": list(ws.channels), "fs": ws.fs, "n_samples": ws.n_samples}
+    manifest = logged.manifest
+    return manifest.schema["label_column"], {"channels": manifest.channels, "fs": manifest.fs,
+                                             "n_samples": manifest.n_samples}
 
 
 def _train(ctx: RunContext | FollowerContext, config: FinetuneConfig, parent: ResolvedCheckpoint,
@@ -286,7 +288,7 @@ def _cross_validate(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChe
     """Each fold a nested run (model + references); the parent logs pooled test metrics over every
     fold's test predictions, per-fold mean/sd and a subject bootstrap interval; then one model is refit
     on all subjects (train/val only) with the same settings and registered with this evidence."""
-    ws = logged.windows
+    ws = logged.windows if logged.windows is not None else read_sharded(logged.uri)  # folds hold their signals
     folds = cv_folds(ws, config.cv, config.val_fraction, seed=config.seed)
     log.info(f"cross-validation: {len(folds)} subject folds (cv={config.cv})")
     outcomes: list[Tested] = []
@@ -363,24 +365,23 @@ def run_references(ctx: RunContext, config: FinetuneConfig, parent: ResolvedChec
 def _features_reference(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoint, data: FinetuneData,
                         logged, tmp: Path) -> Tested:
     """Window features of the raw windows (full length) + the scikit-learn model chosen on val."""
-    model, scores = fit_feature_model({s: data.raw[s] for s in ("train", "val")}, data.y, data.fs, data.channels,
+    model, scores = fit_feature_model({s: data.raw_inputs(s) for s in ("train", "val")}, data.y, data.fs, data.channels,
                                       len(data.class_names), seed=config.seed)
     ctx.log_metrics({f"selection.val_auroc.{name}": value for name, value in scores.items()})
     ctx.set_tags({REFERENCE_CHOICE_TAG: model.choice})
     tested = {}
     for split in ("val", "test"):
-        prob = model.predict_proba(data.raw[split])
+        prob = model.predict_proba(data.raw_inputs(split))
         metrics = split_metrics(data.y[split], prob, data.subject[split], data.class_names, config.aggregate,
                                 config.selection_level)
         ctx.log_metrics({f"{split}_{k}": v for k, v in metrics.items()})
         tested[split] = Tested(metrics, prob, data.y[split], data.subject[split])
     log.info(f"  features reference ({model.choice}, chosen on val AUROC {scores[model.choice]:.3f}): test auroc "
              f"{tested['test'].metrics['auroc']:.3f}  f1 {tested['test'].metrics['f1']:.3f}")
-    windows = logged.windows
+    label_name, model_input = _input_spec(logged)
     meta = {"kind": FEATURES_KIND, "name": f"{parent.name or parent.meta.get('name', '')}_features_reference",
-            "task": config.task or windows.label_name, "class_names": data.class_names, "channels": data.channels,
-            "fs": data.fs, "reference": model.describe(),
-            "input": {"channels": list(windows.channels), "fs": windows.fs, "n_samples": windows.n_samples},
+            "task": config.task or label_name, "class_names": data.class_names, "channels": data.channels,
+            "fs": data.fs, "reference": model.describe(), "input": model_input,
             "provenance": {"run_id": ctx.run_id, "dataset": logged.name, "dataset_digest": logged.digest,
                            "biosig_version": biosig.__version__}}
     write_meta(model.save(tmp), meta)
@@ -396,7 +397,7 @@ def _scratch_reference(ctx: RunContext, config: FinetuneConfig, parent: Resolved
     trainer = _train(ctx, config, parent, data, pretrained=False, schedule=[(3, epochs, config.lr)])
     tested = trainer.test(tmp)
     meta = {**_finetuned_meta(config, parent, parent.name or parent.meta.get("name", ""), data, logged, ctx.run_id,
-                              trainer, windows=logged.windows), "kind": "scratch_reference"}
+                              trainer), "kind": "scratch_reference"}
     log_pyfunc(save_checkpoint(tmp / "checkpoint", trainer.best_state, meta), meta)
     return tested
 
@@ -421,7 +422,7 @@ def _log_model(ctx: RunContext, config: FinetuneConfig, parent: ResolvedCheckpoi
     """The best state as a checkpoint directory, logged as the pyfunc model `model_id` (default: the one
     the run began; the cross-validation refit fills its parent's)."""
     parent_name = parent.name or parent.meta.get("name", "")
-    meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer, windows=logged.windows)
+    meta = _finetuned_meta(config, parent, parent_name, data, logged, ctx.run_id, trainer)
     checkpoint = save_checkpoint(tmp / "checkpoint", trainer.best_state, meta)
     return meta, log_pyfunc(checkpoint, meta, model_id=model_id or ctx.model_id)
 
@@ -470,53 +471,6 @@ def split_metrics(y: np.ndarray, prob: np.ndarray, subject: np.ndarray, class_na
     selected = participant if selection_level == "participant" else window
     return {**selected, **{f"window_{k}": v for k, v in window.items()},
             **{f"participant_{k}": v for k, v in participant.items()}}
-
-
-def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint,
-                 splits: dict[str, WindowSet] | None = None) -> FinetuneData:
-    """Labels checked, subject split (unless given), channels by name, context fit, train-only
-    normalisation."""
-    if (ws.labels < 0).any():
-        raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
-    channels = config.channels or list(ws.channels)
-    if set(channels) == set(parent.meta["channels"]):
-        # Same montage in another order: take the checkpoint's, so channel-indexed weights (Mamba-2 channel
-        # embeddings, TTM channel mixers) line up; inputs are selected by name either way.
-        channels = list(parent.meta["channels"])
-    missing = [c for c in parent.meta["channels"] if c not in channels]
-    if len(missing) == len(parent.meta["channels"]):
-        raise TrainingError(f"the checkpoint was pretrained on {parent.meta['channels']}; channels {missing} are "
-                            f"missing from the fine-tuning data ({where} has {ws.channels}, selected {channels}): "
-                            "no pretrained channel in common, a different modality needs its own checkpoint")
-    n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
-    class_names = ws.class_names or [str(k) for k in range(n_classes)]
-    if splits is None:
-        splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
-                  else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
-        for needed in ("train", "val", "test"):
-            if needed not in splits:
-                raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
-    train_classes = np.unique(splits["train"].labels)
-    if len(train_classes) < 2:
-        raise TrainingError(f"the training split of {where} holds only class {class_names[train_classes[0]]!r}: "
-                            "a classifier needs at least two classes in training")
-    x, raw = {}, {}
-    for split, part in splits.items():
-        raw[split] = select_channels(part.signals, ws.channels, channels, where)
-        x[split] = fit_context(raw[split], ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
-                               policy=config.context_fit, where=where, patch_length=parent.meta["patch_length"])
-    kind, note = config.normalisation, ""
-    if kind == "auto":
-        mismatch = unit_mismatch(x["train"], splits["train"].subject, channels)
-        kind = "window" if mismatch else "global"
-        if mismatch:
-            note = ("subjects' typical amplitudes differ by " + ", ".join(f"{c} {r:.0f}x" for c, r in mismatch.items())
-                    + " (different units?): normalising each window by its own amplitude (normalisation=window)")
-    stats = (WindowScaling if kind == "window" else ChannelStats).fit(x["train"], channels)
-    return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
-                        subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
-                        stats=stats, test_digest=splits["test"].digest if "test" in splits else "", raw=raw, fs=ws.fs,
-                        note=note)
 
 
 def build_model(ctx: RunContext, parent: ResolvedCheckpoint, data: FinetuneData, config: FinetuneConfig,
@@ -587,8 +541,13 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights).to(device))
         if weights is not None:
             ctx.set_tags({CLASS_WEIGHTS_TAG: ",".join(f"{w:.4g}" for w in weights)})
-        self.train_loader = loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
-                                        generator=generator, dist=self.dist, seed=config.seed)
+        self.stream = (data.streamed.train_stream(config.batch_size, config.seed, self.dist)
+                       if data.streamed is not None else None)
+        self.train_loader = (stream_loader(self.stream, config.data_workers) if self.stream is not None else
+                             loop.loader([data.x["train"], data.y["train"]], config.batch_size, shuffle=True,
+                                         generator=generator, dist=self.dist, seed=config.seed))
+        self.steps_per_epoch = (self.stream.batches_per_epoch(max(1, config.data_workers)) if self.stream is not None
+                                else len(self.train_loader))
         self.progress = loop.TrainingProgress()  # epochs count on across stages
         self.planned_epochs = sum(epochs for _, epochs, _ in self.schedule)  # early stopping may end sooner
         self.best_val: dict[str, float] = {}
@@ -631,17 +590,21 @@ class Trainer:
         self.ctx.log_metrics({f"stage{stage}.trainable_params": counts.trainable,
                               f"stage{stage}.frozen_params": counts.frozen}, step=self.epoch)
         optimizer, scheduler = loop.optimizer_and_schedule(param_groups(self.model, self.masks), lr, self.config.weight_decay,
-                                                           epochs * len(self.train_loader), self.config.warmup_fraction)
+                                                           epochs * self.steps_per_epoch, self.config.warmup_fraction)
         stale = 0
         for _ in range(epochs):
             self.progress.epoch += 1
             started = time.perf_counter()
-            if isinstance(self.train_loader.sampler, DistributedSampler):
+            if self.stream is not None:
+                self.stream.set_epoch(self.epoch)
+            elif isinstance(self.train_loader.sampler, DistributedSampler):
                 self.train_loader.sampler.set_epoch(self.epoch)
-            train_loss = self._train_epoch(stage, optimizer, scheduler, lora)
+            train_loss, seen = self._train_epoch(stage, optimizer, scheduler, lora)
+            train_s = time.perf_counter() - started
             # rank 0 validates and every process follows its verdict (best state, early stop)
             val = self.dist.from_leader(self.score("val")[0] if self.dist.leader else None)
             row = {"stage": stage, "train_loss": train_loss, "lr": scheduler.get_last_lr()[0],
+                   "train_windows_per_s": seen / train_s,  # all processes together, validation excluded
                    **{f"val_{k}": v for k, v in val.items()}}
             self.ctx.log_metrics(row, step=self.epoch)
             self.ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
@@ -704,7 +667,8 @@ class Trainer:
             metric = "loss"
         return -val["loss"] if metric == "loss" else val[metric]
 
-    def _train_epoch(self, stage: int, optimizer, scheduler, lora: bool = False) -> float:
+    def _train_epoch(self, stage: int, optimizer, scheduler, lora: bool = False) -> tuple[float, int]:
+        """(mean training loss, windows trained on) over every process."""
         if lora:  # frozen base layers, trained adapters: dropout (the adapters' too) as in any training pass
             self.model.train()
         else:
@@ -713,25 +677,26 @@ class Trainer:
         def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
             return self.criterion(self.trained(batch[0]).float(), batch[1])
 
-        total, count = loop.train_epoch(self.trained, self.train_loader, optimizer, scheduler, loss_of,
-                                        device=self.device, amp=self.config.amp, grad_clip=self.config.grad_clip,
-                                        where=f"stage {stage}, epoch {self.epoch},")
-        return self.dist.mean(total, count)
+        # a stream deals whole row groups to ranks, so ranks may get unequal batch counts: DDP's join lets a
+        # rank that ran out shadow the collective calls of those still training
+        uneven = self.dist.active and self.stream is not None
+        with self.trained.join() if uneven else contextlib.nullcontext():
+            total, count = loop.train_epoch(self.trained, self.train_loader, optimizer, scheduler, loss_of,
+                                            device=self.device, amp=self.config.amp, grad_clip=self.config.grad_clip,
+                                            where=f"stage {stage}, epoch {self.epoch},")
+        return self.dist.mean_and_count(total, count)
 
     @torch.no_grad()
     def score(self, split: str) -> tuple[dict[str, float], np.ndarray]:
         self.model.eval()
-        probs, losses = [], []
-        batches = loop.loader([self.data.x[split], self.data.y[split]], 256, shuffle=False)
-        for x, y in batches:
-            x, y = x.to(self.device), y.to(self.device)
+        scores = []
+        for x in self.data.inputs(split):  # in memory or streamed, in the order of y
             with loop.autocast(self.device, self.config.amp):
-                logits = self.model(x).float()
-            losses.append(nn.functional.cross_entropy(logits, y, reduction="sum").item())
-            probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
-        prob = np.concatenate(probs)
+                scores.append(self.model(torch.from_numpy(x).to(self.device)).float().cpu())
+        logits = torch.cat(scores)
         y_true = self.data.y[split]
-        loss = sum(losses) / len(y_true)
+        loss = nn.functional.cross_entropy(logits, torch.from_numpy(y_true), reduction="mean").item()
+        prob = torch.softmax(logits, dim=-1).numpy()
         if not math.isfinite(loss):
             raise TrainingError(f"{split} loss is {loss} at epoch {self.epoch}: lower lr or set amp=off")
         metrics = split_metrics(y_true, prob, self.data.subject[split], self.data.class_names, self.config.aggregate,
@@ -803,12 +768,13 @@ def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | Non
 
 
 def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_name: str, data: FinetuneData, logged,
-                    run_id: str, trainer: Trainer, windows: WindowSet) -> dict[str, Any]:
+                    run_id: str, trainer: Trainer) -> dict[str, Any]:
     backbone = trainer.model.backbone
+    label_name, model_input = _input_spec(logged)
     return {
         "kind": "finetuned",
         "name": f"{parent_name}{FINETUNED_SUFFIX}",
-        "task": config.task or windows.label_name,
+        "task": config.task or label_name,
         "backbone": backbone.describe(),
         "head": {"kind": config.head, "dropout": config.head_dropout, "pooling": config.pooling},
         "adaptation": ({"kind": "lora", "rank": config.lora_rank, "alpha": config.lora_alpha,
@@ -821,7 +787,7 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
         "patch_length": parent.meta["patch_length"],
         "context_fit": config.context_fit,
         "normalisation": data.stats.to_dict(),
-        "input": {"channels": list(windows.channels), "fs": windows.fs, "n_samples": windows.n_samples},
+        "input": model_input,
         "provenance": {"run_id": run_id, "parent": parent.lineage(), "dataset": logged.name,
                        "dataset_digest": logged.digest, "best_epoch": trainer.best_epoch,
                        "biosig_version": biosig.__version__,

@@ -29,7 +29,7 @@ import biosig
 from biosig.backbones import build_backbone
 from biosig.commands.configs import PretrainConfig
 from biosig.data import SourceOptions
-from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, select_channels
+from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, require_channels, select_channels
 from biosig.data.shards import verify_all
 from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import ConfigError, TrainingError
@@ -259,11 +259,12 @@ def _streamed(config: PretrainConfig, logged: LoggedDataset, dist: loop.Distribu
     manifest = logged.manifest
     verify_all(manifest)  # every shard's bytes against the manifest (remembered per machine)
     subjects = manifest_subject_split(manifest, config.val_fraction, 0.0, seed=config.seed)
-    transform = WindowTransform(manifest.channels, config.channels, manifest.fs, config.window_length,
+    require_channels(manifest.channels, config.channels, logged.name)  # only these columns are read
+    transform = WindowTransform(config.channels, config.channels, manifest.fs, config.window_length,
                                 config.context_fit, config.patch_length, logged.name)
     sample, held = [], 0
     for x, _ in ShardStream(manifest, 1024, subjects=subjects["train"], transform=transform, seed=config.seed,
-                            verify=False):
+                            verify=False, channels=config.channels):
         sample.append(x.numpy())
         held += len(x)
         if held >= NORMALISATION_SAMPLE:
@@ -271,9 +272,10 @@ def _streamed(config: PretrainConfig, logged: LoggedDataset, dist: loop.Distribu
     transform.stats = ChannelStats.fit(np.concatenate(sample), config.channels)
     streams = {
         "train": ShardStream(manifest, config.batch_size, subjects=subjects["train"], transform=transform,
-                             seed=config.seed, rank=dist.rank, world_size=dist.world_size, verify=False),
+                             seed=config.seed, rank=dist.rank, world_size=dist.world_size, verify=False,
+                             channels=config.channels),
         "val": ShardStream(manifest, config.batch_size, subjects=subjects["val"], transform=transform, shuffle=False,
-                           verify=False),
+                           verify=False, channels=config.channels),
     }
     return _Feed(manifest.fs, transform.stats, streams["train"].windows, streams["val"].windows, streams=streams)
 
@@ -356,7 +358,7 @@ def _mid_epoch_hook(position: StreamPosition, every: int,
                     save: Callable[[MidEpoch], None]) -> Callable[[list[torch.Tensor], float, int], None]:
     """after_step of a streamed epoch: count each batch's reader; every `every` batches, save last/."""
     def after_step(batch: list[torch.Tensor], total: float, count: int) -> None:
-        position.count(batch[1])
+        position.count(batch[-1])  # the reader id comes last
         if every and position.batches % every == 0:
             save(MidEpoch(position, total, count))
     return after_step

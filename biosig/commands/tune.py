@@ -27,9 +27,11 @@ import yaml
 
 from biosig.backbones import build_backbone
 from biosig.commands.configs import STORAGE_ENV, TuneConfig
-from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, prepare_data, resolve_parent, run_finetune
+from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, resolve_parent, run_finetune
+from biosig.commands.finetune_data import prepare_data, prepare_streamed
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
+from biosig.data.shards import is_sharded, read_manifest
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
 from biosig.registry.discovery import resolve_checkpoint
@@ -71,7 +73,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
         ctx.name_run(f"tune {parent.name or parent.uri}")
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
-                             context="training")
+                             context="training", stream=True)
         # Workers and the refit read the parquet this run logged: the same windows, the same split.
         pinned = f"models:/{parent.name}/{parent.version}" if parent.name else parent.uri  # no drift mid-search
         base = dataclasses.replace(config, data=logged.uri, checkpoint=pinned,
@@ -161,8 +163,10 @@ def _optimise(config: TuneConfig, study: optuna.Study, dimensions: list[Dimensio
     if share <= 0:
         return
     parent = resolve_checkpoint(config.checkpoint, expected_arch=config.expected_arch())
-    ws = load_source(config.data, _source_options(config))
-    data = prepare_data(ws, Path(config.data).name, config, parent)
+    if is_sharded(config.data):  # streamed: every trial reads the corpus from disk
+        data = prepare_streamed(read_manifest(config.data), Path(config.data).name, config, parent)
+    else:
+        data = prepare_data(load_source(config.data, _source_options(config)), Path(config.data).name, config, parent)
     spec = parent.meta["backbone"]
     n_blocks = len(build_backbone(spec["arch"], data.channels, spec["config"]).blocks())
     objective = _Objective(config, parent, data, dimensions, n_blocks, parent_run_id, study.study_name)

@@ -15,11 +15,15 @@ ContextFit = Literal["error", "crop", "pad", "crop_or_pad", "resample"]
 CONTEXT_FITS = ("error", "crop", "pad", "crop_or_pad", "resample")
 
 
-def select_channels(signals: np.ndarray, have: list[str], want: list[str], where: str) -> np.ndarray:
-    """Reorder/select [N, C, T] to the channel names `want`; missing names are an error."""
+def require_channels(have: list[str], want: list[str], where: str) -> None:
     missing = [c for c in want if c not in have]
     if missing:
         raise DataError(f"channels {missing} are required but missing from {where} (it has {have})")
+
+
+def select_channels(signals: np.ndarray, have: list[str], want: list[str], where: str) -> np.ndarray:
+    """Reorder/select [N, C, T] to the channel names `want`; missing names are an error."""
+    require_channels(have, want, where)
     index = [have.index(c) for c in want]
     if index == list(range(len(have))):
         return signals
@@ -183,9 +187,10 @@ class WindowTransform:
     patch_length: int
     where: str
     stats: "ChannelStats | WindowScaling | None" = None
+    target_fs: float = 0.0  # the model's rate (resampled to it); 0: the data's
 
     def __call__(self, signals: np.ndarray) -> np.ndarray:
         x = fit_context(select_channels(signals, self.have, self.want, self.where), self.fs,
-                        target_length=self.target_length, target_fs=self.fs, policy=self.policy, where=self.where,
-                        patch_length=self.patch_length)
+                        target_length=self.target_length, target_fs=self.target_fs or self.fs, policy=self.policy,
+                        where=self.where, patch_length=self.patch_length)
         return self.stats.apply(x) if self.stats is not None else x

@@ -310,12 +310,15 @@ def open_shard(manifest: Manifest, shard: Shard) -> pq.ParquetFile:
 
 
 def read_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.ParquetFile,
-                   subjects: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(signals [n, C, T], subject [n]) of one row group, restricted to `subjects` when given."""
+                   subjects: frozenset[str] | None = None,
+                   channels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(signals [n, C, T], subject [n], labels [n]) of one row group, restricted to `subjects` when given;
+    only the columns of `channels` (default: all) are read."""
     where = f"{manifest.uri(shard)} row group {group}"
-    subject_column = manifest.schema["subject_column"]
+    subject_column, label_column = manifest.schema["subject_column"], manifest.schema["label_column"]
+    channels = channels or manifest.channels
     try:
-        table = handle.read_row_group(group, columns=[*manifest.channels, subject_column])
+        table = handle.read_row_group(group, columns=[*channels, subject_column, label_column])
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read {where}: {exc}") from None
     subject = subjects_of(table, subject_column, where)
@@ -324,7 +327,40 @@ def read_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.Parq
         if keep.size < len(subject):
             table = table.take(keep)
             subject = subject[keep]
-    return signals_of(table, manifest.channels, where), subject
+    labels = table.column(label_column).to_numpy().astype(np.int64, copy=False)
+    return signals_of(table, channels, where), subject, labels
+
+
+def split_labels(manifest: Manifest, subjects: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, subject) of the windows of `subjects` in `subject_windows` order, from those two columns
+    only (a few bytes per window: a corpus's labels fit in memory when its signals do not)."""
+    subject_column, label_column = manifest.schema["subject_column"], manifest.schema["label_column"]
+    labels, subject = [], []
+    for table, where in _row_groups_of(manifest, subjects, columns=[subject_column, label_column]):
+        names = subjects_of(table, subject_column, where)
+        keep = np.flatnonzero(np.isin(names, list(subjects)))
+        subject.append(names[keep])
+        labels.append(table.column(label_column).to_numpy()[keep].astype(np.int64))
+    if not labels:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=str)
+    return np.concatenate(labels), np.concatenate(subject)
+
+
+def _row_groups_of(manifest: Manifest, subjects: set[str],
+                   columns: list[str] | None = None) -> Iterator[tuple[pa.Table, str]]:
+    """(row group, its name for messages) of every shard whose subject index names one of `subjects`, in
+    order; each shard checked against the manifest first."""
+    for shard in manifest.shards:
+        if subjects.isdisjoint(shard.subjects):
+            continue
+        verify_shard(manifest, shard)
+        handle = open_shard(manifest, shard)
+        for group in range(len(shard.row_groups)):
+            where = f"{manifest.uri(shard)} row group {group}"
+            try:
+                yield handle.read_row_group(group, columns=columns), where
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DataError(f"cannot read {where}: {exc}") from None
 
 
 def read_sharded(root: str) -> WindowSet:
@@ -342,22 +378,11 @@ def read_sharded(root: str) -> WindowSet:
 def subject_windows(manifest: Manifest, subjects: set[str]) -> Iterator[WindowSet]:
     """The windows of `subjects`, one row group at a time in shard order (memory: one row group), reading
     only the shards whose subject index names one of them."""
-    wanted = list(subjects)
-    for shard in manifest.shards:
-        if subjects.isdisjoint(shard.subjects):
-            continue
-        verify_shard(manifest, shard)
-        handle = open_shard(manifest, shard)
-        for group in range(len(shard.row_groups)):
-            where = f"{manifest.uri(shard)} row group {group}"
-            try:
-                table = handle.read_row_group(group)
-            except (pa.ArrowInvalid, OSError) as exc:
-                raise DataError(f"cannot read {where}: {exc}") from None
-            part = from_arrow(table, where=where, verify_order=False)
-            keep = np.flatnonzero(np.isin(part.subject, wanted))
-            if keep.size:
-                yield part.take(keep)
+    for table, where in _row_groups_of(manifest, subjects):
+        part = from_arrow(table, where=where, verify_order=False)
+        keep = np.flatnonzero(np.isin(part.subject, list(subjects)))
+        if keep.size:
+            yield part.take(keep)
 
 
 def split_digest(manifest: Manifest, subjects: Iterable[str]) -> str:
@@ -367,10 +392,13 @@ def split_digest(manifest: Manifest, subjects: Iterable[str]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0) -> WindowSet:
-    """Up to `max_windows` windows from row groups spread over the corpus (for profiles and plots)."""
+def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0,
+                   subjects: set[str] | None = None) -> WindowSet:
+    """Up to `max_windows` windows (of `subjects`, when given) from row groups drawn at random over the
+    corpus: for profiles, plots and normalisation statistics."""
     rng = np.random.default_rng(seed)
-    units = [(i, g) for i, s in enumerate(manifest.shards) for g in range(len(s.row_groups))]
+    units = [(i, g) for i, s in enumerate(manifest.shards) if subjects is None or not subjects.isdisjoint(s.subjects)
+             for g in range(len(s.row_groups))]
     parts, total = [], 0
     for index in rng.permutation(len(units)):
         si, group = units[index]
@@ -378,8 +406,14 @@ def sample_windows(manifest: Manifest, max_windows: int, seed: int = 0) -> Windo
         verify_shard(manifest, shard)
         table = open_shard(manifest, shard).read_row_group(group)
         part = from_arrow(table, where=manifest.uri(shard), verify_order=False)
-        parts.append(part.take(np.arange(min(part.n_windows, max_windows - total))))
+        keep = np.flatnonzero(np.isin(part.subject, list(subjects))) if subjects is not None \
+            else np.arange(part.n_windows)
+        if not keep.size:
+            continue
+        parts.append(part.take(keep[:max_windows - total]))
         total += parts[-1].n_windows
         if total >= max_windows:
             break
+    if not parts:
+        raise DataError(f"{manifest.root} holds no windows of the {len(subjects or ())} subject(s) asked for")
     return WindowSet.concat(parts, source=manifest.root)

@@ -94,9 +94,8 @@ def _ensure_nonempty(assignment: np.ndarray, want_test: bool, rng: np.random.Gen
         assignment[rng.choice(np.flatnonzero(assignment == donor))] = name
 
 
-def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
-    """Splits from a manifest CSV with columns `subject,split` (split: train, val or test), so that
-    several runs (e.g. a `compare`) provably share one split. Every subject of the data must be listed."""
+def read_split_table(path: str | Path) -> dict[str, str]:
+    """subject -> split of a split manifest CSV (columns subject,split; split: train, val or test)."""
     import pandas as pd
 
     path = Path(path)
@@ -108,7 +107,13 @@ def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
     bad = sorted(str(v) for v in set(table.split) - set(SPLITS))
     if bad:
         raise DataError(f"split manifest {path} has unknown split value(s) {bad}; use {', '.join(SPLITS)}")
-    mapping = dict(zip(table.subject, table.split))
+    return dict(zip(table.subject, table.split))
+
+
+def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
+    """Splits from a manifest CSV with columns `subject,split` (split: train, val or test), so that
+    several runs (e.g. a `compare`) provably share one split. Every subject of the data must be listed."""
+    mapping = read_split_table(path)
     missing = sorted(str(s) for s in set(ws.subject) - set(mapping))  # plain str: no np.str_('S000') in messages
     if missing:
         raise DataError(f"split manifest {path} does not assign {len(missing)} subject(s) of {ws.where}, "
@@ -117,8 +122,8 @@ def manifest_split(ws: WindowSet, path: str | Path) -> dict[str, WindowSet]:
     return {name: ws.take(np.flatnonzero(window_split == name)) for name in SPLITS if (window_split == name).any()}
 
 
-def write_manifest(splits: dict[str, WindowSet], path: str | Path) -> Path:
-    """The subject -> split table of `splits`, as read by manifest_split."""
+def write_manifest(splits: dict[str, WindowSet] | dict[str, set[str]], path: str | Path) -> Path:
+    """The subject -> split table of `splits` (split windows, or split subjects), as read by manifest_split."""
     Path(path).write_text(_manifest_text(splits))
     return Path(path)
 
@@ -134,8 +139,9 @@ def write_manifest_once(splits: dict[str, WindowSet], folder: str | Path, stem: 
     return path
 
 
-def _manifest_text(splits: dict[str, WindowSet]) -> str:
-    rows = sorted({(str(s), name) for name, part in splits.items() for s in np.unique(part.subject)})
+def _manifest_text(splits: dict[str, WindowSet] | dict[str, set[str]]) -> str:
+    rows = sorted({(str(s), name) for name, part in splits.items()
+                   for s in (np.unique(part.subject) if isinstance(part, WindowSet) else part)})
     return "subject,split\n" + "".join(f"{s},{name}\n" for s, name in rows)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -54,10 +54,14 @@ class FeatureModel:
     fs: float
     n_classes: int
 
-    def predict_proba(self, signals: np.ndarray) -> np.ndarray:
-        prob = np.zeros((len(signals), self.n_classes))
-        if len(signals):
-            fitted = self.estimator.predict_proba(window_features(signals, self.fs))
+    def predict_proba(self, signals: np.ndarray | Iterable[np.ndarray]) -> np.ndarray:
+        """Probabilities of windows [N, C, T] (or of parts of them, concatenated in order)."""
+        if isinstance(signals, np.ndarray) and not len(signals):
+            return np.zeros((0, self.n_classes))
+        features = features_of(signals, self.fs)
+        prob = np.zeros((len(features), self.n_classes))
+        if len(features):
+            fitted = self.estimator.predict_proba(features)
             prob[:, self.estimator.classes_] = fitted  # a class absent from training keeps probability 0
         return prob
 
@@ -86,11 +90,19 @@ class FeatureModel:
                    len(meta["class_names"]))
 
 
-def fit_feature_model(x: dict[str, np.ndarray], y: dict[str, np.ndarray], fs: float, channels: list[str],
+def features_of(signals: np.ndarray | Iterable[np.ndarray], fs: float) -> np.ndarray:
+    """Window features of an array of windows, or of parts of one (features are small; windows need not fit)."""
+    if isinstance(signals, np.ndarray):
+        return window_features(signals, fs)
+    return np.concatenate([window_features(part, fs) for part in signals])
+
+
+def fit_feature_model(x: dict[str, Iterable[np.ndarray]], y: dict[str, np.ndarray], fs: float, channels: list[str],
                       n_classes: int, seed: int = 0) -> tuple[FeatureModel, dict[str, float]]:
     """Fit every candidate on train, keep the best validation AUROC (ties: the simpler, listed first).
+    `x[split]`: the raw windows, as one array or as parts (a streamed split) in the order of `y[split]`.
     Returns the model and each candidate's validation AUROC."""
-    features = {split: window_features(signals, fs) for split, signals in x.items()}
+    features = {split: features_of(signals, fs) for split, signals in x.items()}
     scores: dict[str, float] = {}
     best: tuple[float, str, Any] | None = None
     for name, make in _candidates(seed).items():

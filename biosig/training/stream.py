@@ -28,13 +28,18 @@ BUFFER_WINDOWS = 8192  # shuffle buffer: 4 row groups of different shards mixed 
 
 
 class ShardStream(IterableDataset):
-    """Batches (signals float32 [B, C, T], reader id) of the windows of `subjects` (all when None)."""
+    """Batches (signals float32 [B, C, T], reader id) of the windows of `subjects` (all when None); with
+    `labels`, (signals, labels int64 [B], reader id). Only the columns of `channels` (default: all, in the
+    manifest's order) are read; `transform` receives them in that order."""
 
     def __init__(self, manifest: Manifest, batch_size: int, *, subjects: set[str] | None = None,
                  transform: Callable[[np.ndarray], np.ndarray] | None = None, shuffle: bool = True, seed: int = 0,
                  rank: int = 0, world_size: int = 1, buffer_windows: int = BUFFER_WINDOWS,
-                 drop_last: bool = False, verify: bool = True) -> None:
+                 drop_last: bool = False, verify: bool = True, labels: bool = False,
+                 channels: list[str] | None = None) -> None:
         self.manifest = manifest
+        self.labels = labels
+        self.channels = list(channels) if channels else manifest.channels
         self.batch_size = batch_size
         self.subjects = frozenset(subjects) if subjects is not None else None
         self.transform = transform
@@ -73,7 +78,7 @@ class ShardStream(IterableDataset):
         per_rank = self.windows / self.world_size
         return max(1, math.ceil(per_rank / self.batch_size) + (0 if self.drop_last else readers - 1))
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         resuming = self.epoch == self.skip_epoch
@@ -91,42 +96,47 @@ class ShardStream(IterableDataset):
         ident = torch.tensor(reader)
         for n, batch in enumerate(self._batches(mine, rng)):
             if n >= skip:
-                yield torch.from_numpy(batch), ident
+                yield (*(torch.from_numpy(a) for a in batch), ident)
 
-    def _batches(self, units: list[tuple[int, int]], rng: np.random.Generator) -> Iterator[np.ndarray]:
-        pool: list[np.ndarray] = []
+    def _batches(self, units: list[tuple[int, int]], rng: np.random.Generator) -> Iterator[tuple[np.ndarray, ...]]:
+        """(x,) or (x, labels) batches; the pool holds (x, labels) pairs of row groups."""
+        pool: list[tuple[np.ndarray, np.ndarray]] = []
         held = 0
         handle, open_index = None, -1
         for si, group in units:
             if si != open_index:
                 handle, open_index = open_shard(self.manifest, self.manifest.shards[si]), si
-            x, _ = read_row_group(self.manifest, self.manifest.shards[si], group, handle, self.subjects)
+            x, _, y = read_row_group(self.manifest, self.manifest.shards[si], group, handle, self.subjects,
+                                     self.channels)
             if not len(x):
                 continue
             if self.transform is not None:
                 x = self.transform(x)
-            pool.append(x)
+            pool.append((x, y))
             held += len(x)
             if held >= (self.buffer_windows if self.shuffle else self.batch_size):
                 pool, held = yield from self._drain(pool, rng, keep=self.buffer_windows // 2 if self.shuffle else 0)
         yield from self._drain(pool, rng, keep=0, final=True)
 
-    def _drain(self, pool: list[np.ndarray], rng: np.random.Generator, *, keep: int,
-               final: bool = False) -> Iterator[np.ndarray]:
+    def _drain(self, pool: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, *, keep: int,
+               final: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
         """Emit whole batches from the (shuffled) pool until at most `keep` + a partial batch remain."""
         if not pool:
             return [], 0
-        x = np.concatenate(pool) if len(pool) > 1 else pool[0]
+        x = np.concatenate([p[0] for p in pool]) if len(pool) > 1 else pool[0][0]
+        y = np.concatenate([p[1] for p in pool]) if len(pool) > 1 else pool[0][1]
         if self.shuffle:
-            x = x[rng.permutation(len(x))]
+            index = rng.permutation(len(x))
+            x, y = x[index], y[index]
         n_batches = max(0, (len(x) - keep) // self.batch_size)
         for b in range(n_batches):
-            yield x[b * self.batch_size:(b + 1) * self.batch_size]
-        rest = x[n_batches * self.batch_size:]
-        if final and len(rest) and not self.drop_last:
-            yield rest
+            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield (x[part], y[part]) if self.labels else (x[part],)
+        rest = slice(n_batches * self.batch_size, len(x))
+        if final and len(x[rest]) and not self.drop_last:
+            yield (x[rest], y[rest]) if self.labels else (x[rest],)
             return [], 0
-        return ([rest], len(rest)) if len(rest) else ([], 0)
+        return ([(x[rest], y[rest])], len(x[rest])) if len(x[rest]) else ([], 0)
 
 
 @dataclasses.dataclass

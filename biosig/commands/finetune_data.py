@@ -1,0 +1,188 @@
+"""What fine-tuning trains and is tested on: the labelled train/val/test splits of a dataset after channel
+selection by name, context fit and train-only normalisation (`FinetuneData`).
+
+A dataset in memory is prepared whole (`prepare_data`). A sharded dataset is prepared without holding its
+signals (`prepare_streamed`): the subject split from the manifest's subject index, labels and subjects
+from those two columns only, the normalisation from a sample of training windows; then training reads a
+shuffled `ShardStream` (split by DDP rank x DataLoader worker) and validation and test read their
+subjects' row groups in a fixed order, one row group at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator
+
+import numpy as np
+
+from biosig.commands.configs import FinetuneConfig
+from biosig.data import WindowSet
+from biosig.data.adapt import ChannelStats, WindowScaling, WindowTransform, fit_context, select_channels, unit_mismatch
+from biosig.data.shards import Manifest, sample_windows, split_digest, split_labels, subject_windows, verify_all
+from biosig.data.splits import SPLITS, manifest_split, manifest_subject_split, read_split_table, subject_split
+from biosig.errors import DataError, TrainingError
+from biosig.registry.discovery import ResolvedCheckpoint
+from biosig.training import loop
+from biosig.training.stream import ShardStream
+
+NORMALISATION_SAMPLE = 16384  # training windows a streamed dataset's normalisation is fitted on
+SCORE_BATCH = 256
+
+
+@dataclasses.dataclass
+class StreamedSplits:
+    """The signals of a sharded dataset's splits, read when needed: `parts` in a fixed order (the order of
+    the split's labels), `train_stream` shuffled for training."""
+
+    manifest: Manifest
+    subjects: dict[str, set[str]]
+    transform: WindowTransform  # the model's channels (only those are read) -> context fit -> normalisation
+
+    def parts(self, split: str, *, raw: bool = False) -> Iterator[np.ndarray]:
+        """Model inputs (or, `raw`, the selected channels at full length) one row group at a time."""
+        t = self.transform
+        for part in subject_windows(self.manifest, self.subjects[split]):
+            x = select_channels(part.signals, part.channels, t.want, t.where)
+            yield x if raw else t(x)
+
+    def train_stream(self, batch_size: int, seed: int, dist: loop.Distributed) -> ShardStream:
+        return ShardStream(self.manifest, batch_size, subjects=self.subjects["train"], transform=self.transform,
+                           seed=seed, rank=dist.rank, world_size=dist.world_size, verify=False, labels=True,
+                           channels=self.transform.have)
+
+
+@dataclasses.dataclass
+class FinetuneData:
+    x: dict[str, np.ndarray]  # model inputs per split (empty when streamed)
+    y: dict[str, np.ndarray]
+    subject: dict[str, np.ndarray]
+    class_names: list[str]
+    channels: list[str]
+    stats: ChannelStats | WindowScaling
+    test_digest: str  # content digest of the test split: champion comparisons need the same one
+    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # selected channels, before context fit
+    fs: float = 0.0
+    note: str = ""  # why normalisation=auto chose what it chose, when it matters
+    streamed: StreamedSplits | None = None
+
+    def inputs(self, split: str, batch_size: int = SCORE_BATCH) -> Iterator[np.ndarray]:
+        """The model inputs of `split` in batches, in the order of `y[split]`."""
+        parts = self.streamed.parts(split) if self.streamed is not None else [self.x[split]]
+        for x in parts:
+            for start in range(0, len(x), batch_size):
+                yield x[start:start + batch_size]
+
+    def raw_inputs(self, split: str) -> Iterator[np.ndarray]:
+        """The selected channels at full length (what the features reference sees), in the order of `y`."""
+        if self.streamed is not None:
+            yield from self.streamed.parts(split, raw=True)
+        else:
+            yield self.raw[split]
+
+
+def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint,
+                 splits: dict[str, WindowSet] | None = None) -> FinetuneData:
+    """Labels checked, subject split (unless given), channels by name, context fit, train-only
+    normalisation."""
+    if (ws.labels < 0).any():
+        raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
+    channels = _channels(ws.channels, config, parent, where)
+    n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
+    class_names = ws.class_names or [str(k) for k in range(n_classes)]
+    if splits is None:
+        splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
+                  else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
+        _require_splits(splits, where)
+    _require_two_classes(splits["train"].labels, class_names, where)
+    x, raw = {}, {}
+    for split, part in splits.items():
+        raw[split] = select_channels(part.signals, ws.channels, channels, where)
+        x[split] = fit_context(raw[split], ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
+                               policy=config.context_fit, where=where, patch_length=parent.meta["patch_length"])
+    stats, note = _normalisation(config, x["train"], splits["train"].subject, channels)
+    return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
+                        subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
+                        stats=stats, test_digest=splits["test"].digest if "test" in splits else "", raw=raw, fs=ws.fs,
+                        note=note)
+
+
+def prepare_streamed(manifest: Manifest, where: str, config: FinetuneConfig,
+                     parent: ResolvedCheckpoint) -> FinetuneData:
+    """`prepare_data` for a sharded dataset, reading only labels, subjects and a normalisation sample; the
+    test split's digest is `split_digest` (the manifest digest and the test subjects)."""
+    verify_all(manifest)  # every shard's bytes against the manifest, once per machine
+    subjects = _split_subjects(manifest, config)
+    _require_splits(subjects, where)
+    y, subject = {}, {}
+    for split, members in subjects.items():
+        y[split], subject[split] = split_labels(manifest, members)
+        if (y[split] < 0).any():
+            raise TrainingError(f"{where} has {(y[split] < 0).sum()} unlabelled windows in its {split} split: "
+                                "fine-tuning needs labels")
+    known = list(manifest.schema.get("class_names") or [])
+    n_classes = max(len(known), max(int(v.max()) for v in y.values() if len(v)) + 1)
+    class_names = known or [str(k) for k in range(n_classes)]
+    _require_two_classes(y["train"], class_names, where)
+    channels = _channels(manifest.channels, config, parent, where)
+    sample = sample_windows(manifest, NORMALISATION_SAMPLE, seed=config.seed, subjects=subjects["train"])
+    selected = select_channels(sample.signals, sample.channels, channels, where)  # names a missing channel
+    transform = WindowTransform(channels, channels, manifest.fs, parent.meta["context_length"], config.context_fit,
+                                parent.meta["patch_length"], where, target_fs=parent.meta["fs"])
+    transform.stats, note = _normalisation(config, transform(selected), sample.subject, channels)
+    return FinetuneData(x={}, y=y, subject=subject, class_names=class_names, channels=channels, stats=transform.stats,
+                        test_digest=split_digest(manifest, subjects["test"]), fs=manifest.fs, note=note,
+                        streamed=StreamedSplits(manifest, subjects, transform))
+
+
+def _split_subjects(manifest: Manifest, config: FinetuneConfig) -> dict[str, set[str]]:
+    """The subjects of each split: from `split_manifest` when given, else the seeded stratified split."""
+    if not config.split_manifest:
+        return manifest_subject_split(manifest, config.val_fraction, config.test_fraction, seed=config.seed)
+    mapping = read_split_table(config.split_manifest)
+    everyone = manifest.subject_labels()
+    missing = sorted(set(everyone) - set(mapping))
+    if missing:
+        raise DataError(f"split manifest {config.split_manifest} does not assign {len(missing)} subject(s) of "
+                        f"{manifest.root}, e.g. {', '.join(missing[:5])}")
+    return {name: members for name in SPLITS if (members := {s for s in everyone if mapping[s] == name})}
+
+
+def _channels(have: list[str], config: FinetuneConfig, parent: ResolvedCheckpoint, where: str) -> list[str]:
+    channels = config.channels or list(have)
+    if set(channels) == set(parent.meta["channels"]):
+        # Same montage in another order: take the checkpoint's, so channel-indexed weights (Mamba-2 channel
+        # embeddings, TTM channel mixers) line up; inputs are selected by name either way.
+        channels = list(parent.meta["channels"])
+    missing = [c for c in parent.meta["channels"] if c not in channels]
+    if len(missing) == len(parent.meta["channels"]):
+        raise TrainingError(f"the checkpoint was pretrained on {parent.meta['channels']}; channels {missing} are "
+                            f"missing from the fine-tuning data ({where} has {have}, selected {channels}): "
+                            "no pretrained channel in common, a different modality needs its own checkpoint")
+    return channels
+
+
+def _require_splits(splits: dict, where: str) -> None:
+    for needed in ("train", "val", "test"):
+        if needed not in splits:
+            raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
+
+
+def _require_two_classes(train_labels: np.ndarray, class_names: list[str], where: str) -> None:
+    present = np.unique(train_labels)
+    if len(present) < 2:
+        raise TrainingError(f"the training split of {where} holds only class {class_names[present[0]]!r}: "
+                            "a classifier needs at least two classes in training")
+
+
+def _normalisation(config: FinetuneConfig, x_train: np.ndarray, subject: np.ndarray,
+                   channels: list[str]) -> tuple[ChannelStats | WindowScaling, str]:
+    """The normalisation fitted on training inputs; with normalisation=auto, per window when subjects'
+    amplitudes differ as recordings in different units do (and the note that says so)."""
+    kind, note = config.normalisation, ""
+    if kind == "auto":
+        mismatch = unit_mismatch(x_train, subject, channels)
+        kind = "window" if mismatch else "global"
+        if mismatch:
+            note = ("subjects' typical amplitudes differ by " + ", ".join(f"{c} {r:.0f}x" for c, r in mismatch.items())
+                    + " (different units?): normalising each window by its own amplitude (normalisation=window)")
+    return (WindowScaling if kind == "window" else ChannelStats).fit(x_train, channels), note
