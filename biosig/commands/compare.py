@@ -44,8 +44,7 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
                              windows_per_subject=config.windows_per_subject, seed=config.seed),
                              output_dir=config.data_dir, context="evaluation", stream=not config.cv)
-        channels = logged.windows.channels if logged.windows is not None else logged.manifest.channels
-        _check_fit(references, channels, logged.name)
+        _check_fit(references, logged.channels, logged.name)
         manifest = "" if config.cv else _manifest(config, logged, Path(tmp))
         if manifest:
             ctx.log_artifact(manifest)

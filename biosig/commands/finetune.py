@@ -245,16 +245,6 @@ def _prepare(logged, config: FinetuneConfig, parent: ResolvedCheckpoint) -> Fine
     return prepare_data(logged.windows, logged.name, config, parent)
 
 
-def _input_spec(logged) -> tuple[str, dict[str, Any]]:
-    """(label column, the windows the model takes: channels, fs, samples) of the run's dataset."""
-    if logged.windows is not None:
-        ws = logged.windows
-        return ws.label_name, {"channels": list(ws.channels), "fs": ws.fs, "n_samples": ws.n_samples}
-    manifest = logged.manifest
-    return manifest.schema["label_column"], {"channels": manifest.channels, "fs": manifest.fs,
-                                             "n_samples": manifest.n_samples}
-
-
 def _train(ctx: RunContext | FollowerContext, config: FinetuneConfig, parent: ResolvedCheckpoint,
            data: FinetuneData, *, pretrained: bool = True, schedule: list[tuple[int, int, float]] | None = None,
            dist: loop.Distributed | None = None) -> "Trainer":
@@ -378,10 +368,9 @@ def _features_reference(ctx: RunContext, config: FinetuneConfig, parent: Resolve
         tested[split] = Tested(metrics, prob, data.y[split], data.subject[split])
     log.info(f"  features reference ({model.choice}, chosen on val AUROC {scores[model.choice]:.3f}): test auroc "
              f"{tested['test'].metrics['auroc']:.3f}  f1 {tested['test'].metrics['f1']:.3f}")
-    label_name, model_input = _input_spec(logged)
     meta = {"kind": FEATURES_KIND, "name": f"{parent.name or parent.meta.get('name', '')}_features_reference",
-            "task": config.task or label_name, "class_names": data.class_names, "channels": data.channels,
-            "fs": data.fs, "reference": model.describe(), "input": model_input,
+            "task": config.task or logged.label_name, "class_names": data.class_names, "channels": data.channels,
+            "fs": data.fs, "reference": model.describe(), "input": logged.input_spec,
             "provenance": {"run_id": ctx.run_id, "dataset": logged.name, "dataset_digest": logged.digest,
                            "biosig_version": biosig.__version__}}
     write_meta(model.save(tmp), meta)
@@ -770,11 +759,10 @@ def _class_weights(spec: str, y: np.ndarray, n_classes: int) -> np.ndarray | Non
 def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_name: str, data: FinetuneData, logged,
                     run_id: str, trainer: Trainer) -> dict[str, Any]:
     backbone = trainer.model.backbone
-    label_name, model_input = _input_spec(logged)
     return {
         "kind": "finetuned",
         "name": f"{parent_name}{FINETUNED_SUFFIX}",
-        "task": config.task or label_name,
+        "task": config.task or logged.label_name,
         "backbone": backbone.describe(),
         "head": {"kind": config.head, "dropout": config.head_dropout, "pooling": config.pooling},
         "adaptation": ({"kind": "lora", "rank": config.lora_rank, "alpha": config.lora_alpha,
@@ -787,7 +775,7 @@ def _finetuned_meta(config: FinetuneConfig, parent: ResolvedCheckpoint, parent_n
         "patch_length": parent.meta["patch_length"],
         "context_fit": config.context_fit,
         "normalisation": data.stats.to_dict(),
-        "input": model_input,
+        "input": logged.input_spec,
         "provenance": {"run_id": run_id, "parent": parent.lineage(), "dataset": logged.name,
                        "dataset_digest": logged.digest, "best_epoch": trainer.best_epoch,
                        "biosig_version": biosig.__version__,

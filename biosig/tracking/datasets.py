@@ -56,6 +56,20 @@ class LoggedDataset:
         return self.location or str(Path(self.path).resolve())
 
     @property
+    def channels(self) -> list[str]:
+        return list(self.windows.channels) if self.windows is not None else self.manifest.channels
+
+    @property
+    def label_name(self) -> str:
+        return self.windows.label_name if self.windows is not None else self.manifest.schema["label_column"]
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        """The windows it holds (channels, fs, samples), in memory or sharded: a model's expected input."""
+        source = self.windows if self.windows is not None else self.manifest
+        return {"channels": self.channels, "fs": source.fs, "n_samples": source.n_samples}
+
+    @property
     def mlflow_ref(self) -> tuple[str, str]:
         """(name, digest) as the run's MLflow dataset input records them: what model metrics point to."""
         return self.name, self.digest[:MLFLOW_DIGEST_LENGTH]
