@@ -154,8 +154,12 @@ JOBS: list[tuple[str, str, str, str, Callable[[Any], int] | None]] = [
      "Linear probe (and fine-tune) of several checkpoints on one dataset and split: a leaderboard.", None),
     ("import-checkpoint", "biosig.commands.configs:ImportCheckpointConfig",
      "biosig.commands.import_checkpoint:run_import_checkpoint",
-     "Register a backbone trained outside biosig (a torch.save or safetensors state dict) by its conventional "
-     "name, with the file's sha256, path and importer.", None),
+     "Register a backbone trained outside biosig (a granite-tsfm Hugging Face folder, hf:ORG/NAME from the local "
+     "cache, or a torch.save/safetensors state dict) by its conventional name, with the weights' sha256, path and "
+     "importer; the same bytes again return the version that holds them.", None),
+    ("export", "biosig.commands.configs:ExportConfig", "biosig.commands.export:run_export",
+     "Write a registered pretrained checkpoint as a Hugging Face folder that granite-tsfm's from_pretrained "
+     "loads, with a Hub README.md model card.", None),
     ("promote", "biosig.commands.configs:PromoteConfig", "biosig.commands.promote:run_promote",
      "Evaluate a registered version against its registry policy; move the alias only if every rule passes. "
      "Exit code 1 when the promotion is rejected (the decision is recorded either way).",

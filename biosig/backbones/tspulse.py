@@ -77,4 +77,6 @@ SPEC = BackboneSpec(
     parse_name=_parse, command_args=_command_args, objectives=("mae",), check=_check,
     example="tspulse_ppg-ecg_c1024_p64_m40_mae",
     lora_targets=("fc1", "fc2"),  # the mixers' MLP layers
+    # granite-tsfm's TSPulseFor* classes keep the model under `backbone.`; biosig's wrapper under `model.`
+    import_prefixes=(("backbone.", "model."), ("", "model.")),
 )

@@ -88,5 +88,5 @@ SPEC = BackboneSpec(
     example="ttm_ppg-ecg_c1024_p64_m40_mae",
     lora_targets=("fc1", "fc2"),  # the mixers' MLP layers
     # granite-tsfm's TinyTimeMixerForPrediction keeps the mixer under `backbone.`; biosig's wrapper under `model.`
-    import_prefixes=(("backbone.", "model."),),
+    import_prefixes=(("backbone.", "model."), ("", "model.")),
 )

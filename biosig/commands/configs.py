@@ -243,20 +243,50 @@ class PretrainConfig(LoopConfig):
 
 @dataclasses.dataclass
 class ImportCheckpointConfig(PretrainConfig):
-    """`import_checkpoint`: a backbone state dict saved by other code, registered under the conventional name
-    its backbone keys give (arch, channels, context_length, patch_length, d_model, …; the training keys of
-    pretrain are not used)."""
+    """`import_checkpoint`: a backbone trained outside biosig, registered under its conventional name. A Hugging
+    Face folder (or hf:ORG/NAME) of a granite-tsfm model brings its own arch, sizes, options and objective from
+    config.json; a bare weights file takes them from the backbone keys (arch, context_length, patch_length,
+    d_model, …; the training keys of pretrain are not used)."""
 
     SOURCE_KEYS = ()
-    FILE_KEYS = ("path",)
 
-    path: str = ""  # the weights: a torch.save file (.pt/.pth/.bin, loaded with weights_only=True) or .safetensors
+    # a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin), hf:ORG/NAME[@revision]
+    # from the local Hugging Face cache, or a weights file (.safetensors, or torch.save loaded with weights_only)
+    path: str = ""
     fs: float = 125.0  # sampling rate (Hz) of the windows the weights were trained on
+    use_ema: bool = False  # import the EMA copy a training checkpoint carries instead of its raw weights
+    # TTM with resolution prefix tuning (r2.1): the resolution token fed to the encoder (granite-tsfm's run
+    # from 1 = minutes to 9 = weeks; 0, out of vocabulary, suits sub-second biosignals)
+    frequency_token: int = 0
 
     def validate(self) -> None:
         if not self.path:
-            raise ConfigError("config key 'path' is required: the state dict file to import")
+            raise ConfigError("config key 'path' is required: a Hugging Face model folder, hf:ORG/NAME or a "
+                              "weights file")
+        if not self.path.startswith("hf:"):
+            require_local_file("path", self.path)
+        require_range("frequency_token", self.frequency_token, 0)
         super().validate()
+
+
+@dataclasses.dataclass
+class ExportConfig(BaseConfig):
+    """`export`: a registered pretrained checkpoint as a folder granite-tsfm's `from_pretrained` loads."""
+
+    model: str = ""  # NAME, NAME@alias, NAME/version or models:/… of a pretrained (ttm, tspulse) checkpoint
+    format: Literal["hf"] = "hf"  # hf: a Hugging Face folder (config.json, model.safetensors, README.md)
+    output: str = ""  # the folder to write (must not exist, or be empty)
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.model:
+            raise ConfigError("config key 'model' is required: the registered checkpoint to export (NAME[@alias])")
+        if not self.output:
+            raise ConfigError("config key 'output' is required: the folder to write")
+        out = Path(self.output)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"config key 'output': {self.output} exists and is not an empty folder; biosig never "
+                              "overwrites an export")
 
 
 @dataclasses.dataclass
@@ -274,7 +304,9 @@ class FinetuneConfig(LoopConfig):
     checkpoint: str = "auto"  # auto | NAME[@alias|/version] | models:/… | runs:/… | s3://… | path
     pretrain_config: str = ""  # YAML of the pretrain run whose name `auto` derives (empty: its defaults)
     arch: str = "auto"  # the checkpoint's backbone (ttm, mamba2, a plug-in); auto: the pretrain config's or any
-    context_fit: ContextFit = "crop"
+    # fit windows to the checkpoint's context: crop_or_pad crops longer windows (centre) and pads shorter ones, so
+    # any imported context (512, 1024, 1536) takes the data as it is; resample changes the time scale
+    context_fit: ContextFit = "crop_or_pad"
     # global: per-channel z-score fitted on train (keeps absolute amplitude); window: each window scaled by
     # its own typical amplitude (unit-free); auto: global unless subjects' amplitudes differ > 30x (units)
     normalisation: Normalisation = "auto"

@@ -36,6 +36,25 @@ def _tsfm():
     return TSPulseConfig, TSPulseModel, TSPulseForReconstruction
 
 
+def tsfm_config(backbone: "TSPulseBackbone"):
+    """A fresh TSPulseConfig for `backbone` (its imported config.json fields, or biosig's keys)."""
+    config_cls, _, _ = _tsfm()
+    if backbone.hf_config:
+        return config_cls(**{**backbone.hf_config, "num_input_channels": len(backbone.channels)})
+    return _tsfm_config(len(backbone.channels), backbone.config)
+
+
+def imported_model(n_channels: int, hf_config: dict[str, Any]):
+    """TSPulseModel of a published config.json, built the way granite-tsfm's own task classes build their
+    backbone: preprocessing derived, then patch register tokens added to the patch counts."""
+    from tsfm_public.models.tspulse.modeling_tspulse import register_token_config_update
+
+    config_cls, model_cls, _ = _tsfm()
+    config = config_cls(**{**hf_config, "num_input_channels": n_channels})
+    config.check_and_init_preprocessing()
+    return model_cls(register_token_config_update(config))
+
+
 def _tsfm_config(n_channels: int, config: dict[str, Any], **extra: Any):
     """A fresh TSPulseConfig per build (checking it caches derived fields in place)."""
     config_cls, _, _ = _tsfm()
@@ -63,12 +82,17 @@ class TSPulseBackbone(GraniteBackbone):
     def __init__(self, channels: list[str], **config: Any) -> None:
         super().__init__(channels, config)
         _, model_cls, _ = _tsfm()
-        self.model = model_cls(_tsfm_config(len(self.channels), self.config))
+        self.model = (imported_model(len(self.channels), self.hf_config) if self.hf_config
+                      else model_cls(_tsfm_config(len(self.channels), self.config)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[2] != self.context_length:
             raise ValueError(f"TSPulse expects [B, C, {self.context_length}], got {list(x.shape)}")
-        hidden = self.model(past_values=x.transpose(1, 2), enable_masking=False).last_hidden_state
+        return self.output_of(self.model, x)
+
+    def output_of(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The time-patch embeddings `model` (a TSPulseModel of the same config) computes, unmasked."""
+        hidden = model(past_values=x.transpose(1, 2), enable_masking=False).last_hidden_state
         return hidden[:, :, :self.num_patches, :]
 
     def blocks(self) -> list[tuple[str, nn.Module]]:

@@ -89,3 +89,65 @@ def _limits(test: dict[str, float], evidence, config) -> list[str]:
     out.append("- trained and tested on one data source; performance on other devices, sites or populations "
                "is unknown")
     return out
+
+
+def hub_card(*, name: str, version: str, meta: dict[str, Any], metrics: dict[str, float], hf_class: str,
+             run_id: str) -> str:
+    """README.md of an exported Hugging Face folder: the Hub's YAML header (library_name, tags, base model,
+    datasets by name with their digest as model-index revision, metrics) and a body generated from what
+    biosig recorded for the version (input contract, normalisation, provenance, limits)."""
+    import yaml
+
+    provenance = meta.get("provenance", {})
+    backbone = meta["backbone"]
+    dataset, digest = provenance.get("dataset"), provenance.get("dataset_digest")
+    imported = str(provenance.get("imported_from") or "")
+    base_model = imported[3:].split("@")[0].split(" ")[0] if imported.startswith("hf:") else None
+    shown = {k: round(float(v), 6) for k, v in sorted(metrics.items())
+             if k.startswith(("val", "probe", "train/loss", "test")) and math.isfinite(v)}
+    header: dict[str, Any] = {
+        "library_name": "granite-tsfm",
+        "tags": ["biosig", "biosignals", "time-series", backbone["arch"], *[c.lower() for c in meta["channels"]]],
+        **({"base_model": base_model} if base_model else {}),
+        **({"datasets": [dataset]} if dataset else {}),
+        **({"metrics": sorted(shown)} if shown else {}),
+        "biosig": {"registered_model": name, "version": str(version), "run_id": run_id,
+                   "dataset_digest": digest, "weights_sha256": provenance.get("sha256")},
+    }
+    if shown and dataset:
+        header["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "self-supervised-pretraining", "name": str(meta.get("objective", {}).get("type"))},
+            "dataset": {"name": dataset, "type": "biosig", "revision": digest},
+            "metrics": [{"type": k, "value": v, "name": k} for k, v in shown.items()]}]}]
+    norm = meta.get("normalisation") or {}
+    if norm.get("kind") == "global":
+        scaling = (f"z-score each channel with the training statistics before calling the model: mean "
+                   f"{[round(m, 4) for m in norm['mean']]}, std {[round(s, 4) for s in norm['std']]} (channels "
+                   f"{norm['channels']})")
+    elif norm.get("kind"):
+        scaling = "scale each window by its own typical amplitude (biosig's `window` normalisation)"
+    else:
+        scaling = f"as published (the model's own scaling: {backbone['config'].get('scaling')!r})"
+    config = backbone["config"]
+    lines = [
+        f"# {name} (version {version})", "",
+        f"A {backbone['arch']} backbone exported by biosig from the registered model `{name}` version {version} "
+        f"as a granite-tsfm `{hf_class}` folder.", "",
+        "## Use", "```python",
+        f"from tsfm_public import {hf_class}", f"model = {hf_class}.from_pretrained(\"PATH\")",
+        "embeddings = model.backbone(past_values).last_hidden_state  # past_values: [batch, time, channels]",
+        "```", "",
+        "## Input", f"- channels {meta['channels']} at {meta['fs']:g} Hz, {meta['context_length']} samples per "
+        f"window, patches of {meta['patch_length']}", f"- normalisation: {scaling}",
+        f"- d_model {config.get('d_model')}, {config.get('num_layers')} layers, mode {config.get('mode')}", "",
+        "## Provenance",
+        f"- objective: {meta.get('objective', {}).get('type')}; biosig run `{run_id}`",
+        *([f"- pretrained on `{dataset}` (digest `{digest}`)"] if dataset else []),
+        *([f"- imported from `{imported}` (sha256 `{provenance.get('sha256')}`)"] if imported else []), "",
+        "## Metrics", *(f"- {k}: {v:.4f}" for k, v in shown.items()), *([] if shown else ["- none recorded"]), "",
+        "## Limits",
+        f"- the {hf_class} task head in this folder is freshly initialised: biosig keeps and exports the backbone; "
+        "fine-tune a head (biosig finetune) before using its outputs",
+        "- trained on the data named above; behaviour on other devices, sites or populations is unknown",
+    ]
+    return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + "\n".join(lines) + "\n"

@@ -72,6 +72,14 @@ def register_from_run(ctx: "RunContext", name: str, *, source: str, tags: dict[s
     return str(version.version)
 
 
+def version_with_tags(name: str, tags: dict[str, str]) -> ModelVersion | None:
+    """The oldest version of `name` carrying every tag of `tags` (None when there is none, or no such model):
+    how a re-import of the same bytes finds the version it already made."""
+    versions = MlflowClient().search_model_versions(f"name = '{name}'")
+    matching = [v for v in versions if all(v.tags.get(k) == str(value) for k, value in tags.items())]
+    return min(matching, key=lambda v: int(v.version), default=None)
+
+
 def unpublish_version(name: str, version: str) -> None:
     """Delete a version registered by a run that then failed; the model too when nothing is left."""
     client = MlflowClient()

@@ -68,3 +68,13 @@ def render(view: str, name: str, tracking_uri: str = "") -> str:
 
     configure_tracking(tracking_uri)
     return {"show": show, "history": history}[view](MlflowClient(), name)
+
+
+def run_metrics(run_id: str | None) -> dict[str, float]:
+    """The latest value of every metric of a run (that registered a version; empty without one)."""
+    if not run_id:
+        return {}
+    try:
+        return dict(MlflowClient().get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
