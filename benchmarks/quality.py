@@ -8,9 +8,13 @@ subject-bootstrap interval and the per-fold mean:
   (must stay within +-0.02 of 0.91 / 0.95, the figures the quality issue was filed with);
 * `biosig finetune --cv 5 --reference features,scratch` after the main job's pretraining: the
   pretrained + fine-tuned TTM and its two references, all on the same folds;
-* the ratio fine-tuned / features.
+* the ratio fine-tuned / features;
+* the pretraining run's probe curve (frozen embeddings -> logistic regression, subject folds): random
+  initialisation -> each probed epoch -> the registered weights, with the window-features probe beside it;
+* the label-efficiency table: the pretrained checkpoint fine-tuned, and both references trained, on 2, 4,
+  8 and all training subjects of one split (`--seeds` repeats, pooled).
 
-    python benchmarks/quality.py [--quick] [--pretrain-epochs 30] [--finetune-config FILE]
+    python benchmarks/quality.py [--quick] [--pretrain-epochs 30] [--finetune-config FILE] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def difficulty_check(n_subjects: int) -> None:
         print(line)
 
 
-def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str) -> None:
+def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str) -> str:
     started = time.perf_counter()
     pretrain_config = load_config(PretrainConfig, None, {**MAIN_PRETRAIN, "epochs": pretrain_epochs,
                                                          "experiment": "benchmarks"})
@@ -72,6 +76,7 @@ def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str)
     overrides.update(checkpoint=f"{pretrained.name}/{pretrained.version}", data="synthetic:quality",
                      n_subjects=n_subjects, cv="5", reference=["features", "scratch"], register=False,
                      experiment="benchmarks")
+    print_probe_curve(pretrained.run_id)
     result = run_finetune(load_config(FinetuneConfig, finetune_config or None, overrides))
     metrics = MlflowClient().get_run(result.run_id).data.metrics
     print(f"\n5-fold subject CV through biosig ({n_subjects} subjects, pretrain {pretrain_epochs} epochs, "
@@ -87,6 +92,38 @@ def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str)
               f"{'':<7} {folds}")
     ratio = metrics["test_auroc"] / metrics["reference.features.test_auroc"]
     print(f"  ratio fine-tuned / features AUROC: {ratio:.3f}  (target: fine-tuned >= 0.90 and >= features - 0.02)")
+    return f"{pretrained.name}/{pretrained.version}"
+
+
+def print_probe_curve(run_id: str) -> None:
+    client = MlflowClient()
+    metrics = client.get_run(run_id).data.metrics
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "probe/auroc")}
+    low = {m.step: m.value for m in client.get_metric_history(run_id, "probe/auroc_ci_low")}
+    high = {m.step: m.value for m in client.get_metric_history(run_id, "probe/auroc_ci_high")}
+    print("\nprobe during pretraining (frozen pooled embeddings, logistic regression, subject folds):")
+    for step in sorted(history):
+        print(f"  {'random init' if step == 0 else f'epoch {step}':<12} AUROC {history[step]:.3f} "
+              f"[{low[step]:.3f}, {high[step]:.3f}]")
+    print(f"  registered weights: {metrics['probe/auroc_final']:.3f}, delta to init {metrics['probe/delta_init']:+.3f}; "
+          f"window features {metrics['probe/auroc_features']:.3f}  (target: delta >= 0.05, intervals separated)")
+
+
+def label_efficiency_table(checkpoint: str, n_subjects: int, seeds: int, finetune_config: str) -> None:
+    import yaml
+
+    from biosig.commands.compare import label_efficiency, run_compare
+    from biosig.commands.configs import CompareConfig
+
+    if not finetune_config:
+        finetune_config = str(Path.cwd() / "finetune.yaml")
+        Path(finetune_config).write_text(yaml.safe_dump(MAIN_FINETUNE))
+    board = run_compare(load_config(CompareConfig, None, {
+        "checkpoints": [checkpoint], "modes": ["finetune"], "reference": ["features", "scratch"],
+        "data": "synthetic:quality", "n_subjects": n_subjects, "train_subjects": ["2", "4", "8", "all"],
+        "seeds": seeds, "finetune_config": finetune_config, "metric": "auroc", "experiment": "benchmarks"}))
+    print(f"\nlabel efficiency (one split, test AUROC with 95 % subject-bootstrap bounds, mean over {seeds} seed(s)):")
+    print(label_efficiency(board).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 def main() -> None:
@@ -94,12 +131,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 subjects and 5 pretraining epochs (smoke run)")
     parser.add_argument("--pretrain-epochs", type=int, default=MAIN_PRETRAIN["epochs"])
     parser.add_argument("--finetune-config", default="", help="YAML of finetune keys instead of the main job's")
+    parser.add_argument("--seeds", type=int, default=1, help="label-efficiency repeats (subsets and training seeds)")
     args = parser.parse_args()
     n_subjects = 12 if args.quick else 24
     difficulty_check(n_subjects)
     with tempfile.TemporaryDirectory() as tmp:
         use_store(Path(tmp))
-        cross_validated(n_subjects, 5 if args.quick else args.pretrain_epochs, args.finetune_config)
+        checkpoint = cross_validated(n_subjects, 5 if args.quick else args.pretrain_epochs, args.finetune_config)
+        label_efficiency_table(checkpoint, n_subjects, args.seeds, args.finetune_config)
 
 
 if __name__ == "__main__":

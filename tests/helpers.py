@@ -13,7 +13,8 @@ def finished_runs(status: str | None = None):
 
 #: A TTM small enough that pretraining takes about a second on one CPU thread.
 TINY_PRETRAIN = {"n_subjects": 4, "windows_per_subject": 6, "context_length": 64, "patch_length": 16,
-                 "d_model": 8, "num_layers": 2, "dropout": 0.0, "epochs": 2, "batch_size": 8}
+                 "d_model": 8, "num_layers": 2, "dropout": 0.0, "epochs": 2, "batch_size": 8,
+                 "probe": "none"}  # the probe monitor has its own tests (test_probes.py)
 TINY_NAME = "ttm_ppg-ecg_c64_p16_m40_mae"
 TINY_FINETUNE = ["--data", "synthetic:quality", "--n-subjects", "8", "--windows-per-subject", "6",
                  "--stage1-epochs", "2", "--stage2-epochs", "2", "--unfreeze-last-n", "1", "--batch-size", "8"]

@@ -34,11 +34,12 @@ from biosig.tracking.tags import COMPARE_METRIC_TAG, COMPARE_SPLIT_DIGEST_TAG
 log = get_logger(__name__)
 
 MODES = COMPARE_MODES
-COLUMNS = ["checkpoint", "mode", "auroc", "f1", "balanced_accuracy", "ece", "trainable_params", "wall_s", "run_id"]
+COLUMNS = ["checkpoint", "mode", "auroc", "auroc_ci_low", "auroc_ci_high", "f1", "balanced_accuracy", "ece",
+           "train_subjects", "seed", "trainable_params", "wall_s", "run_id"]
 
 
-def run_compare(config: CompareConfig) -> pd.DataFrame:
-    with tracked_run("compare", config) as ctx, scratch_dir("compare") as tmp:
+def run_compare(config: CompareConfig, *, nested: bool = False) -> pd.DataFrame:
+    with tracked_run("compare", config, nested=nested) as ctx, scratch_dir("compare") as tmp:
         ctx.name_run(f"compare {' '.join(config.checkpoints)}")
         references = expand_checkpoints(ctx.client, config.checkpoints)
         logged = use_dataset(ctx, config.data, SourceOptions(n_subjects=config.n_subjects,
@@ -49,18 +50,65 @@ def run_compare(config: CompareConfig) -> pd.DataFrame:
         if manifest:
             ctx.log_artifact(manifest)
         rows = []
-        for reference in references:
-            for mode in config.modes:
-                wanted = config.reference if not rows else []
-                rows.extend(_rows(config, reference, mode, logged.uri, str(manifest), wanted))
+        for subjects, seed in _plan(config):
+            first = True
+            for reference in references:
+                for mode in config.modes:
+                    wanted, first = (config.reference if first else []), False
+                    rows.extend(_rows(config, reference, mode, logged.uri, str(manifest), wanted,
+                                      subjects=subjects, seed=seed))
         digests = {row.pop("test_digest") for row in rows}
         if len(digests) != 1:
             raise DataError(f"rows were tested on different splits (digests {sorted(d[:12] for d in digests)})")
         board = pd.DataFrame(rows, columns=COLUMNS).sort_values(config.metric, ascending=False, ignore_index=True)
+        board.attrs["run_id"] = ctx.run_id
         ctx.set_tags({COMPARE_SPLIT_DIGEST_TAG: digests.pop(), COMPARE_METRIC_TAG: config.metric})
         _log_board(ctx, board, config.metric)
         log.info(board.drop(columns=["run_id"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        if config.train_subjects:
+            curve = label_efficiency(board)
+            _log_efficiency(ctx, curve)
+            log.info("label efficiency (test AUROC, mean over seeds):\n"
+                     + curve.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return board
+
+
+def _plan(config: CompareConfig) -> list[tuple[int, int]]:
+    """(training subjects, seed) of each pass: one pass with all subjects, or the label-efficiency grid."""
+    if not config.train_subjects:
+        return [(0, config.seed)]
+    return [(k, config.seed + i) for k in config.subject_counts() for i in range(config.seeds)]
+
+
+def label_efficiency(board: pd.DataFrame) -> pd.DataFrame:
+    """Test AUROC against labelled training subjects per model, pooled over seeds: mean, the mean interval
+    bounds, the spread between seeds."""
+    grouped = board.assign(model=board.checkpoint + " (" + board["mode"] + ")").groupby(
+        ["model", "train_subjects"], as_index=False)
+    curve = grouped.agg(auroc=("auroc", "mean"), auroc_ci_low=("auroc_ci_low", "mean"),
+                        auroc_ci_high=("auroc_ci_high", "mean"), auroc_sd=("auroc", "std"), seeds=("seed", "nunique"))
+    return curve.sort_values(["model", "train_subjects"], ignore_index=True)
+
+
+def _log_efficiency(ctx, curve: pd.DataFrame) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        curve.to_csv(tmp_path / "label_efficiency.csv", index=False)
+        (tmp_path / "label_efficiency.md").write_text(_markdown(curve))
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for model, part in curve.groupby("model"):
+            line, = ax.plot(part.train_subjects, part.auroc, marker="o", label=model)
+            ax.fill_between(part.train_subjects, part.auroc_ci_low, part.auroc_ci_high, alpha=0.15,
+                            color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labelled training subjects")
+        ax.set_ylabel("test AUROC (95 % subject-bootstrap band)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp_path / "label_efficiency.png", dpi=100)
+        plt.close(fig)
+        for name in ("label_efficiency.csv", "label_efficiency.md", "label_efficiency.png"):
+            ctx.log_artifact(tmp_path / name)
 
 
 def _check_fit(references: list[str], channels: list[str], where: str) -> None:
@@ -90,12 +138,15 @@ def _manifest(config: CompareConfig, logged: LoggedDataset, tmp: Path) -> Path:
     return write_manifest(splits, tmp / "split_manifest.csv")
 
 
-def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest: str, references: list[str]) -> list[dict]:
-    """The row of one checkpoint x mode, plus the reference models' rows when asked for."""
+def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest: str, references: list[str],
+          *, subjects: int = 0, seed: int = 0) -> list[dict]:
+    """The row of one checkpoint x mode (on `subjects` training subjects, 0: all), plus the reference
+    models' rows when asked for."""
+    sized = f" on {subjects} subjects, seed {seed}" if subjects else ""
     overrides = {"checkpoint": reference, "data": data, "split_manifest": manifest, "register": False,
-                 "reference": references, "cv": config.cv,
+                 "reference": references, "cv": config.cv, "train_subjects": subjects,
                  "experiment": config.experiment,
-                 "tracking_uri": config.tracking_uri, "seed": config.seed, "run_name": f"{mode} {reference}"}
+                 "tracking_uri": config.tracking_uri, "seed": seed, "run_name": f"{mode} {reference}{sized}"}
     if mode == "probe":  # frozen backbone: head-only epochs with a linear head
         overrides.update(head="linear", stage2_epochs=0, stage3_epochs=0)
     elif mode == "lora":  # stage 2 trains LoRA adapters instead of unfreezing blocks
@@ -106,16 +157,22 @@ def _rows(config: CompareConfig, reference: str, mode: str, data: str, manifest:
     started = time.perf_counter()
     result = run_finetune(finetune_config, nested=True)
     test = result.test
-    rows = [{"checkpoint": reference, "mode": mode, "auroc": test["auroc"], "f1": test["f1"],
-             "balanced_accuracy": test["balanced_accuracy"], "ece": test["ece"],
+    n_train = subjects or result.train_subjects
+    rows = [{"checkpoint": reference, "mode": mode, **_scores(test), "train_subjects": n_train, "seed": seed,
              "trainable_params": result.trainable_params, "wall_s": round(time.perf_counter() - started, 2),
              "run_id": result.run_id, "test_digest": result.test_digest}]
     for name, metrics in result.references.items():
         rows.append({"checkpoint": f"reference: {name}", "mode": "features+sklearn" if name == "features" else "scratch",
-                     "auroc": metrics["auroc"], "f1": metrics["f1"], "balanced_accuracy": metrics["balanced_accuracy"],
-                     "ece": metrics.get("ece", float("nan")), "trainable_params": 0, "wall_s": float("nan"),
-                     "run_id": result.run_id, "test_digest": result.test_digest})
+                     **_scores(metrics), "train_subjects": n_train, "seed": seed, "trainable_params": 0,
+                     "wall_s": float("nan"), "run_id": result.run_id, "test_digest": result.test_digest})
     return rows
+
+
+def _scores(metrics: dict[str, float]) -> dict[str, float]:
+    nan = float("nan")
+    return {"auroc": metrics["auroc"], "auroc_ci_low": metrics.get("auroc_ci_low", nan),
+            "auroc_ci_high": metrics.get("auroc_ci_high", nan), "f1": metrics["f1"],
+            "balanced_accuracy": metrics["balanced_accuracy"], "ece": metrics.get("ece", nan)}
 
 
 def _markdown(board: pd.DataFrame) -> str:

@@ -21,7 +21,7 @@ from biosig.config import BaseConfig, load_config, require_range
 from biosig.data.adapt import ContextFit, Normalisation
 from biosig.data.channels import check_channels
 from biosig.data.naming import check_kind
-from biosig.data.sources import SourceOptions
+from biosig.data.sources import SourceOptions, check_source_spec
 from biosig.errors import ConfigError, DataError
 from biosig.files import require_local_file
 from biosig.models.shapes import MAMBA2_DEFAULTS
@@ -161,6 +161,11 @@ class PrepareSplitsConfig(BaseConfig):
             raise ConfigError(f"config key 'cv' must be 0 (one split) or at least 2 folds, got {self.cv}")
 
 
+#: Bundled labelled tasks a pretraining run probes by default, by the channels they hold.
+PROBE_TASKS = {"synthetic:quality": {"PPG", "ECG", "ACC_X", "ACC_Y", "ACC_Z"},
+               "synthetic:eeg": {"AF7", "AF8", "TP9", "TP10"}}
+
+
 @dataclasses.dataclass
 class PretrainConfig(LoopConfig):
     """`pretrain`: self-supervised pretraining; the defaults are the PPG+ECG TTM of the product brief."""
@@ -203,6 +208,20 @@ class PretrainConfig(LoopConfig):
     # streamed (sharded) dataset, one process: also save last/ every N optimiser steps, so that `resume`
     # continues an interrupted epoch where it stopped (0: at epoch ends only)
     checkpoint_every: int = 0
+    # labelled source the frozen backbone is probed on during pretraining (logistic regression on pooled
+    # embeddings, subject folds): auto = the bundled task of the channels (PPG/ECG/ACC: synthetic:quality,
+    # Muse EEG: synthetic:eeg), a source spec or file, or none
+    probe: str = "auto"
+    probe_every: int = 0  # probe every N epochs (0: about five points per run); the last epoch always
+
+    def probe_source(self) -> str:
+        """The probe's source spec, or '' for none (auto: the bundled task whose channels hold these)."""
+        if self.probe != "auto":
+            return "" if self.probe == "none" else self.probe
+        for source, channels in PROBE_TASKS.items():
+            if set(self.channels) <= channels:
+                return source
+        return ""
 
     @classmethod
     def preset(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -214,6 +233,9 @@ class PretrainConfig(LoopConfig):
         check_channels(self.channels, "config key 'channels'")
         require_range("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
         require_range("checkpoint_every", self.checkpoint_every, 0)
+        require_range("probe_every", self.probe_every, 0)
+        if self.probe not in ("auto", "none"):
+            check_source_spec("probe", self.probe)
         require_range("val_fraction", self.val_fraction, 0, 1, low_open=True, high_open=True)
         require_range("dropout", self.dropout, 0, 1, high_open=True)
         require_range("collapse_ratio", self.collapse_ratio, 0, 1)
@@ -334,6 +356,9 @@ class FinetuneConfig(LoopConfig):
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_manifest: str = ""  # CSV subject,split (train/val/test); overrides the fractions
+    # train on this many of the training subjects (a seeded subset, nested across sizes, classes alternating;
+    # val and test unchanged): label-efficiency curves; 0: all
+    train_subjects: int = 0
     task: str = ""  # recorded on the registered version; default: the dataset's label name
     # Reference models trained and tested on the same split, each a nested run (tag biosig.reference):
     # features (window features + scikit-learn) and scratch (this architecture, random init).
@@ -520,9 +545,30 @@ class CompareConfig(BaseConfig):
     # checkpoint's architecture, random init); trained once, within the first row's run.
     reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
     cv: str = ""  # k or loso: every row cross-validated on the same subject folds (pooled test metrics)
+    # label efficiency: train every row (and reference) on these numbers of labelled training subjects
+    # (seeded nested subsets, e.g. 2,4,8,all), tested on the same test split; label_efficiency.png/.csv
+    train_subjects: list[str] = dataclasses.field(default_factory=list)
+    seeds: int = 1  # label efficiency: subsets (and training) repeated with seeds seed .. seed+seeds-1, pooled
+
+    def subject_counts(self) -> list[int]:
+        """train_subjects as numbers (0 = all), in the order given."""
+        counts = []
+        for item in self.train_subjects:
+            if item == "all":
+                counts.append(0)
+            elif item.isdigit() and int(item) >= 1:
+                counts.append(int(item))
+            else:
+                raise ConfigError(f"config key 'train_subjects': {item!r} is not a positive number of subjects or all")
+        return counts
 
     def validate(self) -> None:
         super().validate()
+        self.subject_counts()
+        require_range("seeds", self.seeds, 1)
+        if self.train_subjects and self.cv:
+            raise ConfigError("config keys 'train_subjects' and 'cv' exclude each other: label-efficiency curves "
+                              "keep one test split")
         if not self.checkpoints:
             raise ConfigError("config key 'checkpoints' is empty: list registered names, URIs or patterns")
         if not self.modes:
@@ -565,3 +611,7 @@ class MainConfig(BaseConfig):
     finetune_config: str = ""  # YAML of finetune keys (default: 5 head-only + up to 15 partial-unfreeze epochs)
     # reference models trained beside the fine-tune on the same split (features, scratch); [] for none
     reference: list[Literal["features", "scratch"]] = dataclasses.field(default_factory=lambda: ["features", "scratch"])
+    # label efficiency after the fine-tune: the pretrained checkpoint fine-tuned (and the references trained)
+    # on these numbers of labelled training subjects (e.g. 2,4,8,all), a nested compare run; [] for none
+    train_subjects: list[str] = dataclasses.field(default_factory=list)
+    seeds: int = 1  # label efficiency: repeated subsets and training seeds, pooled

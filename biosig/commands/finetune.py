@@ -122,6 +122,7 @@ class FinetuneResult:
     trainable_params: int = 0  # the most any stage trained
     parent_name: str = ""
     references: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)  # name -> test metrics
+    train_subjects: int = 0  # subjects the model was trained on (the training split, or train_subjects of it)
 
 
 @dataclasses.dataclass
@@ -195,7 +196,8 @@ def _finetune(config: FinetuneConfig, parent: ResolvedCheckpoint, nested: bool,
         trainable = max(c["trainable"] for c in trainer.stage_counts.values())
         return FinetuneResult(ctx.run_id, name, version, trainer.best_epoch, trainer.best_val, evidence.test,
                               trainer.collapsed, model_info.model_uri, evidence.test_digest, trainable, parent_name,
-                              {k: v.metrics for k, v in evidence.references.items()})
+                              {k: v.metrics for k, v in evidence.references.items()},
+                              len(np.unique(evidence.data.subject.get("train", []))))
 
 
 def resolve_parent(config: FinetuneConfig, auto_name: str | None = None) -> ResolvedCheckpoint:

@@ -19,7 +19,16 @@ from biosig.commands.configs import FinetuneConfig
 from biosig.data import WindowSet
 from biosig.data.adapt import ChannelStats, WindowScaling, WindowTransform, fit_context, select_channels, unit_mismatch
 from biosig.data.shards import Manifest, sample_windows, split_digest, split_labels, subject_windows, verify_all
-from biosig.data.splits import SPLITS, manifest_split, manifest_subject_split, read_split_table, subject_split
+from biosig.data.splits import (
+    SPLITS,
+    majority_label,
+    manifest_split,
+    manifest_subject_split,
+    nested_subjects,
+    read_split_table,
+    subject_majorities,
+    subject_split,
+)
 from biosig.errors import DataError, TrainingError
 from biosig.registry.discovery import ResolvedCheckpoint
 from biosig.training import loop
@@ -93,6 +102,10 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
         splits = (manifest_split(ws, config.split_manifest) if config.split_manifest
                   else subject_split(ws, config.val_fraction, config.test_fraction, seed=config.seed))
         _require_splits(splits, where)
+    if config.train_subjects:
+        kept = nested_subjects(subject_majorities(splits["train"]), config.train_subjects, config.seed)
+        splits = {**splits, "train": splits["train"].take(np.flatnonzero(np.isin(splits["train"].subject,
+                                                                                   sorted(kept))))}
     _require_two_classes(splits["train"].labels, class_names, where)
     x, raw = {}, {}
     for split, part in splits.items():
@@ -113,6 +126,10 @@ def prepare_streamed(manifest: Manifest, where: str, config: FinetuneConfig,
     verify_all(manifest)  # every shard's bytes against the manifest, once per machine
     subjects = _split_subjects(manifest, config)
     _require_splits(subjects, where)
+    if config.train_subjects:
+        index = manifest.subject_labels()
+        majority = {s: majority_label(index[s]) for s in subjects["train"]}
+        subjects = {**subjects, "train": nested_subjects(majority, config.train_subjects, config.seed)}
     y, subject = {}, {}
     for split, members in subjects.items():
         y[split], subject[split] = split_labels(manifest, members)

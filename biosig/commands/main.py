@@ -3,14 +3,19 @@ log_dataset (the fine-tuning data) -> pretrain (small TTM on PPG+ECG) -> finetun
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from biosig.commands.configs import MainConfig
+import yaml
+
+from biosig.commands.compare import run_compare
+from biosig.commands.configs import CompareConfig, MainConfig
 from biosig.commands.finetune import FinetuneConfig, run_finetune
 from biosig.commands.log_dataset import DatasetConfig, run_log_dataset
 from biosig.commands.pretrain import PretrainConfig, run_pretrain
 from biosig.config import load_config
 from biosig.logs import get_logger
+from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import resolve_tracking_uri, tracked_run, ui_base
 from biosig.tracking.tags import REGISTERED_MODEL_TAG, REGISTERED_VERSION_TAG
 
@@ -42,6 +47,9 @@ def run_main(config: MainConfig) -> dict[str, Any]:
                    **{f"test_{k}": v for k, v in finetuned.test.items()},
                    **{f"reference.{name}.test_{k}": metrics[k] for name, metrics in finetuned.references.items()
                       for k in ("auroc", "f1", "balanced_accuracy")}}
+        if config.train_subjects:
+            summary["label_efficiency_run"] = _label_efficiency(config, shared, str(dataset.path),
+                                                                f"{pretrained.name}/{pretrained.version}")
         ctx.log_dict(summary, "summary.json")
         ctx.set_tags({REGISTERED_MODEL_TAG: finetuned.name, REGISTERED_VERSION_TAG: finetuned.version})
         ctx.registered = f"{finetuned.name}/{finetuned.version}"
@@ -49,6 +57,21 @@ def run_main(config: MainConfig) -> dict[str, Any]:
     _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test,
                          finetuned.references)
     return summary
+
+
+def _label_efficiency(config: MainConfig, shared: dict[str, Any], data: str, checkpoint: str) -> str:
+    """A nested compare: the checkpoint fine-tuned and the references trained on growing subject subsets."""
+    with scratch_dir("main") as tmp:
+        finetune_yaml = config.finetune_config
+        if not finetune_yaml:
+            finetune_yaml = str(Path(tmp) / "finetune.yaml")
+            Path(finetune_yaml).write_text(yaml.safe_dump(MAIN_FINETUNE))
+        board = run_compare(load_config(CompareConfig, None, {
+            **{k: v for k, v in shared.items() if k != "data_dir"}, "checkpoints": [checkpoint], "data": data,
+            "modes": ["finetune"], "reference": config.reference or [], "train_subjects": config.train_subjects,
+            "seeds": config.seeds, "finetune_config": finetune_yaml, "metric": "auroc",
+            "run_name": "label efficiency"}), nested=True)
+    return str(board.attrs.get("run_id", ""))
 
 
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,

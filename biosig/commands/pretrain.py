@@ -28,6 +28,7 @@ from torch import nn
 import biosig
 from biosig.backbones import build_backbone
 from biosig.commands.configs import PretrainConfig
+from biosig.commands.probing import ProbeMonitor, start_probe_monitor
 from biosig.data import SourceOptions
 from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, require_channels, select_channels
 from biosig.data.shards import verify_all
@@ -35,6 +36,7 @@ from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
 from biosig.models.checkpoint import load_weights, read_meta, save_checkpoint
+from biosig.registry.card import pretrained_card
 from biosig.registry.naming import parse_name
 from biosig.registry.publish import CANDIDATE_ALIAS, publish_model_files, register_from_run
 from biosig.tracking.datasets import LoggedDataset, follow_dataset, use_dataset
@@ -116,6 +118,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     meta = _meta(config, name, feed.fs, feed.stats, logged, ctx.run_id, model)
     n_params = sum(p.numel() for p in model.backbone.parameters())
     ctx.log_metrics({"backbone_params": n_params, "train_windows": feed.n_train, "val_windows": feed.n_val})
+    # before any weight is trained or restored: the probe's random-initialisation floor
+    monitor = start_probe_monitor(ctx, config, feed.fs, feed.stats, model.backbone, device) if dist.leader else None
     if dist.leader:
         log.info(f"pretrain {name}: {n_params:,} backbone parameters, {feed.n_train} train / "
                  f"{feed.n_val} val windows of {logged.name}{feed.how}, device {device}"
@@ -166,6 +170,7 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
                "lr": scheduler.get_last_lr()[0],
                "train_windows_seen": seen, "train_windows_per_s": seen / train_s}  # all processes together
         ctx.log_metrics(row, step=epoch)
+        probed = monitor.after_epoch(ctx, model.backbone, epoch) if monitor else None
         ctx.metrics.flush(wait=False)  # per epoch, in the background: the UI shows live curves
         improved = progress.record(row, -val_loss)
         if improved:
@@ -174,7 +179,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
         _save_last(work / "last", model, optimizer, scheduler, generator, meta, progress)
         ctx.log_artifacts(work / "last", "last")
         log.info(f"  epoch {epoch}/{config.epochs}: train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                 f"pred/target var {ratio:.3f}{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
+                 f"pred/target var {ratio:.3f}{f'  probe AUROC {probed}' if probed else ''}"
+                 f"{'  *best' if improved else ''}  ({time.perf_counter() - started:.1f} s)")
     if not dist.leader:
         return PretrainResult("", name, None, 0, math.nan, [])
     ctx.metrics.flush()
@@ -184,10 +190,15 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
                             "checkpoint exists; raise epochs to continue")
     ctx.set_tags({BEST_EPOCH_TAG: progress.best_epoch})
     _check_mean_collapse(ctx, progress.best_row().get("val_pred_var_ratio", math.nan), config.collapse_ratio)
+    evidence = _probe_evidence(ctx, config, monitor, progress.best_epoch, work / "checkpoint")
+    card = pretrained_card(name=name, meta=read_meta(work / "checkpoint"), history=progress.history,
+                           best_epoch=progress.best_epoch, probe=evidence.rows, probe_line=evidence.sentence)
+    ctx.log_text(card, "model_card.md")
     model = publish_model_files(ctx.model_id, work / "checkpoint", run_id=ctx.run_id, step=progress.best_epoch)
-    version = _register(ctx, config, name, logged, progress, model.model_id) if config.register else None
+    version = _register(ctx, config, name, logged, progress, model.model_id, evidence) if config.register else None
     ctx.describe(f"Pretrained **{name}** ({config.objective}) on `{logged.name}` (digest `{logged.digest[:12]}`): "
                  f"best epoch {progress.best_epoch} of {progress.epoch}, val_loss {-progress.best_score:.4f}. "
+                 + (f"{evidence.sentence} " if evidence.sentence else "")
                  + (f"Registered as {name} version {version} (@{CANDIDATE_ALIAS})." if version else "Not registered."))
     return PretrainResult(ctx.run_id, name, version, progress.best_epoch, -progress.best_score, progress.history)
 
@@ -445,9 +456,32 @@ def _restore(ctx: RunContext, last: Path, model, optimizer, scheduler, generator
     return progress, midway
 
 
+@dataclasses.dataclass
+class ProbeEvidence:
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    sentence: str = ""
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _probe_evidence(ctx: RunContext, config: PretrainConfig, monitor: ProbeMonitor | None, best_epoch: int,
+                    checkpoint: Path) -> ProbeEvidence:
+    """The probe of the registered weights against its baselines (nothing without a probe)."""
+    if monitor is None:
+        return ProbeEvidence()
+    best = build_backbone(config.arch, config.channels, config.backbone_config())
+    load_weights(checkpoint, best)
+    final = monitor.final(best_epoch, best.to(monitor.device))
+    tags = monitor.evidence(ctx, final, best_epoch)
+    ctx.set_tags(tags)
+    ctx.log_dict(monitor.curve_rows(), "probe/curve.json")
+    log.info(f"  {monitor.sentence(final)}")
+    return ProbeEvidence(tags, monitor.sentence(final), monitor.curve_rows())
+
+
 def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progress: loop.TrainingProgress,
-              model_id: str) -> str:
+              model_id: str, evidence: ProbeEvidence) -> str:
     tags = {
+        **evidence.tags,
         ARCH_TAG: config.arch, KIND_TAG: "pretrained", RUN_ID_TAG: ctx.run_id,
         DATASET_NAME_TAG: logged.name, DATASET_DIGEST_TAG: logged.digest,
         BEST_EPOCH_TAG: progress.best_epoch, VAL_LOSS_TAG: f"{-progress.best_score:.6g}",
@@ -456,8 +490,9 @@ def _register(ctx: RunContext, config: PretrainConfig, name: str, logged, progre
     version = register_from_run(ctx, name, source=f"models:/{model_id}", model_id=model_id, tags=tags,
                                 model_tags={ARCH_TAG: config.arch},
                                 description=f"Pretrained {config.arch} backbone ({config.objective}) on {logged.name}: "
-                                            f"val_loss {-progress.best_score:.4f} at epoch {progress.best_epoch}; "
-                                            f"see run {ctx.run_id}")
+                                            f"val_loss {-progress.best_score:.4f} at epoch {progress.best_epoch}. "
+                                            f"{evidence.sentence + ' ' if evidence.sentence else ''}"
+                                            f"Model card: model_card.md of run {ctx.run_id}")
     log.info(f"registered {name} version {version} (alias @{CANDIDATE_ALIAS})")
     return version
 

@@ -36,12 +36,30 @@ def manifest_subject_split(manifest: Manifest, val_fraction: float, test_fractio
     index = manifest.subject_labels()
     subjects = np.array(sorted(index))
     _check_enough(len(subjects), test_fraction, manifest.root, manifest.schema["subject_column"])
-    majority = np.array([_majority(index[s]) for s in subjects])
+    majority = np.array([majority_label(index[s]) for s in subjects])
     assignment = _assign(majority, val_fraction, test_fraction, seed)
     return {name: set(subjects[assignment == name].tolist()) for name in SPLITS if (assignment == name).any()}
 
 
-def _majority(labels: dict[int, int]) -> int:
+def nested_subjects(majority: dict[str, int], k: int, seed: int) -> set[str]:
+    """k of the subjects (by their majority label), drawn so that for one seed the subset of k is inside
+    the subset of every larger k (label-efficiency curves: 2 within 4 within 8) and classes alternate, so
+    the smallest subsets hold every class. k >= the number of subjects: all of them."""
+    rng = np.random.default_rng(seed)
+    by_class = {label: list(rng.permutation(sorted(s for s, m in majority.items() if m == label)))
+                for label in sorted(set(majority.values()))}
+    order: list[str] = []
+    while any(by_class.values()):
+        order += [queue.pop(0) for queue in by_class.values() if queue]
+    return set(order[:k])
+
+
+def subject_majorities(ws: WindowSet) -> dict[str, int]:
+    subjects, inverse = np.unique(ws.subject, return_inverse=True)
+    return {str(s): int(np.bincount(ws.labels[inverse == i].clip(0)).argmax()) for i, s in enumerate(subjects)}
+
+
+def majority_label(labels: dict[int, int]) -> int:
     """The most frequent label, unlabelled (-1) counted as 0 and ties to the lower label, as in subject_split."""
     counts: dict[int, int] = {}
     for label, n in labels.items():

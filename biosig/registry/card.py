@@ -151,3 +151,39 @@ def hub_card(*, name: str, version: str, meta: dict[str, Any], metrics: dict[str
         "- trained on the data named above; behaviour on other devices, sites or populations is unknown",
     ]
     return "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n" + "\n".join(lines) + "\n"
+
+
+def pretrained_card(*, name: str, meta: dict[str, Any], history: list[dict[str, Any]], best_epoch: int,
+                    probe: list[dict[str, Any]], probe_line: str) -> str:
+    """model_card.md of a pretrained checkpoint: corpus (name, digest), objective, steps, the loss curve in
+    brief, and the probe evidence (did pretraining beat random initialisation?)."""
+    provenance, objective, backbone = meta.get("provenance", {}), meta.get("objective", {}), meta["backbone"]
+    losses = [row["val_loss"] for row in history if "val_loss" in row]
+    seen = sum(row.get("train_windows_seen", 0) for row in history)
+    lines = [
+        f"# {name}", "",
+        f"Pretrained {backbone['arch']} backbone ({objective.get('type')}"
+        + (f", mask ratio {objective.get('mask_ratio')}" if objective.get("type") == "mae" else "") + ").", "",
+        "## Corpus", f"- `{provenance.get('dataset')}` (digest `{provenance.get('dataset_digest')}`)",
+        f"- channels {meta['channels']} at {meta['fs']:g} Hz, context {meta['context_length']} samples, patches of "
+        f"{meta['patch_length']}", "",
+        "## Training",
+        f"- {len(history)} epochs, {seen:,} training windows seen; best epoch {best_epoch} (registered)",
+        (f"- validation loss: first {_fmt(losses[0])}, best {_fmt(min(losses))}, last {_fmt(losses[-1])} "
+         "(1.0 = predicting the mean of normalised targets)") if losses else "- no validation loss recorded",
+        f"- backbone config: {json_line({k: v for k, v in backbone['config'].items() if k != 'hf_config'})}", "",
+        "## Does pretraining help? (linear probe)",
+    ]
+    if probe:
+        lines += [probe_line, "", "| epoch | probe AUROC | 95 % subject-bootstrap interval |", "|---|---|---|"]
+        lines += [f"| {'init' if row['epoch'] == 0 else row['epoch']} | {_fmt(row['auroc'])} | "
+                  f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}] |" for row in probe]
+    else:
+        lines.append("No probe was run (probe=none, or no bundled labelled task for these channels).")
+    return "\n".join(lines) + "\n"
+
+
+def json_line(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=str)
