@@ -60,10 +60,50 @@ def tiny_pretrain(workdir):
     return write_yaml(workdir / "pretrain.yaml", TINY_PRETRAIN)
 
 
+@pytest.fixture(scope="session")
+def pretrained_template(tmp_path_factory):
+    """One tiny pretrain run (TINY_NAME version 1) in a store of its own, made once per test session."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("pretrained-template")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        run_pretrain(write_yaml(root / "pretrain.yaml", TINY_PRETRAIN))
+    return root
+
+
 @pytest.fixture
-def pretrained(tiny_pretrain):
-    """The tiny pretrain run, registered as TINY_NAME version 1."""
-    return run_pretrain(tiny_pretrain)
+def pretrained(workdir, pretrained_template):
+    """The tiny pretrain run, registered as TINY_NAME version 1, in this test's own store: a copy of the
+    session's template with every path inside the store rewritten to this test's directory (seconds saved
+    per test; the store is as if the run had happened here)."""
+    copy_store(pretrained_template, workdir)
+    return workdir / "pretrain.yaml"
+
+
+def copy_store(source, target) -> None:
+    """Copy a test directory (SQLite store, artifacts, data) and rewrite the absolute paths it records."""
+    import shutil
+    import sqlite3
+
+    for item in source.iterdir():
+        if item.is_dir():
+            shutil.copytree(item, target / item.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(item, target / item.name)
+    with sqlite3.connect(target / "mlflow.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                if column[2].upper().startswith(("VARCHAR", "TEXT")):
+                    db.execute(f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
+                               f'WHERE "{column[1]}" LIKE ?', (str(source), str(target), f"%{source}%"))
 
 
 @pytest.fixture

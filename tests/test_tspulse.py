@@ -29,6 +29,19 @@ def test_backbone_contract_and_channel_flexibility():
 
 
 @pytest.mark.slow
+def test_the_fft_branch_builds_pretrains_and_keeps_the_time_patches():
+    """fuse_fft adds TSPulse's frequency branch, whose heads read register tokens (granite-tsfm's 8)."""
+    from biosig.models.tspulse import TSPulsePretraining
+
+    small = {"context_length": 64, "patch_length": 16, "d_model": 8, "num_layers": 2, "fuse_fft": True}
+    backbone = build_backbone("tspulse", ["PPG", "ECG"], small)
+    assert backbone(torch.randn(3, 2, 64)).shape == (3, 2, 4, 8)  # time patches only
+    loss, ratio = TSPulsePretraining(backbone)(torch.randn(3, 2, 64), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and torch.isfinite(ratio)
+    loss.backward()
+    assert backbone.model.config.patch_register_tokens == 8
+
+
 def test_tspulse_pretrains_registers_finetunes_tunes_compares_and_serves(workdir):
     config = write_yaml(workdir / "tspulse.yaml", {**TINY_PRETRAIN, "arch": "tspulse", "system_metrics": False})
     assert main(["pretrain", "--config", str(config)]) == 0

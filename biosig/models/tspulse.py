@@ -26,6 +26,7 @@ TSPULSE_DEFAULTS: dict[str, Any] = {
     "mask_ratio": 0.4,  # used by pretraining only: embeddings are always taken unmasked
     "fuse_fft": False,
 }
+FFT_REGISTER_TOKENS = 8  # granite-tsfm's default
 
 
 def _tsfm():
@@ -44,13 +45,12 @@ def tsfm_config(backbone: "TSPulseBackbone"):
     return _tsfm_config(len(backbone.channels), backbone.config)
 
 
-def imported_model(n_channels: int, hf_config: dict[str, Any]):
-    """TSPulseModel of a published config.json, built the way granite-tsfm's own task classes build their
-    backbone: preprocessing derived, then patch register tokens added to the patch counts."""
+def granite_model(config):
+    """TSPulseModel of a TSPulseConfig, built the way granite-tsfm's own task classes build their backbone:
+    preprocessing derived, then patch register tokens added to the patch counts."""
     from tsfm_public.models.tspulse.modeling_tspulse import register_token_config_update
 
-    config_cls, model_cls, _ = _tsfm()
-    config = config_cls(**{**hf_config, "num_input_channels": n_channels})
+    _, model_cls, _ = _tsfm()
     config.check_and_init_preprocessing()
     return model_cls(register_token_config_update(config))
 
@@ -64,7 +64,9 @@ def _tsfm_config(n_channels: int, config: dict[str, Any], **extra: Any):
                       decoder_d_model=c["d_model"], num_layers=c["num_layers"],
                       expansion_factor=c["expansion_factor"], dropout=c["dropout"], mode=c["mode"],
                       decoder_mode=c["mode"], mask_ratio=c["mask_ratio"], mask_type="hybrid",
-                      mask_block_length=c["patch_length"], fuse_fft=c["fuse_fft"], patch_register_tokens=0,
+                      mask_block_length=c["patch_length"], fuse_fft=c["fuse_fft"],
+                      # the FFT branch's heads read the register tokens (none: a zero-width layer norm fails)
+                      patch_register_tokens=FFT_REGISTER_TOKENS if c["fuse_fft"] else 0,
                       # whole masked patches, as many as the mask ratio allows (at most TSPulse's default 2)
                       num_full_patches_for_hybrid_mask=min(2, int(c["mask_ratio"] * c["context_length"])
                                                            // c["patch_length"]),
@@ -81,9 +83,7 @@ class TSPulseBackbone(GraniteBackbone):
 
     def __init__(self, channels: list[str], **config: Any) -> None:
         super().__init__(channels, config)
-        _, model_cls, _ = _tsfm()
-        self.model = (imported_model(len(self.channels), self.hf_config) if self.hf_config
-                      else model_cls(_tsfm_config(len(self.channels), self.config)))
+        self.model = granite_model(tsfm_config(self))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[2] != self.context_length:
