@@ -14,7 +14,10 @@ from typing import Any
 from biosig.errors import ConfigError
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"(pass(word)?|secret|token|api[_-]?key|access[_-]?key|credential|auth)", re.I)
+#: Credential words, matched as whole words of a key (`_`, `-`, `.` separate words): `api_token`, `DB_PASSWORD`
+#: and `aws.secret_access_key` are masked; `tokenization`, `max_tokens` and `author` are not.
+_SECRET_KEY = re.compile(r"(?:^|[_.-])(?:pass(?:word)?|passwd|pwd|secrets?|token|credentials?|auth|"
+                         r"(?:api|access|private)[_-]?key)(?:$|[_.-])", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@", re.I)
 
 #: Where each URI-valued key's password belongs instead.

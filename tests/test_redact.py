@@ -44,3 +44,11 @@ def test_a_run_whose_params_hold_a_password_is_deleted(workdir, monkeypatch, cap
     assert "was deleted" in capsys.readouterr().err
     stored = mlflow.tracking.MlflowClient().get_run(run.info.run_id)
     assert stored.info.lifecycle_stage == "deleted" and stored.info.status == "FAILED"
+
+
+def test_only_credential_words_are_masked_not_words_that_contain_them():
+    out = redact({"tokenization": "per_channel", "max_tokens": 5, "author": "lab", "passage": "x",
+                  "api_token": "t", "DB_PASSWORD": "p", "auth": "a", "MLFLOW_TRACKING_TOKEN": "t"})
+    assert out["tokenization"] == "per_channel" and out["max_tokens"] == 5 and out["author"] == "lab"
+    assert out["passage"] == "x"
+    assert all(out[k] == REDACTED for k in ("api_token", "DB_PASSWORD", "auth", "MLFLOW_TRACKING_TOKEN"))

@@ -187,6 +187,13 @@ def test_wrong_credentials_give_a_clear_auth_error(postgres_db, s3, workdir, mon
         process.stop()
 
 
+def test_the_plain_postgresql_form_works_out_of_the_box(postgres_db, capsys):
+    """postgresql:// (what biosig's messages suggest) maps to psycopg 3 under SQLAlchemy 2.1: a dependency."""
+    uri = postgres_db.replace("postgresql+psycopg2://", "postgresql://")
+    assert main(["doctor", "--tracking-uri", uri]) == 0
+    assert "0 finding(s)" in capsys.readouterr().out
+
+
 def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
     import optuna
 

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,6 +123,22 @@ def test_an_interrupted_build_restarts_without_redoing_finished_groups(workdir):
     assert clean.returncode == 0, clean.stderr[-2000:]
     assert read_manifest(str(workdir / "killed")).digest == read_manifest(str(workdir / "clean")).digest
     assert not [p for p in (workdir / "killed").rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev,
+                    reason="needs $TMPDIR and the output on two filesystems (a tmpfs at /dev/shm)")
+def test_a_build_onto_another_filesystem_than_tmpdir_renames_within_it(workdir, monkeypatch):
+    """The usual lab set-up: $TMPDIR on one disk, the corpus on another (os.rename across them fails)."""
+    scratch = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="biosig-test-tmp-"))
+    try:
+        monkeypatch.setenv("TMPDIR", str(scratch))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR in this process; workers inherit it
+        assert os.stat(scratch).st_dev != os.stat(workdir).st_dev
+        assert build("corpus/", "--workers", "2") == 0
+        assert len(read_manifest(str(workdir / "corpus")).shards) == 4
+        assert not [p for p in (workdir / "corpus").rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_two_ranks_by_two_workers_read_each_window_once_per_epoch(corpus):

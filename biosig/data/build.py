@@ -16,6 +16,7 @@ digest however the build was divided or interrupted.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -199,7 +200,10 @@ def build_group(plan_json: str, root: str, group: int) -> None:
     if ws is not None:
         ws = ws.sorted()
         schema = shard_schema(ws)
-        with tempfile.TemporaryDirectory(prefix="biosig-shard-") as scratch:
+        # A local shard is written under a temporary name in its own directory and renamed there (never
+        # across filesystems: $TMPDIR and a data disk usually differ); S3 shards are uploaded from $TMPDIR.
+        remote = "://" in root
+        with tempfile.TemporaryDirectory(prefix="biosig-shard-") if remote else contextlib.nullcontext(root) as scratch:
             for start in range(0, ws.n_windows, plan.shard_rows):
                 part = ws.take(np.arange(start, min(start + plan.shard_rows, ws.n_windows)))
                 shards.append(write_shard(part, root, scratch=Path(scratch), row_group_rows=plan.row_group_rows))
