@@ -40,6 +40,7 @@ from biosig.commands.main import MAIN_FINETUNE, MAIN_PRETRAIN
 from biosig.commands.pretrain import PretrainConfig, run_pretrain
 from biosig.config import load_config
 from biosig.data.synthetic import synthetic_cardio
+from biosig.tracking.metric_names import canonical_metrics
 from biosig.training.features import window_features
 from biosig.training.metrics import auroc, subject_bootstrap
 
@@ -78,7 +79,7 @@ def cross_validated(n_subjects: int, pretrain_epochs: int, finetune_config: str)
                      experiment="benchmarks")
     print_probe_curve(pretrained.run_id)
     result = run_finetune(load_config(FinetuneConfig, finetune_config or None, overrides))
-    metrics = MlflowClient().get_run(result.run_id).data.metrics
+    metrics = canonical_metrics(MlflowClient().get_run(result.run_id).data.metrics)  # test/auroc -> test_auroc
     print(f"\n5-fold subject CV through biosig ({n_subjects} subjects, pretrain {pretrain_epochs} epochs, "
           f"{time.perf_counter() - started:.0f} s):")
     print(f"  {'model':<22} {'AUROC pooled [95 % CI]':<28} per-fold mean +- sd")

@@ -203,15 +203,19 @@ def server_cmd(backend_store_uri: str, artifacts_destination: str, host: str, po
 @cli.command("doctor")
 @click.option("--experiment", "experiments", multiple=True, help="experiment to check (repeatable; default: all)")
 @click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
-@click.option("--fix", is_flag=True, help="end dead RUNNING runs as KILLED; remove runs whose parameters hold a password")
+@click.option("--fix", is_flag=True, help="end dead RUNNING runs as KILLED; delete model versions of runs that did not "
+              "finish; remove runs whose parameters hold a password")
 @click.option("--stale-after", "stale_after", type=click.FloatRange(min=0, min_open=True), default=None,
               help="minutes without a heartbeat before a run on another host counts as dead (default 5)")
-def doctor_cmd(experiments: tuple[str, ...], tracking_uri: str, fix: bool, stale_after: float | None) -> None:
-    """Find runs left RUNNING by dead processes, dataset digests that no longer match their files, and
-    passwords in parameters. Exit code 1 while any problem is left."""
+@click.option("--keep", is_flag=True, help="with --fix: tag orphan model versions biosig.orphan instead of deleting "
+              "them (their aliases are removed either way)")
+def doctor_cmd(experiments: tuple[str, ...], tracking_uri: str, fix: bool, stale_after: float | None,
+               keep: bool) -> None:
+    """Find runs left RUNNING by dead processes, model versions of runs that did not finish, dataset digests
+    that no longer match their files, and passwords in parameters. Exit code 1 while any problem is left."""
     from biosig.tracking.doctor import run_doctor
 
-    raise click.exceptions.Exit(run_doctor(experiments, tracking_uri, fix, stale_after))
+    raise click.exceptions.Exit(run_doctor(experiments, tracking_uri, fix, stale_after, keep))
 
 
 @cli.command("backbones")

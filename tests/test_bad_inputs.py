@@ -220,6 +220,11 @@ CASES: list[tuple[list[str], str]] = [
     # doctor and registry views
     (["doctor", "--experiment", "nope"], "--experiment 'nope': no such experiment"),
     (["doctor", "--stale-after", "-1"], "--stale-after"),
+    # tracking stores biosig cannot talk to: one line in seconds, not minutes of retries or a driver traceback
+    (["doctor", "--tracking-uri", "http://127.0.0.1:1"], "tracking server http://127.0.0.1:1 does not answer"),
+    (["evaluate", "--model", FINETUNED, "--tracking_uri", "mysql://u@127.0.0.1/db"],
+     "tracking store mysql://u@127.0.0.1/db: no database driver for it here"),
+    (["pretrain", "--tracking_uri", "mssql+pyodbc://u@127.0.0.1/db", "--epochs", "1"], "no database driver"),
 ]
 
 

@@ -131,3 +131,27 @@ def test_doctor_removes_runs_whose_params_hold_a_password(workdir, capsys):
     assert main(["doctor", "--fix"]) == 0
     with pytest.raises(MlflowException):
         client.get_run(run.info.run_id)
+
+
+def test_versions_of_runs_that_did_not_finish_are_found_and_removed(workdir, capsys):
+    """kill -9 right after the version row appeared leaves a READY version of a KILLED run: an orphan."""
+    client = MlflowClient()
+    experiment = client.create_experiment("orphans")
+    killed, finished = client.create_run(experiment), client.create_run(experiment)
+    client.set_terminated(killed.info.run_id, "KILLED")
+    client.set_terminated(finished.info.run_id, "FINISHED")
+    client.create_registered_model("m")
+    for run in (finished, killed):
+        client.create_model_version("m", f"file://{workdir}", run_id=run.info.run_id)
+    client.set_registered_model_alias("m", "candidate", "2")
+    capsys.readouterr()
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert f"version 2 of m belongs to KILLED run {killed.info.run_id} and holds @candidate" in out
+    assert "version 1 of m" not in out
+    assert main(["doctor", "--fix", "--keep"]) == 0  # kept for inspection, no alias on it
+    assert client.get_model_version("m", "2").tags["biosig.orphan"].startswith("KILLED run")
+    assert "candidate" not in client.get_registered_model("m").aliases
+    assert main(["doctor"]) == 0  # a kept orphan is no longer a finding
+    assert main(["doctor", "--fix"]) == 0
+    assert [str(v.version) for v in client.search_model_versions("name = 'm'")] == ["1"]

@@ -217,3 +217,33 @@ def test_first_registration_of_a_new_name_from_four_processes_at_once(workdir):
     assert [code for code, _, _ in results] == [0, 0, 0, 0], [err[-800:] for _, _, err in results]
     versions = MlflowClient().search_model_versions("name = 'race_model_finetuned'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
+
+
+def test_a_replaced_holder_is_recorded_and_a_late_replacement_is_said(policies, workdir, capsys, monkeypatch):
+    v1, v2, v3 = (version({**GOOD, "test_auroc": auroc}) for auroc in (0.90, 0.95, 0.97))
+    for v in (v1, v2):
+        assert promote(policies, "--to", "staging", "--version", v) == 0
+    client = MlflowClient()
+    tags = client.get_model_version(NAME, v1).tags
+    assert tags["promotion.staging.holds"] == "false" and tags["promotion.staging.replaced_by"] == v2
+    assert tags["promotion.staging.replaced_at"] and tags["promotion.staging.replaced_by_run"]
+    new = client.get_model_version(NAME, v2).tags
+    assert new["promotion.staging.holds"] == "true" and new["promotion.staging.replaced"] == v1
+    assert f"now holds @staging (replacing version {v1})" in capsys.readouterr().out
+
+    # another process moves the alias on between our decision and our summary: the command says so
+    import biosig.registry.promotion as promotion
+
+    record = promotion._record
+
+    def then_a_concurrent_promotion(client, decision):
+        record(client, decision)
+        client.set_registered_model_alias(NAME, "staging", v2)
+
+    monkeypatch.setattr(promotion, "_record", then_a_concurrent_promotion)
+    assert promote(policies, "--to", "staging", "--version", v3) == 0
+    out = capsys.readouterr().out
+    assert f"promoted, then replaced: {NAME} version {v3} took @staging, but version {v2} holds it now" in out
+    (run,) = [r for r in finished_runs() if r.data.tags.get("biosig.command") == "promote"
+              and r.data.tags.get("biosig.promote.version") == v3]
+    assert run.data.tags["biosig.promote.replaced_by"] == v2

@@ -36,6 +36,7 @@ from biosig.tracking.tags import (
     PROMOTE_MODEL_TAG,
     PROMOTE_POLICY_TAG,
     PROMOTE_REASON_TAG,
+    PROMOTE_REPLACED_BY_TAG,
     PROMOTE_TARGET_TAG,
     PROMOTE_VERSION_TAG,
     TEST_DIGEST_TAG,
@@ -67,6 +68,7 @@ class Decision:
     metrics: dict[str, float]
     applied: bool = False
     run_id: str = ""
+    previous: str = ""  # the version that held the alias before this promotion moved it
 
     @property
     def passed(self) -> bool:
@@ -209,8 +211,15 @@ def promote(config: PromoteConfig, *, nested: bool = False) -> Decision:
                       PROMOTE_REASON_TAG: decision.reason[:5000]})
         ctx.log_dict(_decision_record(decision), "promotion/decision.json")
         log.info(decision.table())
-        log.info(f"{'promoted' if decision.applied else 'rejected'}: {config.model} version {version} "
-                 f"{'now holds' if decision.applied else 'does not get'} @{config.to}")
+        holder = str(client.get_registered_model(config.model).aliases.get(config.to, ""))
+        if decision.applied and holder != version:  # another promotion moved the alias after ours
+            ctx.set_tags({PROMOTE_REPLACED_BY_TAG: holder})
+            log.info(f"promoted, then replaced: {config.model} version {version} took @{config.to}, but version "
+                     f"{holder or '(none)'} holds it now (a later promotion; see `biosig registry history`)")
+        else:
+            log.info(f"{'promoted' if decision.applied else 'rejected'}: {config.model} version {version} "
+                     f"{'now holds' if decision.applied else 'does not get'} @{config.to}"
+                     + (f" (replacing version {decision.previous})" if decision.previous else ""))
         return decision
 
 
@@ -222,7 +231,16 @@ def resolve_version(client: MlflowClient, name: str, version: str) -> str:
 
 
 def _apply(client: MlflowClient, decision: Decision) -> None:
+    """Move the alias (under the promotion lock); the replaced holder's tags say it no longer holds it."""
+    previous = str(client.get_registered_model(decision.model).aliases.get(decision.target, ""))
     client.set_registered_model_alias(decision.model, decision.target, decision.version)
+    if previous and previous != decision.version:
+        decision.previous = previous
+        prefix = f"promotion.{decision.target}"
+        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        for key, value in {"holds": "false", "replaced_by": decision.version, "replaced_at": at,
+                           "replaced_by_run": decision.run_id}.items():
+            client.set_model_version_tag(decision.model, previous, f"{prefix}.{key}", value)
     if decision.policy.sync_stages:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # stages are deprecated; users still look for them
@@ -236,7 +254,9 @@ def _record(client: MlflowClient, decision: Decision) -> None:
     record = _decision_record(decision)
     for key, value in {"decision": record["decision"], "reason": decision.reason[:5000],
                        "metrics": json.dumps(record["rules"])[:5000], "policy": f"{decision.policy.name}",
-                       "at": record["at"], "run_id": decision.run_id}.items():
+                       "at": record["at"], "run_id": decision.run_id,
+                       **({"holds": "true"} if decision.applied else {}),
+                       **({"replaced": decision.previous} if decision.previous else {})}.items():
         client.set_model_version_tag(decision.model, decision.version, f"{prefix}.{key}", value)
 
 
@@ -245,7 +265,7 @@ def _decision_record(decision: Decision) -> dict[str, Any]:
         "model": decision.model, "version": decision.version, "target": decision.target,
         "decision": "promoted" if decision.applied else "rejected", "reason": decision.reason,
         "policy": decision.policy.name, "policy_file": str(decision.policy.path),
-        "rules": [dataclasses.asdict(r) for r in decision.results],
+        "rules": [dataclasses.asdict(r) for r in decision.results], "previous_holder": decision.previous or None,
         "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -6,7 +6,10 @@
   is missing, unreadable or was replaced): reported with the run ids that depend on it;
 - scratch folders (`$TMPDIR/biosig-{command}-{pid}-…`) of processes that are gone: `--fix` removes them;
 - runs whose parameters hold a password (from `mlflow run -P`): `--fix` deletes them and, on a
-  database store, removes them for good (what `mlflow gc` does).
+  database store, removes them for good (what `mlflow gc` does);
+- orphan model versions: registered by a run that did not finish (KILLED or FAILED, RUNNING with a dead
+  process, or gone), e.g. a kill -9 just after the version row appeared: `--fix` deletes them (`--keep`:
+  tags them `biosig.orphan` instead), and no alias is left pointing at one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import shutil
 from typing import Iterable, Iterator
 
 from mlflow.entities import Run, ViewType
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.errors import BiosigError, ConfigError
@@ -41,19 +45,20 @@ class Finding:
 
 
 def run_doctor(experiments: Iterable[str] = (), tracking_uri: str = "", fix: bool = False,
-               stale_after_min: float | None = None) -> int:
+               stale_after_min: float | None = None, keep: bool = False) -> int:
     """Print one line per finding and a summary; exit code 0 when nothing is left to fix, else 1."""
     configure_tracking(tracking_uri)
     client = MlflowClient()
     ids = _experiment_ids(client, list(experiments))
     stale_after_s = None if stale_after_min is None else stale_after_min * 60
-    findings = [*stale_runs(client, ids, fix, stale_after_s), *dataset_drift(client, ids),
-                *secret_runs(client, ids, fix), *scratch_leftovers(fix)]
+    findings = [*stale_runs(client, ids, fix, stale_after_s), *orphan_versions(client, ids, fix, keep, stale_after_s),
+                *dataset_drift(client, ids), *secret_runs(client, ids, fix), *scratch_leftovers(fix)]
     for finding in findings:
         log.info(finding.line())
     left = [f for f in findings if not f.fixed]
     log.info(f"doctor: {len(ids)} experiment(s) checked; {len(findings)} finding(s), {len(left)} left"
-             + ("" if fix or not left else " (--fix closes dead runs and purges runs holding passwords)"))
+             + ("" if fix or not left else " (--fix closes dead runs, deletes orphan versions and purges runs holding "
+                                          "passwords)"))
     return 1 if left else 0
 
 
@@ -92,6 +97,55 @@ def stale_runs(client: MlflowClient, ids: list[str], fix: bool, stale_after_s: f
             finding.fixed, finding.detail = True, f"{finding.detail}; ended KILLED"
         findings.append(finding)
     return findings
+
+
+ORPHAN_TAG = "biosig.orphan"  # doctor --fix --keep: a version whose run did not finish, kept for inspection
+
+
+def orphan_versions(client: MlflowClient, ids: list[str], fix: bool, keep: bool,
+                    stale_after_s: float | None) -> list[Finding]:
+    """Versions whose registering run (in the checked experiments) did not finish."""
+    findings = []
+    for model in client.search_registered_models(max_results=1000):
+        aliases = client.get_registered_model(model.name).aliases  # search results carry none
+        for version in client.search_model_versions(f"name = '{model.name}'", max_results=10000):
+            why = _unfinished(client, version.run_id, ids, stale_after_s)
+            if not why or (ORPHAN_TAG in version.tags and not (fix and not keep)):
+                continue  # a kept orphan is acknowledged; a plain --fix still deletes it
+            held = sorted(a for a, v in aliases.items() if str(v) == str(version.version))
+            finding = Finding("orphan", f"{model.name}/{version.version}",
+                              f"version {version.version} of {model.name} belongs to {why}"
+                              + (f" and holds @{', @'.join(held)}" if held else ""))
+            if fix:
+                for alias in held:
+                    client.delete_registered_model_alias(model.name, alias)
+                if keep:
+                    client.set_model_version_tag(model.name, version.version, ORPHAN_TAG, why)
+                    finding.detail += f"; tagged {ORPHAN_TAG}" + (", aliases removed" if held else "")
+                else:
+                    client.delete_model_version(model.name, version.version)
+                    finding.detail += "; deleted"
+                finding.fixed = True
+            findings.append(finding)
+    return findings
+
+
+def _unfinished(client: MlflowClient, run_id: str | None, ids: list[str], stale_after_s: float | None) -> str:
+    """Why the run that registered a version did not finish ('' when it did, or is outside `ids`)."""
+    if not run_id:
+        return ""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return f"run {run_id}, which no longer exists"
+    if run.info.experiment_id not in ids:
+        return ""
+    status = run.info.status
+    if status in ("KILLED", "FAILED"):
+        return f"{status} run {run_id}"
+    if status == "RUNNING" and not (state := liveness(run, stale_after_s=stale_after_s)).alive:
+        return f"RUNNING run {run_id} whose process is gone ({state.reason})"
+    return ""
 
 
 def dataset_drift(client: MlflowClient, ids: list[str]) -> list[Finding]:

@@ -66,8 +66,33 @@ def _require_writable_sqlite(db: Path, uri: str) -> None:
         raise TrackingError(f"tracking store {uri} is not writable by this user")
 
 
+def check_reachable(uri: str) -> None:
+    """One line, in seconds, for a store biosig cannot talk to: a server that does not answer (MLflow would
+    retry for minutes), or a database URI whose driver is not installed (a 70-line traceback)."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=REACH_TIMEOUT_S)
+        except requests.RequestException as exc:
+            raise TrackingError(f"tracking server {redact_value(uri)} does not answer ({type(exc).__name__}): start "
+                                "it (`biosig server`) or check the URI") from None
+    elif "://" in uri and not uri.startswith(("sqlite:", "databricks")):
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(uri).get_dialect().import_dbapi()  # imports the driver, connects to nothing
+        except Exception as exc:  # NoSuchModuleError, ModuleNotFoundError of the driver, bad URL
+            raise TrackingError(f"tracking store {redact_value(uri)}: no database driver for it here "
+                                f"({type(exc).__name__}: {exc}); postgresql:// works out of the box") from None
+
+
+REACH_TIMEOUT_S = 10
+
+
 def configure_tracking(configured_uri: str = "") -> str:
     uri = resolve_tracking_uri(configured_uri)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

@@ -56,6 +56,7 @@ PROMOTE_DECISION_TAG = "biosig.promote.decision"
 PROMOTE_MODEL_TAG = "biosig.promote.model"
 PROMOTE_POLICY_TAG = "biosig.promote.policy"
 PROMOTE_REASON_TAG = "biosig.promote.reason"
+PROMOTE_REPLACED_BY_TAG = "biosig.promote.replaced_by"  # a later promotion moved the alias on before this one ended
 PROMOTE_TARGET_TAG = "biosig.promote.target"
 PROMOTE_VERSION_TAG = "biosig.promote.version"
 REFERENCE_TAG = "biosig.reference"
