@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
-from tests.helpers import TINY_PRETRAIN, free_port, run_pretrain, write_yaml
+from tests.helpers import TINY_PRETRAIN, free_port, run_pretrain, use_store_in, write_yaml
 
 
 @pytest.fixture
@@ -27,13 +27,7 @@ def workdir(tmp_path, monkeypatch):
     """cwd = a fresh directory whose mlflow.db is the tracking store."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exports it
-    mlflow.set_tracking_uri(uri)  # mlflow keeps the URI in a module global across tests
-    mlflow.set_registry_uri(uri)
+    use_store_in(monkeypatch, tmp_path)
     yield tmp_path
 
     while mlflow.active_run():
@@ -63,17 +57,9 @@ def tiny_pretrain(workdir):
 @pytest.fixture(scope="session")
 def pretrained_template(tmp_path_factory):
     """One tiny pretrain run (TINY_NAME version 1) in a store of its own, made once per test session."""
-    import mlflow
-
     root = tmp_path_factory.mktemp("pretrained-template")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", uri)
-        patch.delenv("MLFLOW_RUN_ID", raising=False)
-        patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_store_in(patch, root)
         run_pretrain(write_yaml(root / "pretrain.yaml", TINY_PRETRAIN))
     return root
 

@@ -36,6 +36,20 @@ def run_pretrain(config_file):
     return config_file
 
 
+def use_store_in(patch, root) -> None:
+    """chdir into `root` and make its mlflow.db the tracking and registry store, through `patch` (a pytest
+    MonkeyPatch): the environment for subprocesses and MLflow's module globals, which outlive a test."""
+    import mlflow
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    patch.chdir(root)
+    patch.setenv("MLFLOW_TRACKING_URI", uri)
+    patch.delenv("MLFLOW_RUN_ID", raising=False)
+    patch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)  # mlflow.set_experiment exports it
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def free_port() -> int:
     import socket
 

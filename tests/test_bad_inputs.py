@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from biosig.cli import main
 from biosig.data import write_parquet
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
-from tests.helpers import TINY_FINETUNE, TINY_NAME, TINY_PRETRAIN, write_yaml
+from tests.helpers import TINY_FINETUNE, TINY_NAME, TINY_PRETRAIN, use_store_in, write_yaml
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -28,14 +28,8 @@ FINETUNED = f"{TINY_NAME}_finetuned"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-inputs")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mp.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_store_in(mp, root)
         pretrain = write_yaml(root / "pretrain.yaml", TINY_PRETRAIN)
         assert main(["pretrain", "--config", str(pretrain)]) == 0
         assert main(["finetune", "--pretrain-config", str(pretrain), *TINY_FINETUNE, "--bootstrap", "0"]) == 0
