@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import getpass
-import hashlib
 import socket
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import biosig
 from biosig.backbones import build_backbone
 from biosig.commands.configs import ImportCheckpointConfig
 from biosig.data.channels import check_channels
+from biosig.data.shards import file_sha256
 from biosig.errors import DataError
 from biosig.logs import get_logger
 from biosig.models.checkpoint import save_checkpoint
@@ -83,7 +83,7 @@ def run_import_checkpoint(config: ImportCheckpointConfig) -> ImportResult:
     backbone.load_state_dict(fitted.state, strict=True)
     if source.published:
         check_built(source.published, backbone, source.published.folder / "config.json")
-    digest = _sha256(source.weights)
+    digest = file_sha256(source.weights)
     identity = {IMPORTED_SHA256_TAG: digest, IMPORTED_EMA_TAG: str(config.use_ema).lower()}
     configure_tracking(config.tracking_uri)
     if (existing := version_with_tags(name, identity)) is not None:
@@ -164,14 +164,6 @@ def _report(source: Source, fitted: FittedWeights, digest: str) -> dict[str, Any
             "unused_weights": {k: list(shape) for k, shape in fitted.ignored.items()},
             "unused_config_fields": published.unused_fields() if published else [],
             "config": published.fields if published else None}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _meta(config: ImportCheckpointConfig, name: str, backbone, source: Source, digest: str, importer: str,
