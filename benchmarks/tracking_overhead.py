@@ -26,38 +26,16 @@ from biosig.registry.discovery import resolve_checkpoint
 from biosig.tracking.datasets import use_dataset
 from biosig.tracking.run import tracked_run
 from biosig.training import loop
-
-
-class _NoMetrics:
-    def log(self, *args, **kwargs) -> None:
-        pass
-
-    def flush(self, wait: bool = True) -> None:
-        pass
-
-
-class UntrackedContext:
-    """The RunContext surface the trainer uses, recording nothing."""
-
-    run_id = "untracked"
-    metrics = _NoMetrics()
-
-    def log_metrics(self, *args, **kwargs) -> None:
-        pass
-
-    def set_tags(self, *args, **kwargs) -> None:
-        pass
-
-    def log_dict(self, *args, **kwargs) -> None:
-        pass
+from biosig.training.classifier import build_classifier
+from biosig.training.settings import Stage
+from biosig.training.trainer import ListLog, fit
 
 
 class TimedContext:
     """Forwards to the real RunContext and adds up the seconds spent in tracking calls."""
 
     def __init__(self, ctx) -> None:
-        self.ctx, self.seconds, self.run_id = ctx, 0.0, ctx.run_id
-        self.metrics = self
+        self.ctx, self.seconds = ctx, 0.0
 
     def _timed(self, fn, *args, **kwargs):
         started = time.perf_counter()
@@ -69,22 +47,18 @@ class TimedContext:
     def log_metrics(self, *args, **kwargs) -> None:
         self._timed(self.ctx.log_metrics, *args, **kwargs)
 
-    def flush(self, wait: bool = True) -> None:
-        self._timed(self.ctx.metrics.flush, wait=wait)
-
-    def set_tags(self, *args, **kwargs) -> None:
-        self._timed(self.ctx.set_tags, *args, **kwargs)
-
-    def log_dict(self, *args, **kwargs) -> None:
-        self._timed(self.ctx.log_dict, *args, **kwargs)
+    def flush_metrics(self, wait: bool = True) -> None:
+        self._timed(self.ctx.flush_metrics, wait=wait)
 
 
-def epoch_seconds(ctx, config, parent, data, epochs: int) -> float:
+def epoch_seconds(log_to, config, parent, data, epochs: int) -> float:
+    """Seconds per epoch of one stage-2 fit (validation included, as in every fine-tune)."""
     loop.seed_everything(0)
-    model, masks = ft.build_model(UntrackedContext(), parent, data, config)
-    trainer = ft.Trainer(ctx, config, model, masks, data, loop.resolve_device("cpu"), loop.seed_everything(0))
+    built = build_classifier(parent.meta, parent.path, parent.uri, data.channels, len(data.class_names),
+                             config.head_settings())
     started = time.perf_counter()
-    trainer._stage(2, epochs, config.lr)
+    fit(log_to, config.fit_settings(), built.model, data, [Stage(2, epochs, config.lr)], masks=built.masks,
+        generator=loop.seed_everything(0))
     return (time.perf_counter() - started) / epochs
 
 
@@ -107,11 +81,11 @@ def main() -> None:
                   f"per measurement, {args.repeats} repeats")
             tracked, untracked, in_calls = [], [], []
             for _ in range(args.repeats):
-                untracked.append(epoch_seconds(UntrackedContext(), config, parent, data, args.epochs))
+                untracked.append(epoch_seconds(ListLog(), config, parent, data, args.epochs))
                 timed = TimedContext(ctx)
                 tracked.append(epoch_seconds(timed, config, parent, data, args.epochs))
                 in_calls.append(timed.seconds / args.epochs)
-            ctx.metrics.flush()
+            ctx.flush_metrics()
         t, u, c = statistics.median(tracked), statistics.median(untracked), statistics.median(in_calls)
         print(f"untracked {u:.3f} s/epoch  tracked {t:.3f} s/epoch  ratio tracked/untracked {t / u:.3f} "
               f"(wall clock, noisy on a shared 2-core machine)")

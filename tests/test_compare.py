@@ -8,6 +8,7 @@ from biosig.cli import main
 from tests.helpers import TINY_FINETUNE, finished_runs
 
 
+@pytest.mark.slow
 def test_three_checkpoints_make_six_rows_plus_two_references_on_one_split(tiny_pretrain, workdir, capsys):
     for extra in ([], ["--patch-length", "32"], ["--mask-ratio", "0.5"]):
         assert main(["pretrain", "--config", str(tiny_pretrain), "--epochs", "1", *extra]) == 0
@@ -64,6 +65,7 @@ def test_mlflow_run_compare_on_the_embedded_default(tiny_pretrain, workdir):
     assert len(board) == 4 and not finished_runs("RUNNING")  # probe, finetune, two references
 
 
+@pytest.mark.slow
 def test_compare_cross_validates_every_row_on_the_same_folds(tiny_pretrain, workdir):
     assert main(["pretrain", "--config", str(tiny_pretrain), "--epochs", "1"]) == 0
     assert main(["compare", "--checkpoints", "ttm_ppg-ecg_c64_p16_m40_mae", "--modes", "probe", "--cv", "3",

@@ -60,6 +60,7 @@ def four_class_set(n_subjects=8, per_subject=8, seed=3):
                      channels=["PPG", "ECG"], fs=125.0, class_names=["a", "b", "c", "d"], label_name="rhythm")
 
 
+@pytest.mark.slow
 def test_four_class_task_with_overlap_calibration_and_registration(pretrained, workdir):
     data = workdir / "four.parquet"
     write_parquet(four_class_set(), data)

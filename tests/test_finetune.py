@@ -40,6 +40,7 @@ def nothing_registered():
     return [m.name for m in MlflowClient().search_registered_models() if m.name.endswith("_finetuned")] == []
 
 
+@pytest.mark.slow
 def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     assert finetune(pretrained) == 0
     client = MlflowClient()
@@ -234,6 +235,7 @@ def test_bad_class_weights_are_refused_before_a_run(workdir, capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed next to this Python")
+@pytest.mark.slow
 def test_torchrun_two_processes_finetune_into_one_run_and_one_version(pretrained, workdir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "biosig",

@@ -76,6 +76,7 @@ def test_arch_mamba2_defaults_to_the_muse_eeg_model():
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed next to this Python")
+@pytest.mark.slow
 def test_torchrun_two_processes_register_one_version(m2_config, workdir):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -90,6 +91,7 @@ def test_torchrun_two_processes_register_one_version(m2_config, workdir):
     assert runs[0].data.tags["biosig.world_size"] == "2"
 
 
+@pytest.mark.slow
 def test_finetune_auto_from_the_pretrain_config_logs_both_levels_and_registers_a_pyfunc(m2_pretrained):
     assert main(["finetune", "--checkpoint", "auto", "--pretrain-config", str(m2_pretrained), *FINETUNE_EEG]) == 0
     client = MlflowClient()
@@ -115,6 +117,7 @@ def test_finetune_auto_from_the_pretrain_config_logs_both_levels_and_registers_a
     np.testing.assert_allclose(np.asarray(probs).sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_finetune_by_name_and_alias_selecting_on_participant_level(m2_pretrained):
     assert main(["finetune", "--checkpoint", f"{TINY_M2_NAME}@candidate", *FINETUNE_EEG, "--channels",
                  "TP10,AF8,AF7,TP9", "--selection-level", "participant", "--aggregate", "vote"]) == 0
@@ -166,6 +169,7 @@ def test_windows_shorter_than_a_patch_are_refused(m2_config, workdir, capsys):
     assert registered_names() == [] and finished_runs()[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_finetune_on_a_channel_subset_and_refusing_another_architecture(m2_pretrained, pretrained, capsys):
     assert main(["finetune", "--checkpoint", f"{TINY_M2_NAME}@candidate", "--channels", "AF7,AF8,TP9",
                  *FINETUNE_EEG]) == 0
@@ -179,6 +183,7 @@ def test_finetune_on_a_channel_subset_and_refusing_another_architecture(m2_pretr
     assert [n for n in registered_names() if n.endswith("_finetuned")] == [f"{TINY_M2_NAME}_finetuned"]
 
 
+@pytest.mark.slow
 def test_tune_searches_the_unfreeze_depth_of_mamba2_blocks(m2_pretrained):
     assert main(["tune", "--checkpoint", "auto", "--pretrain-config", str(m2_pretrained), *FINETUNE_EEG,
                  "--n-trials", "3", "--study", "m2"]) == 0

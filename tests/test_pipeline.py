@@ -19,6 +19,7 @@ def tiny_finetune(workdir):
     return path
 
 
+@pytest.mark.slow
 def test_main_runs_the_whole_chain_as_child_runs(tiny_pretrain, tiny_finetune, capsys):
     assert main(["main", "--pretrain-config", str(tiny_pretrain), "--finetune-config", str(tiny_finetune)]) == 0
     out = capsys.readouterr().out

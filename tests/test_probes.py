@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
@@ -38,6 +39,7 @@ def test_label_subsets_are_nested_and_hold_every_class():
     assert nested_subjects(majority, 4, seed=5) != subsets[1]
 
 
+@pytest.mark.slow
 def test_every_pretraining_run_probes_and_its_version_carries_the_evidence(workdir):
     config = write_yaml(workdir / "pretrain.yaml", {**TINY_PRETRAIN, "probe": "auto", "epochs": 3})
     assert main(["pretrain", "--config", str(config), "--system-metrics", "false"]) == 0
@@ -66,6 +68,7 @@ def test_probe_none_measures_nothing(workdir):
     assert "biosig.probe.verdict" not in MlflowClient().get_model_version(TINY_NAME, "1").tags
 
 
+@pytest.mark.slow
 def test_compare_draws_label_efficiency_curves_on_one_test_split(pretrained, workdir):
     data = TINY_FINETUNE[:TINY_FINETUNE.index("--stage1-epochs")]
     assert main(["compare", "--checkpoints", TINY_NAME, "--modes", "probe", "--reference", "features",
@@ -80,6 +83,7 @@ def test_compare_draws_label_efficiency_curves_on_one_test_split(pretrained, wor
     assert {"label_efficiency.png", "label_efficiency.md"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.slow
 def test_main_ends_with_a_label_efficiency_run_when_asked(tiny_pretrain, workdir):
     finetune = write_yaml(workdir / "finetune.yaml", {"n_subjects": 8, "windows_per_subject": 6, "stage1_epochs": 1,
                                                       "stage2_epochs": 1, "batch_size": 8})

@@ -174,6 +174,7 @@ def test_bad_input_is_a_clear_error_and_moves_nothing(policies, capsys):
     assert aliases() == {"candidate": "1"}
 
 
+@pytest.mark.slow
 def test_two_simultaneous_production_promotions_leave_one_holder(policies, workdir):
     v1, v2 = version({**GOOD, "test_auroc": 0.90}), version({**GOOD, "test_auroc": 0.95})
     for v in (v1, v2):
@@ -199,6 +200,7 @@ def test_two_simultaneous_production_promotions_leave_one_holder(policies, workd
     assert list(stages.values()).count("Production") == 1
 
 
+@pytest.mark.slow
 def test_first_registration_of_a_new_name_from_four_processes_at_once(workdir):
     """Check-then-create failed one of two concurrent first registrations (8 of 8 tries); create-and-
     tolerate lets every process register its version."""

@@ -1,3 +1,5 @@
+import pytest
+
 from biosig.secrets import REDACTED, redact, redact_value
 
 
@@ -12,6 +14,7 @@ def test_secret_keys_and_url_passwords_are_masked():
     assert "hunter2" not in redact_value("failed to reach https://u:hunter2@host/x")
 
 
+@pytest.mark.slow
 def test_a_password_in_any_key_is_refused_before_a_run_exists(workdir, capsys, monkeypatch):
     from biosig.cli import main
     from tests.helpers import finished_runs

@@ -115,6 +115,7 @@ def test_beats_reference_rule_passes_fails_and_explains_a_missing_reference(pret
     assert MlflowClient().get_registered_model(FINETUNED).aliases == {"candidate": 2}
 
 
+@pytest.mark.slow
 def test_cross_validation_pools_folds_and_registers_one_refit_model(pretrained, workdir):
     assert finetune(pretrained, "--cv", "3", "--reference", "features", "--n-subjects", "9") == 0
     parent = parent_finetune_run()

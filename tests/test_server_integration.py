@@ -100,6 +100,7 @@ def mlflow_server(server):
     return server.url
 
 
+@pytest.mark.slow
 def test_dataset_from_s3_pretrain_finetune_promote_through_the_server(mlflow_server, s3, tiny_pretrain, workdir):
     ws = synthetic_cardio(n_subjects=8, windows_per_subject=6, with_acc=True, window_s=2.0, good_fraction=0.4, seed=5)
     write_parquet(ws, workdir / "quality.parquet")
@@ -145,6 +146,7 @@ def test_s3_cache_reuses_content_and_reports_missing_objects(s3, workdir):
     assert fetch("s3://models/a.parquet") == first
 
 
+@pytest.mark.slow
 def test_a_server_restart_mid_run_loses_no_metric(server):
     from biosig.config import BaseConfig
     from biosig.tracking.run import tracked_run
@@ -165,6 +167,7 @@ def test_a_server_restart_mid_run_loses_no_metric(server):
     assert MlflowClient(tracking_uri=server.url).get_run(run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_wrong_credentials_give_a_clear_auth_error(postgres_db, s3, workdir, monkeypatch, capsys):
     auth = workdir / "basic_auth.ini"
     auth.write_text("[mlflow]\ndefault_permission = READ\n"
@@ -194,6 +197,7 @@ def test_the_plain_postgresql_form_works_out_of_the_box(postgres_db, capsys):
     assert "0 finding(s)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
     import optuna
 

@@ -59,6 +59,7 @@ def served(pretrained, workdir):
         server.wait(timeout=30)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_json_and_parquet_requests_agree_with_the_model(served):
     ws = synthetic_cardio(n_subjects=2, windows_per_subject=4, with_acc=True, window_s=10.0, seed=9)

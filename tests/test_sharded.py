@@ -51,6 +51,7 @@ def fingerprints(batches) -> list[float]:
     return [float(v) for x in batches for v in x.double().sum(dim=(1, 2))]
 
 
+@pytest.mark.slow
 def test_the_manifest_is_the_same_however_the_build_is_divided(corpus, workdir, monkeypatch, capsys):
     manifest = read_manifest(str(corpus))
     assert [s.rows for s in manifest.shards] == [30, 30, 30, 30] and manifest.n_windows == 120
@@ -97,6 +98,7 @@ def test_a_build_holding_another_dataset_or_bad_keys_is_refused(corpus, capsys):
     assert not finished_runs("RUNNING")
 
 
+@pytest.mark.slow
 def test_an_interrupted_build_restarts_without_redoing_finished_groups(workdir):
     """kill -9 in the middle of a build; the restart keeps every finished group and the manifest digest
     equals an uninterrupted build's."""
@@ -127,6 +129,7 @@ def test_an_interrupted_build_restarts_without_redoing_finished_groups(workdir):
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir() or os.stat("/dev/shm").st_dev == os.stat(tempfile.gettempdir()).st_dev,
                     reason="needs $TMPDIR and the output on two filesystems (a tmpfs at /dev/shm)")
+@pytest.mark.slow
 def test_a_build_onto_another_filesystem_than_tmpdir_renames_within_it(workdir, monkeypatch):
     """The usual lab set-up: $TMPDIR on one disk, the corpus on another (os.rename across them fails)."""
     scratch = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="biosig-test-tmp-"))
@@ -191,6 +194,7 @@ def test_pretraining_streams_a_sharded_dataset(corpus, workdir):
     assert run.data.tags["biosig.dataset.uri"] == str(corpus)
 
 
+@pytest.mark.slow
 def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus, workdir, monkeypatch, capsys):
     from biosig.training import loop
 
@@ -227,6 +231,7 @@ def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed next to this Python")
+@pytest.mark.slow
 def test_torchrun_two_ranks_by_two_workers_train_on_each_window_once(corpus, workdir):
     config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus), "data_workers": 2})
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
@@ -260,6 +265,7 @@ def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, c
     assert f"dataset   {corpus}: unreadable (shard {shard.file}" in report
 
 
+@pytest.mark.slow
 def test_an_s3_prefix_is_built_and_streamed_through_moto(s3, workdir):
     assert build("s3://models/corpus/", "--workers", "1") == 0
     listed = s3.list_objects_v2(Bucket="models", Prefix="corpus/")["Contents"]
@@ -274,6 +280,7 @@ def test_an_s3_prefix_is_built_and_streamed_through_moto(s3, workdir):
     assert not (Path(os.environ["BIOSIG_CACHE_DIR"]) / "s3").exists()  # ranged reads, no whole-object download
 
 
+@pytest.mark.slow
 def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monkeypatch):
     monkeypatch.setattr("biosig.data.shards.ROW_GROUP_ROWS", 16)
     assert main(["log-dataset", "--source", "synthetic:quality", "--n-subjects", "9", "--windows-per-subject", "6",

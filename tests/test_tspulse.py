@@ -42,6 +42,7 @@ def test_the_fft_branch_builds_pretrains_and_keeps_the_time_patches():
     assert backbone.model.config.patch_register_tokens == 8
 
 
+@pytest.mark.slow
 def test_tspulse_pretrains_registers_finetunes_tunes_compares_and_serves(workdir):
     config = write_yaml(workdir / "tspulse.yaml", {**TINY_PRETRAIN, "arch": "tspulse", "system_metrics": False})
     assert main(["pretrain", "--config", str(config)]) == 0

@@ -24,6 +24,7 @@ def journal_study(workdir, name):
     return optuna.load_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow
 def test_trials_are_nested_runs_and_the_parent_summarises(pretrained, workdir):
     space = workdir / "space.yaml"
     space.write_text("head: [linear, mlp]\nweight_decay: {low: 1.0e-4, high: 1.0e-1, log: true}\n")
@@ -48,6 +49,7 @@ def test_trials_are_nested_runs_and_the_parent_summarises(pretrained, workdir):
         t.info.run_id for t in trials}
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_study_lose_and_duplicate_nothing(pretrained, workdir):
     args = [sys.executable, "-m", "biosig.cli", *TUNE, "--n-trials", "2", "--study", "shared", "--pruner", "none"]
     procs = [subprocess.Popen([*args, "--seed", str(seed)], cwd=workdir, stdout=subprocess.DEVNULL,
@@ -62,6 +64,7 @@ def test_two_processes_on_one_study_lose_and_duplicate_nothing(pretrained, workd
     assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in trial_runs}
 
 
+@pytest.mark.slow
 def test_n_jobs_workers_log_under_one_parent(pretrained, workdir, monkeypatch):
     import tempfile
 
@@ -76,10 +79,11 @@ def test_n_jobs_workers_log_under_one_parent(pretrained, workdir, monkeypatch):
     assert len(journal_study(workdir, "jobs").trials) == 3
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(pretrained, workdir, monkeypatch):
     import biosig.commands.tune as search
 
-    real, calls = search.build_model, []
+    real, calls = search.build_classifier, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -87,7 +91,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(pretrained, workdir, 
             raise RuntimeError("out of memory in trial 1")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(search, "build_model", flaky)
+    monkeypatch.setattr(search, "build_classifier", flaky)
     assert main([*TUNE, "--n-trials", "3", "--study", "flaky", "--pruner", "none"]) == 0
     states = [t.state.name for t in journal_study(workdir, "flaky").trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE"]
@@ -96,6 +100,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(pretrained, workdir, 
     assert runs_of("tune", "FINISHED")[0].data.metrics["n_failed"] == 1
 
 
+@pytest.mark.slow
 def test_register_best_refits_through_finetune(pretrained):
     assert main([*TUNE, "--n-trials", "2", "--pruner", "none", "--register-best", "true"]) == 0
     (refit,) = runs_of("finetune", "FINISHED")

@@ -14,8 +14,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from biosig import backbones
 from biosig.config import BaseConfig, load_config, require_range
 from biosig.data.adapt import ContextFit, Normalisation
@@ -26,6 +24,7 @@ from biosig.errors import ConfigError, DataError
 from biosig.files import require_local_file
 from biosig.models.shapes import MAMBA2_DEFAULTS
 from biosig.registry.naming import is_conventional, parse_name
+from biosig.training.settings import FitSettings, HeadSettings, Stage, parse_class_weights, staged
 
 
 @dataclasses.dataclass
@@ -366,6 +365,9 @@ class FinetuneConfig(LoopConfig):
     cv: str = ""  # cross-validation: empty (one split), k >= 2 (subject folds) or loso (one subject per fold)
     bootstrap: int = 1000  # subject-level bootstrap resamples for test_*_ci_low/high (0: no interval)
     register: bool = True
+    # take @candidate even when the version holding it scored better or was tested on another split
+    # (otherwise a new version takes it only when at least as good on the same test split)
+    force_candidate: bool = False
     promote: Literal["", "staging", "production"] = ""  # evaluate the registry policy for this target at the end
     policies: str = ""  # policy directory or file for `promote` (default: registry_policies/)
 
@@ -410,6 +412,16 @@ class FinetuneConfig(LoopConfig):
             raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
                               "its own subject folds")
 
+    def fit_settings(self) -> FitSettings:
+        """The trainer's knobs from this config."""
+        return FitSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(FitSettings)})
+
+    def schedule(self) -> list[Stage]:
+        return staged(self.stage1_epochs, self.stage2_epochs, self.stage3_epochs, self.lr)
+
+    def head_settings(self) -> HeadSettings:
+        return HeadSettings(self.head, self.head_dropout, self.pooling)
+
     def auto_name(self) -> str:
         return load_config(PretrainConfig, self.pretrain_config or None).model_name()
 
@@ -433,18 +445,6 @@ def _requested_arch(values: dict[str, Any]) -> str | None:
         return load_config(PretrainConfig, values.get("pretrain_config") or None).arch
     name = checkpoint.removeprefix("models:/").split("@")[0].split("/")[0]
     return parse_name(name).arch if is_conventional(name) else None
-
-
-def parse_class_weights(spec: str) -> np.ndarray:
-    """`class_weights` as comma-separated positive numbers, one per class."""
-    try:
-        weights = np.array([float(w) for w in spec.split(",")], dtype=np.float32)
-    except ValueError:
-        raise ConfigError(f"config key 'class_weights' must be auto, none or comma-separated numbers, got {spec!r}") \
-            from None
-    if (weights <= 0).any():
-        raise ConfigError(f"config key 'class_weights' must be positive, got {spec!r}")
-    return weights
 
 
 #: Optuna storage URL from the environment (e.g. postgresql://user:PASSWORD@host/db), so that a password

@@ -1,5 +1,5 @@
 """What fine-tuning trains and is tested on: the labelled train/val/test splits of a dataset after channel
-selection by name, context fit and train-only normalisation (`FinetuneData`).
+selection by name, context fit and train-only normalisation (`LabelledSplits`).
 
 A dataset in memory is prepared whole (`prepare_data`). A sharded dataset is prepared without holding its
 signals (`prepare_streamed`): the subject split from the manifest's subject index, labels and subjects
@@ -10,15 +10,12 @@ subjects' row groups in a fixed order, one row group at a time.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Iterator
-
 import numpy as np
 
 from biosig.commands.configs import FinetuneConfig
 from biosig.data import WindowSet
 from biosig.data.adapt import ChannelStats, WindowScaling, WindowTransform, fit_context, select_channels, unit_mismatch
-from biosig.data.shards import Manifest, sample_windows, split_digest, split_labels, subject_windows, verify_all
+from biosig.data.shards import Manifest, sample_windows, split_digest, split_labels, verify_all
 from biosig.data.splits import (
     SPLITS,
     majority_label,
@@ -31,66 +28,13 @@ from biosig.data.splits import (
 )
 from biosig.errors import DataError, TrainingError
 from biosig.registry.discovery import ResolvedCheckpoint
-from biosig.training import loop
-from biosig.training.stream import ShardStream
+from biosig.training.labelled import LabelledSplits, StreamedSplits
 
 NORMALISATION_SAMPLE = 16384  # training windows a streamed dataset's normalisation is fitted on
-SCORE_BATCH = 256
-
-
-@dataclasses.dataclass
-class StreamedSplits:
-    """The signals of a sharded dataset's splits, read when needed: `parts` in a fixed order (the order of
-    the split's labels), `train_stream` shuffled for training."""
-
-    manifest: Manifest
-    subjects: dict[str, set[str]]
-    transform: WindowTransform  # the model's channels (only those are read) -> context fit -> normalisation
-
-    def parts(self, split: str, *, raw: bool = False) -> Iterator[np.ndarray]:
-        """Model inputs (or, `raw`, the selected channels at full length) one row group at a time."""
-        t = self.transform
-        for part in subject_windows(self.manifest, self.subjects[split]):
-            x = select_channels(part.signals, part.channels, t.want, t.where)
-            yield x if raw else t(x)
-
-    def train_stream(self, batch_size: int, seed: int, dist: loop.Distributed) -> ShardStream:
-        return ShardStream(self.manifest, batch_size, subjects=self.subjects["train"], transform=self.transform,
-                           seed=seed, rank=dist.rank, world_size=dist.world_size, verify=False, labels=True,
-                           channels=self.transform.have)
-
-
-@dataclasses.dataclass
-class FinetuneData:
-    x: dict[str, np.ndarray]  # model inputs per split (empty when streamed)
-    y: dict[str, np.ndarray]
-    subject: dict[str, np.ndarray]
-    class_names: list[str]
-    channels: list[str]
-    stats: ChannelStats | WindowScaling
-    test_digest: str  # content digest of the test split: champion comparisons need the same one
-    raw: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # selected channels, before context fit
-    fs: float = 0.0
-    note: str = ""  # why normalisation=auto chose what it chose, when it matters
-    streamed: StreamedSplits | None = None
-
-    def inputs(self, split: str, batch_size: int = SCORE_BATCH) -> Iterator[np.ndarray]:
-        """The model inputs of `split` in batches, in the order of `y[split]`."""
-        parts = self.streamed.parts(split) if self.streamed is not None else [self.x[split]]
-        for x in parts:
-            for start in range(0, len(x), batch_size):
-                yield x[start:start + batch_size]
-
-    def raw_inputs(self, split: str) -> Iterator[np.ndarray]:
-        """The selected channels at full length (what the features reference sees), in the order of `y`."""
-        if self.streamed is not None:
-            yield from self.streamed.parts(split, raw=True)
-        else:
-            yield self.raw[split]
 
 
 def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: ResolvedCheckpoint,
-                 splits: dict[str, WindowSet] | None = None) -> FinetuneData:
+                 splits: dict[str, WindowSet] | None = None) -> LabelledSplits:
     """Labels checked, subject split (unless given), channels by name, context fit, train-only
     normalisation."""
     if (ws.labels < 0).any():
@@ -113,14 +57,14 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
         x[split] = fit_context(raw[split], ws.fs, target_length=parent.meta["context_length"], target_fs=parent.meta["fs"],
                                policy=config.context_fit, where=where, patch_length=parent.meta["patch_length"])
     stats, note = _normalisation(config, x["train"], splits["train"].subject, channels)
-    return FinetuneData(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
+    return LabelledSplits(x={s: stats.apply(v) for s, v in x.items()}, y={s: p.labels for s, p in splits.items()},
                         subject={s: p.subject for s, p in splits.items()}, class_names=class_names, channels=channels,
                         stats=stats, test_digest=splits["test"].digest if "test" in splits else "", raw=raw, fs=ws.fs,
                         note=note)
 
 
 def prepare_streamed(manifest: Manifest, where: str, config: FinetuneConfig,
-                     parent: ResolvedCheckpoint) -> FinetuneData:
+                     parent: ResolvedCheckpoint) -> LabelledSplits:
     """`prepare_data` for a sharded dataset, reading only labels, subjects and a normalisation sample; the
     test split's digest is `split_digest` (the manifest digest and the test subjects)."""
     verify_all(manifest)  # every shard's bytes against the manifest, once per machine
@@ -146,7 +90,7 @@ def prepare_streamed(manifest: Manifest, where: str, config: FinetuneConfig,
     transform = WindowTransform(channels, channels, manifest.fs, parent.meta["context_length"], config.context_fit,
                                 parent.meta["patch_length"], where, target_fs=parent.meta["fs"])
     transform.stats, note = _normalisation(config, transform(selected), sample.subject, channels)
-    return FinetuneData(x={}, y=y, subject=subject, class_names=class_names, channels=channels, stats=transform.stats,
+    return LabelledSplits(x={}, y=y, subject=subject, class_names=class_names, channels=channels, stats=transform.stats,
                         test_digest=split_digest(manifest, subjects["test"]), fs=manifest.fs, note=note,
                         streamed=StreamedSplits(manifest, subjects, transform))
 

@@ -26,22 +26,24 @@ import optuna
 import yaml
 
 from biosig.backbones import build_backbone
-from biosig.commands.configs import STORAGE_ENV, TuneConfig
-from biosig.commands.finetune import FinetuneConfig, Trainer, build_model, resolve_parent, run_finetune
+from biosig.commands.configs import STORAGE_ENV, FinetuneConfig, TuneConfig
+from biosig.commands.finetune import run_finetune
 from biosig.commands.finetune_data import prepare_data, prepare_streamed
 from biosig.config import load_config
 from biosig.data import SourceOptions, load_source
 from biosig.data.shards import is_sharded, read_manifest
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
-from biosig.registry.discovery import resolve_checkpoint
+from biosig.registry.discovery import resolve_pretrained
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import use_dataset
-from biosig.tracking.run import RunContext, configure_tracking, tracked_run
+from biosig.tracking.run import RunContext, configure_tracking, record_fit, tracked_run
 from biosig.tracking.study import log_study_summary
 from biosig.tracking.tags import TEST_DIGEST_TAG
 from biosig.training import loop
+from biosig.training.classifier import build_classifier
 from biosig.training.search_space import Dimension, load_search_space
+from biosig.training.trainer import FitOutcome, fit
 
 log = get_logger(__name__)
 
@@ -69,7 +71,7 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
         return _work(config, storage, dimensions)
     study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
     auto = config.auto_name() if config.checkpoint == "auto" else None
-    parent = resolve_parent(config, auto)
+    parent = resolve_pretrained(config.checkpoint, auto_name=auto, expected_arch=config.expected_arch())
     with tracked_run("tune", config, nested=nested, tags={"optuna.study": study_name}) as ctx:
         ctx.name_run(f"tune {parent.name or parent.uri}")
         logged = use_dataset(ctx, config.data, _source_options(config), output_dir=config.data_dir,
@@ -162,7 +164,7 @@ def _optimise(config: TuneConfig, study: optuna.Study, dimensions: list[Dimensio
               share: int) -> None:
     if share <= 0:
         return
-    parent = resolve_checkpoint(config.checkpoint, expected_arch=config.expected_arch())
+    parent = resolve_pretrained(config.checkpoint, expected_arch=config.expected_arch())
     if is_sharded(config.data):  # streamed: every trial reads the corpus from disk
         data = prepare_streamed(read_manifest(config.data), Path(config.data).name, config, parent)
     else:
@@ -192,45 +194,37 @@ class _Objective:
         trial_config = load_config(FinetuneConfig, None, overrides)
         tags = {"optuna.study": self.study_name, "optuna.trial": str(trial.number), STATE_TAG: "RUNNING",
                 TEST_DIGEST_TAG: self.data.test_digest}
-        pruned_at = None
         with tracked_run("tune_trial", trial_config, tags=tags, parent_run_id=self.parent_run_id) as ctx:
             ctx.on_failure(lambda: ctx.client.set_tag(ctx.run_id, STATE_TAG, "FAIL"))
             trial.set_user_attr("mlflow_run_id", ctx.run_id)
-            trainer = self._trainer(ctx, trial_config, trial)
-            try:
-                trainer.run()
-            except optuna.TrialPruned:
-                pruned_at = trainer.epoch
-            trial.set_user_attr("epochs", trainer.epoch)
-            ctx.log_metrics({"epochs_run": trainer.epoch, f"best_val_{self.config.selection_metric}":
-                             self._value(trainer)})
-            ctx.set_tags({STATE_TAG: "PRUNED" if pruned_at else "COMPLETE"})
-        if pruned_at:
-            raise optuna.TrialPruned(f"pruned after epoch {pruned_at}")
-        return self._value(trainer)
+            outcome = self._fit(ctx, trial_config, trial)
+            value = outcome.best_value(self.config.selection_metric)
+            trial.set_user_attr("epochs", outcome.epochs_run)
+            ctx.log_metrics({"epochs_run": outcome.epochs_run, f"best_val_{self.config.selection_metric}": value})
+            ctx.set_tags({STATE_TAG: "PRUNED" if outcome.stopped else "COMPLETE"})
+        if outcome.stopped:
+            raise optuna.TrialPruned(f"pruned after epoch {outcome.epochs_run}")
+        return value
 
-    def _trainer(self, ctx: RunContext, config: FinetuneConfig, trial: optuna.Trial) -> Trainer:
+    def _fit(self, ctx: RunContext, config: FinetuneConfig, trial: optuna.Trial) -> FitOutcome:
+        """The trial's fine-tune: the same set-up as `finetune` (device, seed, classifier, unfreeze check
+        inside `fit`), stopped when the pruner says so."""
         device = loop.resolve_device(config.device)
         generator = loop.seed_everything(config.seed)  # the same initialisation and batches for every trial
-        model, masks = build_model(ctx, self.parent, self.data, config)
-        model.to(device)
+        built = build_classifier(self.parent.meta, self.parent.path, self.parent.uri, self.data.channels,
+                                 len(self.data.class_names), config.head_settings())
+        built.model.to(device)
         metric = self.config.selection_metric
 
-        def report(epoch: int, val: dict[str, float]) -> None:
-            value = val[metric]
-            if not math.isnan(value):
-                trial.report(value, epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+        def pruned(epoch: int, val: dict[str, float]) -> bool:
+            if not math.isnan(val[metric]):
+                trial.report(val[metric], epoch)
+            return trial.should_prune()
 
-        return Trainer(ctx, config, model, masks, self.data, device, generator, on_epoch=report)
-
-    def _value(self, trainer: Trainer) -> float:
-        metric = self.config.selection_metric
-        values = [row[f"val_{metric}"] for row in trainer.history if not math.isnan(row[f"val_{metric}"])]
-        if not values:
-            raise ValueError(f"val_{metric} is undefined for every epoch (the val split lacks a class)")
-        return min(values) if metric == "loss" else max(values)
+        outcome = fit(ctx, config.fit_settings(), built.model, self.data, config.schedule(), masks=built.masks,
+                      device=device, generator=generator, on_epoch=pruned)
+        record_fit(ctx, outcome)
+        return outcome
 
 
 def _start_workers(config: TuneConfig, parent_run_id: str, study_name: str) -> list[subprocess.Popen]:

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from biosig import backbones
 from biosig.errors import ConfigError, DataError
-from biosig.models.checkpoint import read_meta
+from biosig.models.checkpoint import PRETRAINED_KEYS, read_meta, require_keys
 from biosig.registry.naming import FINETUNED_SUFFIX, ModelName, is_conventional, parse_name
 from biosig.tracking.tags import KIND_TAG, PARENT_NAME_TAG, PARENT_RUN_ID_TAG, PARENT_URI_TAG, PARENT_VERSION_TAG
 
@@ -48,6 +48,11 @@ class ResolvedCheckpoint:
     def arch(self) -> str:
         return self.meta.get("backbone", {}).get("arch", "?")
 
+    @property
+    def model_name(self) -> str:
+        """The registered name, else the name its biosig.json records (a path or URI checkpoint)."""
+        return self.name or self.meta.get("name", "")
+
     def lineage(self) -> dict[str, str]:
         tags = {PARENT_URI_TAG: self.uri}
         if self.name:
@@ -61,6 +66,15 @@ class ResolvedCheckpoint:
     def describe(self) -> str:
         where = f"{self.name} version {self.version}" if self.name else self.uri
         return f"{where} ({self.arch}, channels {self.meta.get('channels')}) -> {self.path}"
+
+
+def resolve_pretrained(spec: str, *, auto_name: str | None = None,
+                       expected_arch: str | None = None) -> ResolvedCheckpoint:
+    """A pretrained checkpoint to fine-tune: resolved and its biosig.json checked for the keys fine-tuning
+    reads, before any run exists."""
+    resolved = resolve_checkpoint(spec, auto_name=auto_name, expected_arch=expected_arch)
+    require_keys(resolved.meta, PRETRAINED_KEYS, f"checkpoint {resolved.uri}: biosig.json")
+    return resolved
 
 
 def resolve_checkpoint(spec: str, *, auto_name: str | None = None, expected_arch: str | None = None,

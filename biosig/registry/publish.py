@@ -40,9 +40,10 @@ def publish_model_files(model_id: str, local_dir: Path, *, run_id: str, step: in
 
 
 def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any], model_id: str | None = None,
-                    alias: str = CANDIDATE_ALIAS, description: str = "",
+                    alias: str | None = CANDIDATE_ALIAS, description: str = "",
                     model_tags: dict[str, str] | None = None) -> ModelVersion:
-    """Register `source` (an artifact URI, or `models:/<model_id>` of a logged model) as a new version."""
+    """Register `source` (an artifact URI, or `models:/<model_id>` of a logged model) as a new version
+    holding `alias` (None: no alias; fine-tunes claim @candidate by rule, `registry.candidate`)."""
     client = MlflowClient()
     created_model = _create_if_missing(client, name, model_tags or {}, description)
     version: ModelVersion | None = None
@@ -52,7 +53,8 @@ def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any]
                                               description=description or None)
         if model_id:
             _link_logged_model(client, model_id, name, str(version.version))
-        client.set_registered_model_alias(name, alias, version.version)
+        if alias:
+            client.set_registered_model_alias(name, alias, version.version)
         return client.get_model_version(name, version.version)
     except BaseException:
         _undo(client, name, version, created_model)
@@ -60,12 +62,13 @@ def publish_version(name: str, *, source: str, run_id: str, tags: dict[str, Any]
 
 
 def register_from_run(ctx: "RunContext", name: str, *, source: str, tags: dict[str, Any], description: str,
-                      model_id: str | None = None, model_tags: dict[str, str] | None = None) -> str:
+                      model_id: str | None = None, model_tags: dict[str, str] | None = None,
+                      alias: str | None = CANDIDATE_ALIAS) -> str:
     """The one registration path of every command: publish `source` as a new version of `name` holding
-    @candidate, undo it if the run then fails (a failed run registers nothing), and tag the run with
+    `alias`, undo it if the run then fails (a failed run registers nothing), and tag the run with
     what it registered. Returns the version number."""
     version = publish_version(name, source=source, run_id=ctx.run_id, tags=tags, model_id=model_id,
-                              description=description, model_tags=model_tags)
+                              description=description, model_tags=model_tags, alias=alias)
     ctx.on_failure(lambda: unpublish_version(name, version.version))
     ctx.set_tags({REGISTERED_MODEL_TAG: name, REGISTERED_VERSION_TAG: version.version})
     ctx.registered = f"{name}/{version.version}"

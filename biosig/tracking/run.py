@@ -16,7 +16,7 @@ import signal
 import tempfile
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import mlflow
 import yaml
@@ -31,7 +31,20 @@ from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, owner_tags
 from biosig.tracking.metrics import MetricBatcher
-from biosig.tracking.tags import COMMAND_TAG, ERROR_TAG, ERROR_TYPE_TAG, NOTE_TAG, RUN_NAME_TAG
+from biosig.tracking.tags import (
+    CLASS_WEIGHTS_TAG,
+    COLLAPSED_CLASSES_TAG,
+    COMMAND_TAG,
+    ERROR_TAG,
+    ERROR_TYPE_TAG,
+    NOTE_TAG,
+    RUN_NAME_TAG,
+    SELECTION_FALLBACK_TAG,
+    WARNING_TAG,
+)
+
+if TYPE_CHECKING:
+    from biosig.training.trainer import FitOutcome
 
 log = get_logger(__name__)
 
@@ -129,6 +142,10 @@ class RunContext:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         self.metrics.log(metrics, step)
 
+    def flush_metrics(self, wait: bool = True) -> None:
+        """Send the batched metrics now (`wait=False`: in the background)."""
+        self.metrics.flush(wait=wait)
+
     def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
                     params: dict[str, Any] | None = None) -> str:
         """Create the run's MLflow 3 logged model (PENDING) before training, so that every metric logged
@@ -205,6 +222,9 @@ class FollowerContext:
     metrics = _NoMetrics()
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        pass
+
+    def flush_metrics(self, wait: bool = True) -> None:
         pass
 
     def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
@@ -447,3 +467,19 @@ def purge_if_params_hold_secrets(client: MlflowClient, run_id: str) -> None:
     client.delete_run(run_id)
     log.warning(f"biosig: run {run_id} held a password in its parameters (from -P) and was deleted; "
                 f"`biosig doctor --fix` (or `mlflow gc --run-ids {run_id}`) removes it for good")
+
+
+def record_fit(ctx: RunContext | FollowerContext, outcome: FitOutcome) -> None:
+    """A fit's decisions as run tags (class weights, selection fallback, mode collapse), its history and
+    stage counts as artifacts."""
+    tags: dict[str, str] = {}
+    if outcome.class_weights is not None:
+        tags[CLASS_WEIGHTS_TAG] = ",".join(f"{w:.4g}" for w in outcome.class_weights)
+    if outcome.selection_fallback:
+        tags[SELECTION_FALLBACK_TAG] = "val_loss"
+    if outcome.collapsed:
+        tags.update({WARNING_TAG: "mode_collapse", COLLAPSED_CLASSES_TAG: ",".join(outcome.collapsed)})
+    if tags:
+        ctx.set_tags(tags)
+    ctx.log_dict(outcome.history, "history.json")
+    ctx.log_dict(outcome.stage_counts, "stages.json")

@@ -88,6 +88,20 @@ def aggregate_by_subject(subject: np.ndarray, y_true: np.ndarray, prob: np.ndarr
 INTERVAL_METRICS = ("auroc", "f1", "balanced_accuracy")
 
 
+def split_metrics(y: np.ndarray, prob: np.ndarray, subject: np.ndarray, class_names: list[str], aggregate: str,
+                  selection_level: str) -> dict[str, float]:
+    """Window metrics, and with `aggregate` the participant-level ones too: plain names are those of
+    `selection_level`, both levels are also given as window_* and participant_*."""
+    window = classification_metrics(y, prob, class_names)
+    if aggregate == "none":
+        return window
+    _, y_subject, p_subject = aggregate_by_subject(subject, y, prob, aggregate)
+    participant = classification_metrics(y_subject, p_subject, class_names)
+    selected = participant if selection_level == "participant" else window
+    return {**selected, **{f"window_{k}": v for k, v in window.items()},
+            **{f"participant_{k}": v for k, v in participant.items()}}
+
+
 def subject_bootstrap(y_true: np.ndarray, prob: np.ndarray, subject: np.ndarray, class_names: list[str],
                       n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Percentile intervals of INTERVAL_METRICS from resampling *subjects* with replacement.
