@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -200,12 +201,20 @@ def server_cmd(backend_store_uri: str, artifacts_destination: str, host: str, po
         os.execvp(args[0], args)
 
 
+def _finite(param: click.Parameter, value: float | None) -> float | None:
+    """click's FloatRange lets nan through (every comparison with nan is False)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"must be a finite number, got {value}", param=param)
+    return value
+
+
 @cli.command("doctor")
 @click.option("--experiment", "experiments", multiple=True, help="experiment to check (repeatable; default: all)")
 @click.option("--tracking-uri", "tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI or ./mlflow.db")
 @click.option("--fix", is_flag=True, help="end dead RUNNING runs as KILLED; delete model versions of runs that did not "
               "finish; remove runs whose parameters hold a password")
 @click.option("--stale-after", "stale_after", type=click.FloatRange(min=0, min_open=True), default=None,
+              callback=lambda ctx, param, value: _finite(param, value),
               help="minutes without a heartbeat before a run on another host counts as dead (default 5)")
 @click.option("--keep", is_flag=True, help="with --fix: tag orphan model versions biosig.orphan instead of deleting "
               "them (their aliases are removed either way)")

@@ -114,10 +114,11 @@ def coerce(value: Any, annotation: Any, *, key: str, origin: str) -> Any:
     origin_type = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin_type in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
+        inner = [a for a in args if a is not type(None)]
+        empty_list = value == "" and typing.get_origin(inner[0]) is list  # `--channels ""`: an empty list, refused
+        if not empty_list and (value is None or (isinstance(value, str) and value.lower() in ("", "none", "null"))):
             if type(None) in args:
                 return None
-        inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], key=key, origin=origin)
     if origin_type is typing.Literal:
         if value not in args:
@@ -160,7 +161,12 @@ def _number(value: Any, kind: type, where: str) -> int | float:
         raise ConfigError(f"{where} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
     if not math.isfinite(number):  # nan/inf parse as floats but poison training and every comparison
         raise ConfigError(f"{where} must be a finite number, got {value!r}")
+    if kind is int and abs(number) > INT64_MAX:  # torch, numpy and the stores hold 64-bit integers
+        raise ConfigError(f"{where} is out of range (at most {INT64_MAX}), got {value!r}")
     return number
+
+
+INT64_MAX = 2**63 - 1
 
 
 def require_range(name: str, value: float, low: float | None = None, high: float | None = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -55,6 +56,7 @@ def _broken_files(root: Path) -> None:
     (inputs / "manifest_columns.csv").write_text("who,where\nS000,train\n")
     two = synthetic_cardio(n_subjects=2, windows_per_subject=3, with_acc=True, window_s=2.0, seed=3)
     write_parquet(two, inputs / "two_subjects.parquet")
+    _issue_29_files(inputs)
     one_class = synthetic_cardio(n_subjects=4, windows_per_subject=3, with_acc=True, window_s=2.0, seed=4)
     one_class.labels[:] = 0
     write_parquet(one_class, inputs / "one_class.parquet")
@@ -84,6 +86,29 @@ def _broken_files(root: Path) -> None:
             meta.write_text(json.dumps(data))
         else:
             meta.write_text("{ not json")
+
+
+def _issue_29_files(inputs: Path) -> None:
+    """Inputs that were tracebacks or silently accepted before (issue 29)."""
+    ws = synthetic_cardio(n_subjects=8, windows_per_subject=4, with_acc=True, window_s=2.0, seed=8)
+    np.savez(inputs / "per_channel_fs.npz", signals=ws.signals, labels=ws.labels, channels=np.array(ws.channels),
+             fs=np.array([125.0, 125.0, 125.0, 125.0, 250.0]))
+    np.savez(inputs / "one_sample.npz", signals=ws.signals[:, :, :1], labels=ws.labels,
+             channels=np.array(ws.channels), fs=np.array(125.0))
+    table = pq.read_table(write_parquet(ws, inputs / "rates.parquet"))
+    meta = json.loads(table.schema.metadata[b"biosig"])
+    meta["fs"] = dict.fromkeys(ws.channels, 125) | {"ECG": 250}
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"biosig": json.dumps(meta).encode()}),
+                   inputs / "per_channel_fs.parquet")
+    seven_nine = synthetic_cardio(n_subjects=8, windows_per_subject=4, with_acc=True, window_s=2.0, seed=9)
+    seven_nine.labels[:] = np.where(seven_nine.labels == 1, 9, 7)
+    seven_nine.class_names = []
+    write_parquet(seven_nine, inputs / "labels_7_9.parquet")
+    (inputs / "latin1.yaml").write_bytes("epochs: 2\n# caf\xe9\n".encode("latin-1"))
+    (inputs / "twice.yaml").write_text("epochs: 2\nlr: 0.001\nepochs: 3\n")
+    (inputs / "empty.csv").write_text("")
+    (inputs / "header_only.csv").write_text("subject,split\n")
+    (inputs / "empty.pt").write_bytes(b"")
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -207,6 +232,35 @@ CASES: list[tuple[list[str], str]] = [
     (["promote", "--model", FINETUNED, "--policies", "missing_dir"], "config key 'policies': file not found"),
     (["promote", "--model", FINETUNED, "--policies", IN + "policy_bad.yaml"], "policy_bad.yaml:4: unknown operator '=>'"),
     (["promote", "--model", FINETUNED, "--to", "prod"], "config key 'to' (from command line) must be one of"),
+    # issue 29: tracebacks and silent acceptances before
+    (["log-dataset", "--source", IN + "per_channel_fs.npz"], "per_channel_fs.npz stores per-channel sampling rates"),
+    (["log-dataset", "--source", IN + "per_channel_fs.parquet"],
+     "per_channel_fs.parquet stores per-channel sampling rates"),
+    (["log-dataset", "--source", IN + "one_sample.npz"], "have 1 sample(s): a window needs at least 8"),
+    (["log-dataset", "--window_s", "1e9"], "config key 'window_s' must be in (0, 3600.0]"),
+    (["log-dataset", "--windows_per_subject", "0"], "config key 'windows_per_subject' must be in (0"),
+    (["log-dataset", "--n_subjects", "0"], "config key 'n_subjects' must be in (0"),
+    (["log-dataset", "--source", IN + "nan.npz", "--fs", "0"], "config key 'fs' must be in (0"),
+    (["log-dataset", "--fs", "125"], "config key 'fs' describes .npz files"),
+    (["log-dataset", "--channels", "PPG,ECG"], "config key 'channels' describes .npz files"),
+    (["log-dataset", "--source", IN + "nan.npz", "--channels", "PPG,PPG"], "duplicated channel name(s) ['PPG']"),
+    (["log-dataset", "--source", IN + "nan.npz", "--channels", ""], "config key 'channels' is empty"),
+    (["pretrain", "--config", IN + "latin1.yaml"], "latin1.yaml is not UTF-8 text (byte 15"),
+    (["pretrain", "--config", IN + "twice.yaml"], "key 'epochs' is given twice (lines 1 and 3)"),
+    (["finetune", "--config", IN + "twice.yaml"], "key 'epochs' is given twice"),
+    (["promote", "--model", FINETUNED, "--policies", IN + "latin1.yaml"], "latin1.yaml is not UTF-8 text"),
+    (["pretrain", "--epochs", "99999999999999999999999"], "config key 'epochs' (from command line) is out of range"),
+    (["pretrain", "--epochs", "1000000"], "config key 'epochs' must be in [1, 100000]"),
+    (["finetune", "--stage2-epochs", "1000000"], "config key 'stage2_epochs' must be in [0, 100000]"),
+    (["finetune", "--channels", ""], "config key 'channels' is empty"),
+    (["finetune", "--split_manifest", IN + "empty.csv"], "split manifest inputs/empty.csv cannot be read as CSV"),
+    (["finetune", "--split_manifest", IN + "header_only.csv"], "split manifest inputs/header_only.csv lists no subjects"),
+    (["finetune", "--checkpoint", TINY_NAME, "--data", IN + "labels_7_9.parquet"],
+     "has labels [7, 9] and no class names: classes [0, 1, 2, 3, 4, 5, 6, 8] have no window"),
+    (["finetune", "--checkpoint", "s3://no-such-bucket/checkpoint"], "cannot download checkpoint s3://no-such-bucket"),
+    (["evaluate", "--model", FINETUNED, "--data", IN + "per_channel_fs.npz"], "stores per-channel sampling rates"),
+    (["import-checkpoint", "--path", IN + "empty.pt", "--arch", "ttm", "--channels", "PPG,ECG"],
+     "empty.pt cannot be read as a state dict"),
     # main
     (["main", "--data", "missing.parquet"], "config key 'data': source not found"),
     (["main", "--pretrain_config", "missing.yaml"], "config key 'pretrain_config': file not found"),
@@ -214,6 +268,7 @@ CASES: list[tuple[list[str], str]] = [
     # doctor and registry views
     (["doctor", "--experiment", "nope"], "--experiment 'nope': no such experiment"),
     (["doctor", "--stale-after", "-1"], "--stale-after"),
+    (["doctor", "--stale-after", "nan"], "'--stale-after': must be a finite number, got nan"),
     # tracking stores biosig cannot talk to: one line in seconds, not minutes of retries or a driver traceback
     (["doctor", "--tracking-uri", "http://127.0.0.1:1"], "tracking server http://127.0.0.1:1 does not answer"),
     (["evaluate", "--model", FINETUNED, "--tracking_uri", "mysql://u@127.0.0.1/db"],
@@ -236,6 +291,17 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing_behind(world, argv, frag
     assert _snapshot(world) == before_files
     running, versions = _state()
     assert running == 0 and versions == before_versions
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "nan"])
+def test_an_unusable_heartbeat_interval_is_one_line_before_any_run(world, value, monkeypatch, capsys):
+    monkeypatch.setenv("BIOSIG_HEARTBEAT_S", value)
+    before, files = _state(), _snapshot(world)
+    assert main(["log-dataset", "--source", "synthetic:ppg-ecg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("biosig: error: environment variable BIOSIG_HEARTBEAT_S must be a number of seconds >= 0.1, "
+                   f"got {value!r}")
+    assert _state() == before and _snapshot(world) == files
 
 
 def _mlflow_log_line(line: str) -> bool:

@@ -20,6 +20,7 @@ from biosig.data.adapt import ContextFit, Normalisation
 from biosig.data.channels import check_channels
 from biosig.data.naming import check_kind
 from biosig.data.sources import SourceOptions, check_source_spec
+from biosig.data.splits import read_split_table
 from biosig.errors import ConfigError, DataError
 from biosig.files import require_local_file
 from biosig.models.shapes import MAMBA2_DEFAULTS
@@ -50,6 +51,12 @@ class LoopConfig(BaseConfig):
         require_range("warmup_fraction", self.warmup_fraction, 0, 1)
 
 
+#: more epochs than any run could finish: a typo (an extra digit run), refused before a run exists
+MAX_EPOCHS = 100_000
+#: windows longer than an hour are refused: biosig's models take windows of seconds to minutes
+MAX_WINDOW_S = 3600.0
+
+
 @dataclasses.dataclass
 class DatasetConfig(BaseConfig):
     """`log_dataset`: build or read a windowed dataset, write the primary parquet, log it."""
@@ -63,9 +70,9 @@ class DatasetConfig(BaseConfig):
     # explicit .parquet path (default {output_dir}/{dataset name}_{digest}.parquet), or a directory or
     # s3:// prefix ending in '/': a sharded dataset (parquet shards + manifest.json) built in parallel
     output: str = ""
-    n_subjects: int = 0  # synthetic sizes; 0 keeps the source's default
-    windows_per_subject: int = 0
-    window_s: float = 0.0
+    n_subjects: int | None = None  # synthetic sizes (default: the source's own)
+    windows_per_subject: int | None = None
+    window_s: float | None = None  # seconds per window (default: the source's own)
     good_fraction: float = 0.24
     channels: list[str] | None = None  # npz files without a channels array
     fs: float | None = None  # npz files without fs; Muse CSV sampling rate (default 256)
@@ -106,7 +113,20 @@ class DatasetConfig(BaseConfig):
         require_range("records_per_shard", self.records_per_shard, 0)
         require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
         for key in ("n_subjects", "windows_per_subject", "window_s"):
-            require_range(key, getattr(self, key), 0)
+            if getattr(self, key) is not None:
+                require_range(key, getattr(self, key), 0, low_open=True)
+        if self.window_s is not None:
+            require_range("window_s", self.window_s, 0, MAX_WINDOW_S, low_open=True)
+        if self.fs is not None:
+            require_range("fs", self.fs, 0, low_open=True)
+        if self.channels is not None:
+            if not self.channels:
+                raise ConfigError("config key 'channels' is empty: name the channels (e.g. PPG,ECG) or leave it out")
+            check_channels(self.channels, "config key 'channels'")
+        if self.source.startswith("synthetic:") and (self.channels is not None or self.fs is not None):
+            key = "channels" if self.channels is not None else "fs"
+            raise ConfigError(f"config key '{key}' describes .npz files (or Muse CSVs) that lack it; "
+                              f"{self.source} sets its own channels and rate")
         require_range("subs_per_parent", self.subs_per_parent, 1)
         check_kind(self.kind)
         if self.output and not self.output.endswith((".parquet", "/")):
@@ -114,8 +134,8 @@ class DatasetConfig(BaseConfig):
                               f"got {self.output!r}")
 
     def source_options(self) -> SourceOptions:
-        return SourceOptions(n_subjects=self.n_subjects, windows_per_subject=self.windows_per_subject,
-                             window_s=self.window_s, good_fraction=self.good_fraction,
+        return SourceOptions(n_subjects=self.n_subjects or 0, windows_per_subject=self.windows_per_subject or 0,
+                             window_s=self.window_s or 0.0, good_fraction=self.good_fraction,
                              channels=self.channels, fs=self.fs, labels=self.labels,
                              subs_per_parent=self.subs_per_parent, preprocess=self.preprocess,
                              missing_acc=self.missing_acc, ppg_colour=self.ppg_colour, seed=self.seed)
@@ -240,6 +260,7 @@ class PretrainConfig(LoopConfig):
         require_range("collapse_ratio", self.collapse_ratio, 0, 1)
         for key in ("epochs", "d_model", "num_layers", "expansion_factor", "prediction_length", "decoder_layers"):
             require_range(key, getattr(self, key), 1)
+        require_range("epochs", self.epochs, 1, MAX_EPOCHS)
         spec = self.spec
         spec.check(self)  # its own words first
         if self.objective not in spec.objectives:
@@ -385,9 +406,13 @@ class FinetuneConfig(LoopConfig):
         if self.arch != "auto":
             backbones.get(self.arch)
         if self.channels is not None:
+            if not self.channels:
+                raise ConfigError("config key 'channels' is empty: name the channels (e.g. PPG,ECG) or leave it out")
             check_channels(self.channels, "config key 'channels'")
         for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs", "unfreeze_last_n"):
             require_range(key, getattr(self, key), 0)
+        for key in ("stage1_epochs", "stage2_epochs", "stage3_epochs"):
+            require_range(key, getattr(self, key), 0, MAX_EPOCHS)
         require_range("lora_rank", self.lora_rank, 1)
         require_range("lora_alpha", self.lora_alpha, 0, low_open=True)
         require_range("lora_dropout", self.lora_dropout, 0, 1, high_open=True)
@@ -408,6 +433,8 @@ class FinetuneConfig(LoopConfig):
         if self.cv and self.cv != "loso" and not (self.cv.isdigit() and int(self.cv) >= 2):
             raise ConfigError(f"config key 'cv' must be empty, an integer >= 2 (subject folds) or loso, "
                               f"got {self.cv!r}")
+        if self.split_manifest:
+            read_split_table(self.split_manifest)  # its columns and values, before any run exists
         if self.cv and self.split_manifest:
             raise ConfigError("config keys 'cv' and 'split_manifest' exclude each other: cross-validation makes "
                               "its own subject folds")

@@ -40,6 +40,7 @@ def prepare_data(ws: WindowSet, where: str, config: FinetuneConfig, parent: Reso
     if (ws.labels < 0).any():
         raise TrainingError(f"{where} has {(ws.labels < 0).sum()} unlabelled windows: fine-tuning needs labels")
     channels = _channels(ws.channels, config, parent, where)
+    _require_label_set(np.unique(ws.labels), ws.class_names, where)
     n_classes = max(len(ws.class_names), int(ws.labels.max()) + 1)
     class_names = ws.class_names or [str(k) for k in range(n_classes)]
     if splits is None:
@@ -81,6 +82,7 @@ def prepare_streamed(manifest: Manifest, where: str, config: FinetuneConfig,
             raise TrainingError(f"{where} has {(y[split] < 0).sum()} unlabelled windows in its {split} split: "
                                 "fine-tuning needs labels")
     known = list(manifest.schema.get("class_names") or [])
+    _require_label_set(np.unique(np.concatenate(list(y.values()))), known, where)
     n_classes = max(len(known), max(int(v.max()) for v in y.values() if len(v)) + 1)
     class_names = known or [str(k) for k in range(n_classes)]
     _require_two_classes(y["train"], class_names, where)
@@ -126,6 +128,16 @@ def _require_splits(splits: dict, where: str) -> None:
     for needed in ("train", "val", "test"):
         if needed not in splits:
             raise DataError(f"the {needed} split of {where} is empty: check split_manifest or the fractions")
+
+
+def _require_label_set(present: np.ndarray, class_names: list[str], where: str) -> None:
+    """Without class names a classifier's labels are 0..K-1: labels 7 and 9 alone would make a 10-class
+    head with 8 classes no window has."""
+    if class_names or np.array_equal(present, np.arange(len(present))):
+        return
+    absent = sorted(set(range(int(present.max()) + 1)) - set(present.tolist()))
+    raise DataError(f"{where} has labels {present.tolist()} and no class names: classes {absent} have no window; "
+                    "relabel to 0..K-1 or store class_names with the dataset")
 
 
 def _require_two_classes(train_labels: np.ndarray, class_names: list[str], where: str) -> None:

@@ -3,6 +3,10 @@ modality; anything else is rejected so that a typo never becomes a silent new ch
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from biosig.errors import DataError
 
 #: name -> (unit, modality)
@@ -33,6 +37,26 @@ def check_channels(channels: list[str], where: str) -> None:
     dupes = sorted({c for c in channels if channels.count(c) > 1})
     if dupes:
         raise DataError(f"duplicated channel name(s) {dupes} in {where}")
+
+
+def single_rate(value: Any, where: str) -> float:
+    """The one sampling rate a file stores for all its channels; per-channel rates (a list, an array or a
+    mapping of channel to rate) are refused by name: a window holds every channel at one rate."""
+    if isinstance(value, dict):
+        rates = value
+    else:
+        array = np.asarray(value)
+        rates = array.tolist() if array.ndim and array.size != 1 else None
+        value = array.reshape(-1)[0] if array.size == 1 else value
+    if rates is not None and len(set(rates.values() if isinstance(rates, dict) else rates)) != 1:
+        raise DataError(f"{where} stores per-channel sampling rates {rates}: biosig windows hold every channel at "
+                        "one rate; resample to one rate first (recording sources do it with the preprocess file's target_fs)")
+    if rates is not None:
+        value = next(iter(rates.values())) if isinstance(rates, dict) else rates[0]
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where} stores the sampling rate fs as {value!r}, not a number") from None
 
 
 def units_for(channels: list[str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biosig.data.channels import single_rate
 from biosig.data.paths import require_input_file
 from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
@@ -32,7 +33,7 @@ def read_npz(path: str | Path, *, channels: list[str] | None = None, fs: float |
         if "channels" in keys:
             channels = [str(c) for c in archive["channels"].tolist()]
         if "fs" in keys:
-            fs = float(archive["fs"])
+            fs = single_rate(archive["fs"], str(path))
     where = str(path)
     if channels is None:
         raise DataError(f"{where} stores no 'channels' array: pass channels (e.g. --channels PPG,ECG)")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from biosig.data.arrow_cache import read_cached, write_cached
 from biosig.data.atomic import atomic_path
+from biosig.data.channels import single_rate
 from biosig.data.paths import require_input_file
 from biosig.data.windowset import WindowSet
 from biosig.errors import DataError
@@ -113,7 +114,7 @@ def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> Win
         order=np.column_stack([_int_column(table, c, where) for c in order_cols])
         if order_cols else np.zeros((n_rows, 0), np.int64),
         channels=channels,
-        fs=float(meta["fs"]),
+        fs=single_rate(meta["fs"], where),
         order_names=order_cols,
         meta={c: _float_column(table, c, where) for c in meta_cols},
         modality=meta.get("modality", ""),

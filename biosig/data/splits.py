@@ -119,12 +119,18 @@ def read_split_table(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"split manifest not found: {path}")
-    table = pd.read_csv(path, dtype=str)
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"split manifest {path} cannot be read as CSV subject,split: "
+                        f"{str(exc).splitlines()[0] or type(exc).__name__}") from None
     if list(table.columns[:2]) != ["subject", "split"]:
         raise DataError(f"split manifest {path} must have the columns subject,split; it has {list(table.columns)}")
     bad = sorted(str(v) for v in set(table.split) - set(SPLITS))
     if bad:
         raise DataError(f"split manifest {path} has unknown split value(s) {bad}; use {', '.join(SPLITS)}")
+    if table.empty:
+        raise DataError(f"split manifest {path} lists no subjects")
     return dict(zip(table.subject, table.split))
 
 

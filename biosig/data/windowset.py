@@ -13,6 +13,9 @@ import numpy as np
 from biosig.data.channels import check_channels, infer_modality, units_for
 from biosig.errors import DataError
 
+#: the shortest window a dataset may hold: shorter is no signal any backbone can patch
+MIN_WINDOW_SAMPLES = 8
+
 
 @dataclasses.dataclass(eq=False)
 class WindowSet:
@@ -96,8 +99,9 @@ class WindowSet:
         n, c, t = s.shape
         if n == 0:
             raise DataError(f"empty dataset: {where} has no windows")
-        if t == 0:
-            raise DataError(f"windows in {where} have zero samples")
+        if t < MIN_WINDOW_SAMPLES:
+            raise DataError(f"windows in {where} have {t} sample(s): a window needs at least {MIN_WINDOW_SAMPLES} "
+                            "(a patch of any backbone is longer)")
         if len(self.channels) != c:
             raise DataError(f"{where}: {len(self.channels)} channel names for {c} signal channels")
         check_channels(self.channels, where)
@@ -107,6 +111,9 @@ class WindowSet:
         self._check_column("labels", self.labels, np.int64)
         if (self.labels < -1).any():
             raise DataError(f"labels in {where} must be >= 0 (or -1 for unlabelled)")
+        if self.class_names and (unnamed := sorted(set(self.labels[self.labels >= len(self.class_names)].tolist()))):
+            raise DataError(f"labels {unnamed} in {where} have no class name: it names {len(self.class_names)} "
+                            f"classes {self.class_names} (labels 0..{len(self.class_names) - 1})")
         if self.subject.shape != (n,) or self.subject.dtype.kind != "U":
             raise DataError(f"subject in {where} must be a str array of shape ({n},)")
         if self.order.ndim != 2 or self.order.shape[0] != n or self.order.dtype != np.int64:

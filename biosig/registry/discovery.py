@@ -182,6 +182,11 @@ def _download(uri: str, run_id: str | None = None) -> ResolvedCheckpoint:
             raise DataError(f"cannot download checkpoint {uri}: {exc.message}") from None
         except OSError as exc:
             raise DataError(f"cannot download checkpoint {uri}: {exc}") from None
+        except Exception as exc:  # botocore's NoCredentialsError, EndpointConnectionError, ClientError, …
+            if type(exc).__module__.split(".")[0] not in ("botocore", "boto3", "google", "azure"):
+                raise
+            hint = ": set AWS credentials in the environment" if "Credentials" in type(exc).__name__ else ""
+            raise DataError(f"cannot download checkpoint {uri} ({type(exc).__name__}: {exc}){hint}") from None
     return ResolvedCheckpoint(path, read_meta(path), uri, run_id=run_id)
 
 

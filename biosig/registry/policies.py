@@ -28,6 +28,7 @@ from typing import Any, Callable
 import yaml
 
 from biosig.errors import ConfigError
+from biosig.files import load_yaml, read_text
 from biosig.tracking.metric_names import canonical_name
 
 TARGETS = ("staging", "production")
@@ -124,9 +125,9 @@ def load_policy(path: str | Path) -> Policy:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"policy file not found: {path}")
-    text = path.read_text()
+    text = read_text(path, "policy file")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         lines = _Lines(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

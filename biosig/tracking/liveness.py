@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import socket
@@ -17,12 +18,25 @@ from typing import Iterator
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from biosig.errors import ConfigError
 from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, PID_TAG
 
-#: Seconds between heartbeats; a run silent for STALE_AFTER_BEATS of them counts as dead on another host.
-HEARTBEAT_S = float(os.environ.get("BIOSIG_HEARTBEAT_S", "60"))
+HEARTBEAT_ENV = "BIOSIG_HEARTBEAT_S"
 STALE_AFTER_BEATS = 5
 SCRATCH_PREFIX = "biosig-"
+
+
+def heartbeat_seconds() -> float:
+    """Seconds between heartbeats ($BIOSIG_HEARTBEAT_S, default 60); a run silent for STALE_AFTER_BEATS of
+    them counts as dead on another host. Checked when tracking is configured, before any run exists."""
+    raw = os.environ.get(HEARTBEAT_ENV, "60")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0.1):
+        raise ConfigError(f"environment variable {HEARTBEAT_ENV} must be a number of seconds >= 0.1, got {raw!r}")
+    return seconds
 
 
 def owner_tags() -> dict[str, str]:
@@ -30,8 +44,9 @@ def owner_tags() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def heartbeat(client: MlflowClient, run_id: str, every_s: float = HEARTBEAT_S) -> Iterator[None]:
+def heartbeat(client: MlflowClient, run_id: str, every_s: float | None = None) -> Iterator[None]:
     """Refresh the heartbeat tag from a daemon thread while the block runs."""
+    every_s = every_s or heartbeat_seconds()
     stop = threading.Event()
 
     def beat() -> None:
@@ -58,7 +73,7 @@ def liveness(run: Run, *, stale_after_s: float | None = None, now: float | None 
     age of its heartbeat (runs from before heartbeats: by their start time)."""
     tags = run.data.tags
     now = time.time() if now is None else now
-    stale_after_s = STALE_AFTER_BEATS * HEARTBEAT_S if stale_after_s is None else stale_after_s
+    stale_after_s = STALE_AFTER_BEATS * heartbeat_seconds() if stale_after_s is None else stale_after_s
     host, pid = tags.get(HOST_TAG), tags.get(PID_TAG, "")
     if host == socket.gethostname() and pid.isdigit():
         if _pid_alive(int(pid)):

@@ -29,7 +29,7 @@ from biosig.errors import Terminated, TrackingError
 from biosig.logs import get_logger
 from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
-from biosig.tracking.liveness import heartbeat, owner_tags
+from biosig.tracking.liveness import heartbeat, heartbeat_seconds, owner_tags
 from biosig.tracking.metrics import MetricBatcher
 from biosig.tracking.tags import (
     CLASS_WEIGHTS_TAG,
@@ -104,6 +104,7 @@ REACH_TIMEOUT_S = 10
 
 
 def configure_tracking(configured_uri: str = "") -> str:
+    heartbeat_seconds()  # an unusable $BIOSIG_HEARTBEAT_S is one line now, not a traceback inside a run
     uri = resolve_tracking_uri(configured_uri)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
