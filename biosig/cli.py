@@ -16,6 +16,7 @@ import re
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import click
@@ -296,6 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BiosigError as exc:
         _fail_pending_run(exc)
         click.echo(f"biosig: error: {exc}", err=True)
+        return 2
+    except OSError as exc:
+        from biosig.data.atomic import disk_error  # only now: `--help` stays free of the data stack
+
+        disk = disk_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
+        if disk is None:
+            _fail_pending_run(exc)
+            raise
+        _fail_pending_run(disk)
+        click.echo(f"biosig: error: {disk}", err=True)
         return 2
     except Terminated:
         _fail_pending_run(Terminated())

@@ -196,3 +196,67 @@ def test_a_directory_of_files_skips_unreadable_ones_into_data_errors_csv(workdir
     rows = list(csv.DictReader(open(MlflowClient().download_artifacts(run.info.run_id, "dataset/data_errors.csv"))))
     assert [Path(r["file"]).name for r in rows] == ["c.parquet", "d.parquet"]
     assert "cannot form one dataset" in rows[1]["error"]
+
+
+def _small_tmpfs(path: Path, options: str) -> bool:
+    """Mount a small tmpfs at `path` where this process may (root with mount(8)); False otherwise."""
+    path.mkdir()
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disks(tmp_path):
+    """A full-ish (256 KiB) and a read-only file system. Where mounting is not allowed the same refusals
+    are checked by `test_a_full_disk_is_one_line_naming_the_directory_and_the_bytes` (ENOSPC raised by hand);
+    docs/operations.md gives the manual check."""
+    full, readonly = tmp_path / "full", tmp_path / "readonly"
+    if not (_small_tmpfs(full, "size=256k") and _small_tmpfs(readonly, "size=1m,ro")):
+        pytest.skip("mount(8) is not allowed here: the ENOSPC test below covers the message")
+    yield full, readonly
+    for mount in (full, readonly):
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip() and " INFO mlflow." not in line]
+
+
+def test_full_and_read_only_output_disks_are_one_line_and_leave_nothing(workdir, small_disks, capsys):
+    full, readonly = small_disks
+    cases = [("x.parquet", full, "no space left on the device (256.0 KiB free, about 3.8 MiB needed)"),
+             ("x.parquet", readonly, "the file system is read-only"),
+             ("corpus/", full / "corpus", "no space left on the device"),
+             ("corpus/", readonly / "corpus", "the file system is read-only")]
+    for name, directory, why in cases:
+        capsys.readouterr()
+        root = full if directory.parent == full or directory == full else readonly
+        assert main(["log-dataset", "--output", f"{root}/{name}"]) == 2
+        err = _error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and err[0].startswith(f"biosig: error: cannot write to {directory}: {why}"), err
+        if name == "corpus/":  # a sharded build says what it kept and how to go on
+            assert "the build stopped with 0 of 1 group(s) finished (kept: the same command resumes" in err[0]
+        assert not finished_runs("RUNNING")
+    assert [p.name for p in full.rglob("*") if p.is_file()] == ["_build.json"]  # no partial file, the plan kept
+
+
+def test_a_full_disk_is_one_line_naming_the_directory_and_the_bytes(workdir, monkeypatch, capsys):
+    import errno
+    import shutil
+
+    usage = shutil.disk_usage(workdir)
+    with monkeypatch.context() as patched:
+        patched.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1000))
+        assert main(["log-dataset", "--output", "data/x.parquet"]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"biosig: error: cannot write to {workdir / 'data'}: no space left on the device (1000 bytes free, about "
+        "3.8 MiB needed)"]
+    assert not list((workdir / "data").glob("*"))
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("biosig.data.parquet_io.pq.write_table", no_space)
+    assert main(["log-dataset", "--output", "data/y.parquet"]) == 2
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"biosig: error: cannot write to {workdir / 'data'}: no space left on the device")
+    assert not list((workdir / "data").glob("*")) and not finished_runs("RUNNING")

@@ -21,7 +21,8 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
-from biosig.data.shards import read_manifest, read_sharded, split_digest
+from biosig.data.shards import read_manifest, read_sharded, split_digest, verify_all
+from biosig.errors import DataError
 from biosig.training.stream import ShardStream, StreamPosition, stream_loader
 from tests.helpers import TINY_FINETUNE, TINY_PRETRAIN, finished_runs, free_port, metrics_of, write_yaml
 
@@ -263,6 +264,34 @@ def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, c
     assert main(["doctor"]) == 1  # the log_dataset run recorded the corpus before it changed
     report = capsys.readouterr().out
     assert f"dataset   {corpus}: unreadable (shard {shard.file}" in report
+
+
+def test_tampering_that_restores_size_and_mtime_is_caught_and_every_bad_shard_named(corpus):
+    manifest = read_manifest(str(corpus))
+    verify_all(manifest)  # checked once: this machine remembers the shards
+    flipped, truncated = manifest.shards[1], manifest.shards[3]
+    path = corpus / flipped.file
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # size and mtime as they were
+    (corpus / truncated.file).write_bytes((corpus / truncated.file).read_bytes()[:100])
+    with pytest.raises(DataError) as caught:
+        verify_all(manifest)
+    message = str(caught.value)
+    assert message.startswith(f"2 shards of {corpus} fail their check")
+    assert f"shard {flipped.file}: its bytes no longer match" in message and truncated.file in message
+
+
+def test_a_finished_build_whose_manifest_was_deleted_says_so(corpus, capsys):
+    (corpus / "manifest.json").unlink()
+    assert main(["pretrain", "--data", str(corpus), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished sharded build whose manifest.json is missing (deleted?)" in err
+    assert f"biosig dataset finalize {corpus}" in err
+    assert main(["doctor"]) == 1
+    assert "finished sharded build whose manifest.json is missing" in capsys.readouterr().out
 
 
 @pytest.mark.slow

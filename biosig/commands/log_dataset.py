@@ -10,10 +10,10 @@ from pathlib import Path
 
 from biosig.commands.configs import DatasetConfig, FinalizeDatasetConfig
 from biosig.data import WindowSet
-from biosig.data.build import build, finalize, group_problems, make_plan
+from biosig.data.build import build, finalize, group_problems, groups_built, make_plan
 from biosig.data.profile import plot_examples, profile, sharded_profile
 from biosig.data.shards import Manifest
-from biosig.errors import FileError
+from biosig.errors import DataError, FileError
 from biosig.logs import get_logger
 from biosig.tracking.datasets import LoggedDataset, log_data_errors, log_sharded, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
@@ -53,7 +53,12 @@ def _build_sharded(config: DatasetConfig, nested: bool) -> LoggedDataset | None:
             if done == total or done % max(1, total // 10) == 0:
                 log.info(f"  {done}/{total} group(s) written")
 
-        result = build(plan, root, workers=workers, part=(index, count), on_group=progress)
+        try:
+            result = build(plan, root, workers=workers, part=(index, count), on_group=progress)
+        except DataError as exc:  # a full or read-only disk mid-build: what is kept, and how to go on
+            done = groups_built(plan, root)
+            raise DataError(f"{exc}; the build stopped with {done} of {len(plan.groups)} group(s) finished (kept: "
+                            "the same command resumes from them once the disk can take the rest)") from None
         if result.skipped:
             log.info(f"  {len(result.skipped)} group(s) were already built (an earlier, interrupted build): kept")
         if result.pending:

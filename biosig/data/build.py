@@ -163,6 +163,20 @@ def _read_marker(plan: Plan, root: str, group: int) -> dict[str, Any] | None:
     return body if body.get("plan") == plan.key else None
 
 
+def groups_built(plan: Plan, root: str) -> int:
+    """How many of the plan's groups have their marker under `root` (what a rerun will not redo)."""
+    return sum(_finished(plan, root, g) for g in range(len(plan.groups)))
+
+
+def every_group_built(root: str) -> bool:
+    """True when the build under `root` has a marker for each of its groups (finished, manifest or not)."""
+    text = read_text(join(root, PLAN_FILE))
+    if text is None:
+        return False
+    plan = Plan.from_json(text, join(root, PLAN_FILE))
+    return all(_finished(plan, root, g) for g in range(len(plan.groups)))
+
+
 def _finished(plan: Plan, root: str, group: int) -> bool:
     return _read_marker(plan, root, group) is not None
 

@@ -37,7 +37,7 @@ def write_parquet(ws: WindowSet, path: str | Path) -> Path:
     table = to_arrow(ws)
     # Signals are noise-like float32 and barely compress; leaving them plain keeps reads memcpy-fast.
     compression = {name: ("NONE" if name in ws.channels else "ZSTD") for name in table.column_names}
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needs_bytes=ws.signals.nbytes) as tmp:
         pq.write_table(table, tmp, compression=compression, use_dictionary=[ws.subject_name],
                        write_statistics=[ws.subject_name, ws.label_name, *ws.order_names])
     return path

@@ -8,8 +8,10 @@ sizes and a subject index (rows per label per subject), so splits, profiles and 
 without reading signals. The dataset digest is sha256 over the shard digests in manifest order.
 
 A shard is checked against its manifest sha256 before it is read; a machine remembers a checked shard
-by its size and modification time under $BIOSIG_CACHE_DIR/verified (like the Arrow cache), so a corpus is
-hashed once per machine, not once per epoch.
+under $BIOSIG_CACHE_DIR/verified (like the Arrow cache), so a corpus is hashed once per machine, not once
+per epoch. A local shard is remembered by device, inode, size, modification and change time: any write
+changes the change time (restoring the size and modification time by hand does not hide it); an S3 object
+by its size and modification time (objects are replaced whole, never edited in place).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -25,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from biosig.data.atomic import atomic_path
+from biosig.data.atomic import atomic_path, disk_error
 from biosig.data.parquet_io import from_arrow, signals_of, subjects_of, to_arrow
 from biosig.data.storage import arrow_filesystem, cache_root
 from biosig.data.windowset import WindowSet
@@ -50,9 +53,15 @@ def check_finished(spec: str) -> None:
         unfinished = read_text(join(spec, BUILD_FILE)) is not None and read_text(join(spec, MANIFEST_FILE)) is None
     else:
         unfinished = (Path(spec) / BUILD_FILE).is_file() and not (Path(spec) / MANIFEST_FILE).is_file()
-    if unfinished:
-        raise DataError(f"{spec} holds an unfinished sharded build ({BUILD_FILE} but no {MANIFEST_FILE}): finish "
-                        f"it (run the remaining shard=i/n parts, then `biosig dataset finalize {spec}`)")
+    if not unfinished:
+        return
+    from biosig.data.build import every_group_built  # build imports this module
+
+    if every_group_built(spec):
+        raise DataError(f"{spec} holds a finished sharded build whose {MANIFEST_FILE} is missing (deleted?): write "
+                        f"it again with `biosig dataset finalize {spec}`")
+    raise DataError(f"{spec} holds an unfinished sharded build ({BUILD_FILE} but no {MANIFEST_FILE}): finish "
+                    f"it (run the remaining shard=i/n parts, then `biosig dataset finalize {spec}`)")
 
 
 def is_sharded(spec: str) -> bool:
@@ -184,6 +193,8 @@ def write_shard(ws: WindowSet, root: str, *, scratch: Path, row_group_rows: int 
         shard = Shard(file=f"part-{sha[:16]}.parquet", sha256=sha, bytes=local.stat().st_size, rows=ws.n_windows,
                       row_groups=groups, subjects=subject_index(ws))
         _place(local, join(root, shard.file), shard.bytes)
+    except OSError as exc:
+        raise disk_error(exc, scratch, table.nbytes) or exc from None
     finally:
         local.unlink(missing_ok=True)
     return shard
@@ -270,7 +281,7 @@ def verify_shard(manifest: Manifest, shard: Shard, *, remembered: bool = True) -
     if info.size != shard.bytes:
         raise DataError(f"shard {shard.file} of {manifest.root} has {info.size} bytes, {MANIFEST_FILE} records "
                         f"{shard.bytes}: it changed after it was written; the dataset cannot be used")
-    stamp = f"{info.size}:{info.mtime_ns}"
+    stamp = _stamp(fs, path, info)
     marker = _verified_marker(shard.sha256)
     if remembered and marker is not None and marker.is_file() and marker.read_text() == stamp:
         return
@@ -289,14 +300,32 @@ def verify_shard(manifest: Manifest, shard: Shard, *, remembered: bool = True) -
             pass  # a read-only cache only costs the next reader a re-hash
 
 
+def _stamp(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> str:
+    """What must be unchanged for a remembered check to stand (see the module docstring)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        st = os.stat(path)
+        return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return f"{info.size}:{info.mtime_ns}"
+
+
 def _verified_marker(sha256: str) -> Path | None:
     root = cache_root()
     return None if root is None else root / "verified" / sha256
 
 
 def verify_all(manifest: Manifest) -> None:
+    """Every shard checked; a DataError names every shard that fails, not just the first."""
+    problems = []
     for shard in manifest.shards:
-        verify_shard(manifest, shard)
+        try:
+            verify_shard(manifest, shard)
+        except DataError as exc:
+            problems.append(str(exc))
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    if problems:
+        raise DataError(f"{len(problems)} shards of {manifest.root} fail their check: " + "; ".join(
+            p.replace(f" of {manifest.root}", "") for p in problems))
 
 
 def open_shard(manifest: Manifest, shard: Shard) -> pq.ParquetFile:

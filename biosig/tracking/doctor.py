@@ -171,10 +171,12 @@ def _content_digest(uri: str) -> str:
     from pathlib import Path
 
     from biosig.data.parquet_io import read_parquet
-    from biosig.data.shards import is_sharded, read_manifest, verify_shard
+    from biosig.data.shards import check_finished, is_sharded, read_manifest, verify_shard
     from biosig.data.storage import fetch
 
     try:
+        if not uri.endswith(".parquet"):
+            check_finished(uri)  # a sharded build without its manifest says so, not "expected a .parquet file"
         if is_sharded(uri):  # every shard re-hashed (not trusting this machine's earlier checks)
             manifest = read_manifest(uri)
             for shard in manifest.shards:
