@@ -250,6 +250,7 @@ CASES: list[tuple[list[str], str]] = [
     (["finetune", "--config", IN + "twice.yaml"], "key 'epochs' is given twice"),
     (["promote", "--model", FINETUNED, "--policies", IN + "latin1.yaml"], "latin1.yaml is not UTF-8 text"),
     (["pretrain", "--epochs", "99999999999999999999999"], "config key 'epochs' (from command line) is out of range"),
+    (["pretrain", "--checkpoint_every", "5"], "config key 'checkpoint_every' saves mid-epoch positions of a streamed"),
     (["pretrain", "--epochs", "1000000"], "config key 'epochs' must be in [1, 100000]"),
     (["finetune", "--stage2-epochs", "1000000"], "config key 'stage2_epochs' must be in [0, 100000]"),
     (["finetune", "--channels", ""], "config key 'channels' is empty"),

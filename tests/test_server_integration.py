@@ -17,7 +17,7 @@ from biosig.data import write_parquet
 from biosig.data.storage import fetch, upload
 from biosig.data.synthetic import synthetic_cardio
 from biosig.errors import DataError
-from tests.helpers import TINY_NAME, free_port
+from tests.helpers import TINY_NAME, finished_runs, free_port
 
 pytestmark = pytest.mark.integration
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -206,6 +206,49 @@ def test_tune_study_in_postgresql(postgres_db, pretrained, workdir):
     assert main([*TUNE, "--n-trials", "2", "--study", "pg", "--pruner", "none", "--storage", postgres_db]) == 0
     study = optuna.load_study(study_name="pg", storage=postgres_db)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_a_study_is_refused_in_mlflows_own_database_and_kept_in_its_own_schema(postgres_db, pretrained, workdir,
+                                                                              monkeypatch, capsys):
+    import optuna
+    import sqlalchemy
+
+    from tests.test_tune import TINY_FINETUNE
+
+    checkpoint = MlflowClient().download_artifacts(MlflowClient().get_model_version(TINY_NAME, "1").run_id,
+                                                   "checkpoint", str(workdir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_db)  # the team's database holds MLflow's tables
+    tune = ["tune", "--checkpoint", checkpoint, *TINY_FINETUNE, "--n-trials", "1", "--pruner", "none"]
+    capsys.readouterr()
+    assert main([*tune, "--storage", postgres_db]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if " INFO " not in x]
+    assert line.startswith("biosig: error: config key 'storage'") and "is the MLflow tracking database" in line
+    in_schema = f"{postgres_db}?options=-csearch_path%3Doptuna"
+    assert main([*tune, "--storage", in_schema, "--study", "own-schema"]) == 0
+    engine = sqlalchemy.create_engine(postgres_db)
+    with engine.connect() as conn:
+        tables = conn.execute(sqlalchemy.text(
+            "SELECT table_schema, table_name FROM information_schema.tables WHERE table_name IN "
+            "('studies', 'trials', 'alembic_version', 'runs')")).all()
+    engine.dispose()
+    assert {("optuna", "studies"), ("optuna", "trials"), ("optuna", "alembic_version"), ("public", "runs"),
+            ("public", "alembic_version")} <= set(tables)
+    assert ("public", "studies") not in tables  # nothing of Optuna's among MLflow's tables
+    assert len(optuna.load_study(study_name="own-schema", storage=in_schema).trials) == 1
+    parent = [r for r in finished_runs() if r.data.tags.get("biosig.command") == "tune"][0]
+    assert parent.data.tags["optuna.storage"] == in_schema and parent.data.tags["optuna.storage_from"] == (
+        "config key 'storage'")
+
+
+def test_the_default_study_next_to_a_remote_server_says_it_is_local(workdir, monkeypatch):
+    from biosig.commands.tune import STORAGE_ENV, StudyStorage
+
+    monkeypatch.delenv(STORAGE_ENV, raising=False)
+    where = StudyStorage.of("", "http://mlflow.lab.example:5000")
+    assert where.origin == "default" and where.url == str(workdir / "optuna.journal")
+    assert "local to this machine: workers on other machines cannot join it" in where.describe()
+    assert StudyStorage.of("", f"sqlite:///{workdir}/mlflow.db").note == ""  # one machine: nothing to share
 
 
 def test_s3_prefix_source_records_unreadable_objects(s3, workdir):

@@ -31,7 +31,7 @@ from biosig.commands.configs import PretrainConfig
 from biosig.commands.probing import ProbeMonitor, start_probe_monitor
 from biosig.data import SourceOptions
 from biosig.data.adapt import ChannelStats, WindowTransform, fit_context, require_channels, select_channels
-from biosig.data.shards import verify_all
+from biosig.data.shards import is_sharded, verify_all
 from biosig.data.splits import manifest_subject_split, subject_split
 from biosig.errors import ConfigError, TrainingError
 from biosig.logs import banner, get_logger
@@ -82,6 +82,10 @@ class PretrainResult:
     history: list[dict[str, float]]
 
 
+CHECKPOINT_EVERY_NEEDS = ("config key 'checkpoint_every' saves mid-epoch positions of a streamed (sharded) dataset "
+                          "in one process: use a sharded dataset and no torchrun, or set it to 0")
+
+
 def run_pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainResult:
     """The `pretrain` command: one run, one checkpoint, one registered version (unless register=false).
 
@@ -92,6 +96,8 @@ def run_pretrain(config: PretrainConfig, *, nested: bool = False) -> PretrainRes
     with loop.distributed(config.device) as dist, scratch_dir("pretrain") as tmp:
         if dist.active and config.resume:
             raise ConfigError("config key 'resume' continues a run in one process: start it without torchrun")
+        if config.checkpoint_every and (dist.active or not is_sharded(config.data)):
+            raise ConfigError(CHECKPOINT_EVERY_NEEDS)  # known before any run: no FAILED run left for it
         if not dist.leader:
             return _pretrain(FollowerContext(), config, name, dist, Path(tmp))
         tags = {MODEL_NAME_TAG: name, **({WORLD_SIZE_TAG: dist.world_size} if dist.active else {})}
@@ -131,9 +137,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
     midway: MidEpoch | None = None
     if previous is not None:
         progress, midway = _restore(ctx, previous, model, optimizer, scheduler, generator, work)
-    if config.checkpoint_every and (dist.active or not feed.streamed):
-        raise ConfigError("config key 'checkpoint_every' saves mid-epoch positions of a streamed (sharded) dataset "
-                          "in one process: use a sharded dataset and no torchrun, or set it to 0")
+    if config.checkpoint_every and (dist.active or not feed.streamed):  # e.g. a folder that became sharded
+        raise ConfigError(CHECKPOINT_EVERY_NEEDS)
 
     def loss_of(batch: list[torch.Tensor]) -> torch.Tensor:
         return trained(batch[0], generator)[0]

@@ -15,7 +15,9 @@ import dataclasses
 import datetime as dt
 import math
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -66,7 +68,8 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
     """The `tune` command. Everything that can be wrong with the input is checked before any trial."""
     tracking_uri = configure_tracking(config.tracking_uri)
     dimensions = load_search_space(config.search_space, FinetuneConfig)
-    storage = open_storage(config.storage or os.environ.get(STORAGE_ENV, ""), tracking_uri)
+    where = StudyStorage.of(config.storage, tracking_uri)
+    storage = open_storage(where.url, tracking_uri)
     if config.parent_run_id:
         return _work(config, storage, dimensions)
     study_name = config.study or f"tune-{dt.datetime.now():%Y%m%d-%H%M%S}"
@@ -81,7 +84,9 @@ def run_tune(config: TuneConfig, *, nested: bool = False) -> TuneResult:
         base = dataclasses.replace(config, data=logged.uri, checkpoint=pinned,
                                    study=study_name)
         study = _study(base, storage, study_name)
-        ctx.set_tags({**parent.lineage(), "optuna.storage": redact_value(_describe(storage, config.storage))})
+        ctx.set_tags({**parent.lineage(), "optuna.storage": where.describe(), "optuna.storage_from": where.origin})
+        if where.note:
+            log.info(f"tune: {where.note}")
         log.info(f"tune: study '{study_name}', {config.n_trials} trial(s) on {max(1, config.n_jobs)} worker(s), "
                  f"{config.direction} val_{config.selection_metric}")
         workers = _start_workers(base, ctx.run_id, study_name)
@@ -108,19 +113,87 @@ def _work(config: TuneConfig, storage, dimensions: list[Dimension]) -> TuneResul
     return TuneResult(config.parent_run_id, config.study, None, {}, len(study.trials))
 
 
-def open_storage(url: str, tracking_uri: str):
-    """The study storage; an unreachable database fails here, before any trial."""
-    if not url:
+@dataclasses.dataclass(frozen=True)
+class StudyStorage:
+    """Where the study lives and how that was decided, recorded on the parent run (password-free)."""
+
+    url: str  # a journal file path or a database URL
+    origin: str  # config key 'storage' | $BIOSIG_OPTUNA_STORAGE | default
+    note: str = ""  # said on the console and in the tag when the place limits who can join the study
+
+    @classmethod
+    def of(cls, configured: str, tracking_uri: str) -> "StudyStorage":
+        if configured:
+            return cls(configured, "config key 'storage'")
+        if os.environ.get(STORAGE_ENV):
+            return cls(os.environ[STORAGE_ENV], f"${STORAGE_ENV}")
         journal = _default_journal(tracking_uri)
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        url = str(journal)
+        note = ""
+        if not tracking_uri.startswith("sqlite:///"):
+            note = (f"the study is in {journal} on {socket.gethostname()}, local to this machine: workers on other "
+                    "machines cannot join it (set storage=postgresql://… or $BIOSIG_OPTUNA_STORAGE to share it)")
+        return cls(str(journal), "default", note)
+
+    def describe(self) -> str:
+        kind = "journal:" if "://" not in self.url else ""
+        return redact_value(f"{kind}{self.url}") + (f" ({self.note})" if self.note else "")
+
+
+def open_storage(url: str, tracking_uri: str):
+    """The study storage; an unreachable database, or MLflow's own, fails here, before any trial."""
+    if not url:
+        url = str(_default_journal(tracking_uri))
     if "://" not in url:  # a journal file
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url))
+    _refuse_tracking_database(url, tracking_uri)
+    _create_schema(url)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as exc:  # sqlalchemy raises many kinds here; all mean the same to the user
+        raise ConfigError(f"config key 'storage': cannot open {redact_value(url)}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+
+
+def _refuse_tracking_database(url: str, tracking_uri: str) -> None:
+    """MLflow and Optuna both version their tables with alembic (`alembic_version`): in one database and schema
+    they break each other's migrations, so the study needs its own database or its own PostgreSQL schema."""
+    if "://" not in tracking_uri or tracking_uri.startswith(("http", "databricks")):
+        return
+    from sqlalchemy.engine import make_url
+
+    study, store = make_url(url), make_url(tracking_uri)
+    same = (study.get_backend_name(), study.host, study.port or 0, study.database) == \
+        (store.get_backend_name(), store.host, store.port or 0, store.database)
+    if same and not _schema_of(url):
+        raise ConfigError(f"config key 'storage' {redact_value(url)} is the MLflow tracking database: Optuna's tables "
+                          "(and its alembic_version) would clash with MLflow's; give the study its own database, or "
+                          "on PostgreSQL its own schema (append ?options=-csearch_path%3Doptuna)")
+
+
+def _schema_of(url: str) -> str:
+    """The schema a PostgreSQL URL selects with `options=-csearch_path=NAME` (empty: none)."""
+    from sqlalchemy.engine import make_url
+
+    options = str(make_url(url).query.get("options", ""))
+    match = re.search(r"search_path\s*=\s*([A-Za-z_][A-Za-z0-9_]*)", options)
+    return match.group(1) if match else ""
+
+
+def _create_schema(url: str) -> None:
+    """The study's own PostgreSQL schema, created if missing (Optuna creates tables, not schemas)."""
+    schema = _schema_of(url)
+    if not schema or not url.startswith("postgresql"):
+        return
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    except Exception as exc:  # an unreachable server is reported by RDBStorage with the same words below
         raise ConfigError(f"config key 'storage': cannot open {redact_value(url)}: {type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:300]}") from None
 
@@ -129,12 +202,6 @@ def _default_journal(tracking_uri: str) -> Path:
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri[len("sqlite:///"):]).parent / "optuna.journal"
     return Path.cwd() / "optuna.journal"
-
-
-def _describe(storage, url: str) -> str:
-    if isinstance(storage, optuna.storages.JournalStorage):
-        return f"journal:{url or 'optuna.journal next to the tracking DB'}"
-    return url
 
 
 def _study(config: TuneConfig, storage, name: str) -> optuna.Study:
