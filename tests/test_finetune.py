@@ -1,12 +1,15 @@
 """finetune: checkpoint=auto from the registry, staged training, metrics, artifacts, pyfunc model,
 and every listed bad input failing the run with nothing registered."""
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -14,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
@@ -130,6 +134,34 @@ def test_pyfunc_predictions_match_the_tested_model(pretrained, workdir):
     np.testing.assert_allclose(model.predict(one_subject).to_numpy(), everything[one_subject.index], atol=1e-5)
     sample = frame.sample(5, random_state=1)
     np.testing.assert_allclose(model.predict(sample).to_numpy(), everything[sample.index], atol=1e-5)
+    # a frame in, a frame out on the same index; the dataset's own columns pass without a warning
+    assert list(model.predict(sample).index) == list(sample.index)
+    with warnings.catch_warnings(), capture_logs("mlflow") as logged:
+        warnings.simplefilter("error")
+        model.predict(one_subject)
+    assert not [r for r in logged if "extra inputs" in r.getMessage()]
+    empty = model.predict(frame.iloc[:0])
+    assert empty.empty and list(empty.columns) == ["poor", "good"]
+    short = frame.head(2).assign(PPG=[x[:5] for x in frame.PPG.head(2)])
+    for bad, words in ((short, "column 'PPG' holds windows of [5] samples; the model takes"),
+                       (frame.drop(columns=["ECG"]), "model input lacks channel column(s) ['ECG']")):
+        with pytest.raises(MlflowException) as caught:
+            model.predict(bad)
+        assert str(caught.value).startswith(words) and len(str(caught.value)) < 250
+
+
+@contextlib.contextmanager
+def capture_logs(name: str):
+    """The records logger `name` (and its children) emit inside the block."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_single_class_training_labels_fail_and_register_nothing(pretrained, workdir, capsys):

@@ -548,6 +548,6 @@ def _register(job: Job, evidence: Evidence, card) -> str:
     decision = claim_candidate(job.name, version, metric=job.config.selection_metric,
                                force=job.config.force_candidate, run_id=ctx.run_id)
     ctx.set_tags({CANDIDATE_TAG: "taken" if decision.taken else "declined", CANDIDATE_REASON_TAG: decision.reason})
-    log.info(f"registered {job.name} version {version}; {decision.describe(job.name, version)}")
+    log.info(f"registered {job.name} version {version}; {decision.describe()}")
     log.info(f"load it with mlflow.pyfunc.load_model('models:/{job.name}/{version}')")
     return version

@@ -30,9 +30,9 @@ class CandidateDecision:
     reason: str
     holder: str = ""  # the version that held @candidate when this one was judged
 
-    def describe(self, name: str, version: str) -> str:
-        verdict = f"takes @{CANDIDATE_ALIAS}" if self.taken else f"does not take @{CANDIDATE_ALIAS}"
-        return f"{name} version {version} {verdict}: {self.reason}"
+    def describe(self) -> str:
+        verdict = f"it takes @{CANDIDATE_ALIAS}" if self.taken else f"it does not take @{CANDIDATE_ALIAS}"
+        return f"{verdict}: {self.reason}"
 
 
 def claim_candidate(name: str, version: str, *, metric: str, force: bool = False,
