@@ -260,3 +260,15 @@ def test_a_full_disk_is_one_line_naming_the_directory_and_the_bytes(workdir, mon
     (line,) = _error_lines(capsys.readouterr().err)
     assert line.startswith(f"biosig: error: cannot write to {workdir / 'data'}: no space left on the device")
     assert not list((workdir / "data").glob("*")) and not finished_runs("RUNNING")
+
+
+def test_the_experiment_opens_as_model_development_in_the_ui(workdir):
+    """MLflow 3's UI shows an experiment without `mlflow.experimentKind` in its GenAI view (traces,
+    evaluations); biosig's experiments are tagged as model development, and a kind someone chose is kept."""
+    assert main(["log-dataset", "--n_subjects", "3", "--windows_per_subject", "2"]) == 0
+    client = MlflowClient()
+    assert client.get_experiment_by_name("biosig").tags["mlflow.experimentKind"] == "custom_model_development"
+    other = client.create_experiment("chosen")
+    client.set_experiment_tag(other, "mlflow.experimentKind", "genai_development")
+    assert main(["log-dataset", "--n_subjects", "3", "--windows_per_subject", "2", "--experiment", "chosen"]) == 0
+    assert client.get_experiment(other).tags["mlflow.experimentKind"] == "genai_development"

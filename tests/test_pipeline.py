@@ -7,6 +7,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
+from biosig.tracking.metric_names import logged_key
 from tests.helpers import TINY_NAME, finished_runs
 from tests.test_log_dataset import _mlflow_run
 
@@ -23,9 +24,14 @@ def tiny_finetune(workdir):
 def test_main_runs_the_whole_chain_as_child_runs(tiny_pretrain, tiny_finetune, capsys):
     assert main(["main", "--pretrain-config", str(tiny_pretrain), "--finetune-config", str(tiny_finetune)]) == 0
     out = capsys.readouterr().out
-    assert "where to look:" in out and f"models:/{TINY_NAME}_finetuned@candidate" in out
+    assert "where to look:" in out and f"models:/{TINY_NAME}_finetuned/1" in out
     runs = finished_runs("FINISHED")
     (parent,) = [r for r in runs if r.data.tags["biosig.command"] == "main"]
+    # the parent says what the pipeline found: name, headline metrics, description
+    assert parent.data.tags["mlflow.runName"] == f"main → {TINY_NAME}_finetuned/1"
+    assert {logged_key(k) for k in ("test_auroc", "test_f1", "reference.features.test_auroc",
+                                    "reference.scratch.test_auroc")} <= set(parent.data.metrics)
+    assert parent.data.tags["mlflow.note.content"].startswith("Pipeline on `")
     references = {r.data.tags["biosig.reference"]: r for r in runs if "biosig.reference" in r.data.tags}
     children = {r.data.tags["biosig.command"]: r for r in runs if r is not parent and r.data.tags.get(
         "biosig.reference") is None}

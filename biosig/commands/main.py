@@ -51,12 +51,27 @@ def run_main(config: MainConfig) -> dict[str, Any]:
             summary["label_efficiency_run"] = _label_efficiency(config, shared, str(dataset.path),
                                                                 f"{pretrained.name}/{pretrained.version}")
         ctx.log_dict(summary, "summary.json")
+        _headline(ctx, dataset.name, pretrained, finetuned)
         ctx.set_tags({REGISTERED_MODEL_TAG: finetuned.name, REGISTERED_VERSION_TAG: finetuned.version})
         ctx.registered = f"{finetuned.name}/{finetuned.version}"
         experiment_id = ctx.run.info.experiment_id
-    _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.test,
-                         finetuned.references)
+    _print_where_to_look(config, experiment_id, ctx.run_id, pretrained.name, finetuned.name, finetuned.version,
+                         finetuned.test, finetuned.references)
     return summary
+
+
+def _headline(ctx, dataset: str, pretrained, finetuned) -> None:
+    """What the pipeline found, on the parent run itself: its name, the test metrics of the fine-tuned model
+    and the references (the run list's columns), and a description the run page opens with."""
+    ctx.name_run(f"main → {finetuned.name}/{finetuned.version}")
+    ctx.log_metrics({f"test_{k}": finetuned.test[k] for k in ("auroc", "f1", "balanced_accuracy")
+                     if k in finetuned.test})
+    ctx.log_metrics({f"reference.{name}.test_auroc": metrics["auroc"] for name, metrics in finetuned.references.items()})
+    refs = "; ".join(f"reference {name}: AUROC {m['auroc']:.3f}" for name, m in finetuned.references.items())
+    ctx.describe(f"Pipeline on `{dataset}`: pretrained `{pretrained.name}` version {pretrained.version}, fine-tuned "
+                 f"`{finetuned.name}` version {finetuned.version}: test AUROC {finetuned.test['auroc']:.3f}, "
+                 f"F1 {finetuned.test['f1']:.3f}" + (f" ({refs}, same test split)" if refs else "") +
+                 ". The steps are the child runs.")
 
 
 def _label_efficiency(config: MainConfig, shared: dict[str, Any], data: str, checkpoint: str) -> str:
@@ -75,13 +90,13 @@ def _label_efficiency(config: MainConfig, shared: dict[str, Any], data: str, che
 
 
 def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pretrained: str, finetuned: str,
-                         test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
+                         version: str | None, test: dict[str, float], references: dict[str, dict[str, float]]) -> None:
     uri = resolve_tracking_uri(config.tracking_uri)  # from config, environment or the SQLite default
     ui = ui_base(uri)
     log.info("")
     interval = (f" [95 % CI {test['auroc_ci_low']:.3f}-{test['auroc_ci_high']:.3f}]"
                 if "auroc_ci_low" in test else "")
-    log.info(f"done: test AUROC {test['auroc']:.3f}{interval}, F1 {test['f1']:.3f} for {finetuned}@candidate")
+    log.info(f"done: test AUROC {test['auroc']:.3f}{interval}, F1 {test['f1']:.3f} for {finetuned}/{version}")
     for name, metrics in references.items():
         verdict = "beats it" if test["auroc"] >= metrics["auroc"] else "LOSES to it"
         log.info(f"  reference '{name}' on the same test split: AUROC {metrics['auroc']:.3f}, F1 {metrics['f1']:.3f} "
@@ -93,5 +108,5 @@ def _print_where_to_look(config: MainConfig, experiment_id: str, run_id: str, pr
              "pretrain, finetune)")
     log.info(f"  pretrained model:  {ui}/#/models/{pretrained}")
     log.info(f"  fine-tuned model:  {ui}/#/models/{finetuned}")
-    log.info(f"  use it:            mlflow.pyfunc.load_model('models:/{finetuned}@candidate').predict(df)")
-    log.info(f"  promote it:        biosig promote --model {finetuned} --to staging")
+    log.info(f"  use it:            mlflow.pyfunc.load_model('models:/{finetuned}/{version}').predict(df)")
+    log.info(f"  promote it:        biosig promote --model {finetuned} --version {version} --to staging")

@@ -320,6 +320,7 @@ def _start(client: MlflowClient, config: BaseConfig, nested: bool, parent_run_id
         run = mlflow.start_run(run_id=run_id, run_name=config.run_name or None,
                                log_system_metrics=config.system_metrics)
         _warn_experiment_mismatch(client, run, config.experiment)
+        _mark_model_development(client, run.info.experiment_id)
     else:
         parent = client.get_run(parent_run_id) if parent_run_id else mlflow.active_run() if nested else None
         experiment_id = parent.info.experiment_id if parent else _experiment_id(config.experiment)
@@ -327,6 +328,18 @@ def _start(client: MlflowClient, config: BaseConfig, nested: bool, parent_run_id
             run = mlflow.start_run(experiment_id=experiment_id, nested=nested, parent_run_id=parent_run_id,
                                    run_name=config.run_name or None, log_system_metrics=config.system_metrics)
     return run
+
+
+#: the MLflow UI opens an experiment without this tag in its GenAI view (traces, evaluations, agent
+#: versions); biosig's experiments are model development: runs, metrics charts, models
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+
+
+def _mark_model_development(client: MlflowClient, experiment_id: str) -> None:
+    """Tag an experiment biosig writes to as model development, unless someone chose a kind already."""
+    with contextlib.suppress(MlflowException):  # a read-only user can still log runs where allowed
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
 
 
 @contextlib.contextmanager
@@ -350,8 +363,10 @@ def _experiment_id(name: str) -> str:
     if experiment is not None:
         if experiment.lifecycle_stage == "deleted":
             raise TrackingError(f"experiment '{name}' is deleted: restore it or choose another --experiment")
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            _mark_model_development(MlflowClient(), experiment.experiment_id)
         return experiment.experiment_id
-    return mlflow.create_experiment(name)
+    return mlflow.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
 
 
 def _warn_experiment_mismatch(client: MlflowClient, run: mlflow.ActiveRun, wanted: str) -> None:
