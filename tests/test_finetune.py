@@ -83,7 +83,10 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     model_id = version.source.removeprefix("models:/")
     logged_model = client.get_logged_model(model_id)
     assert logged_model.name == FINETUNED and logged_model.source_run_id == rid
-    assert {"test/auroc", "val/auroc", "model/best_epoch"} <= {m.key for m in logged_model.metrics}
+    keys = [m.key for m in logged_model.metrics]
+    assert {"test/auroc", "model/best_epoch", "model/stage1.trainable_params"} <= set(keys)
+    assert not {"val/auroc", "train/loss", "train/lr"} & set(keys)  # the curves stay on the run
+    assert len(keys) == len(set(keys))  # each result once
     assert {m.dataset_digest for m in logged_model.metrics} == {run.data.tags["biosig.dataset.digest"][:16]}
     assert json.loads(logged_model.tags["mlflow.modelVersions"]) == [{"name": FINETUNED, "version": "1"}]
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],

@@ -290,7 +290,7 @@ def _test(job: Job, outcome: FitOutcome, data: LabelledSplits, label: str) -> Te
     ctx, config, tmp = job.ctx, job.config, job.tmp
     device = next(outcome.model.parameters()).device
     metrics, prob = score(outcome.model, data, "test", config.fit_settings(), device, outcome.best_epoch)
-    ctx.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=outcome.best_epoch)
+    ctx.log_metrics({f"test_{k}": v for k, v in metrics.items()}, step=outcome.best_epoch, result=True)
     ctx.log_metrics({"best_epoch": outcome.best_epoch})
     ctx.flush_metrics()
     y_true, names, subject = data.y["test"], data.class_names, data.subject["test"]

@@ -62,7 +62,7 @@ class ProbeMonitor:
         """Final metrics on the run, and the tags the registered version carries."""
         delta = final.auroc - self.init.auroc
         ctx.log_metrics({**final.metrics("probe/auroc_final"), "probe/delta_init": delta,
-                         "probe/delta_features": final.auroc - self.features.auroc}, step=best_epoch)
+                         "probe/delta_features": final.auroc - self.features.auroc}, step=best_epoch, result=True)
         return {PROBE_TAGS["auroc"]: str(final), PROBE_TAGS["init"]: str(self.init),
                 PROBE_TAGS["features"]: str(self.features), PROBE_TAGS["delta"]: f"{delta:+.4f}",
                 PROBE_TAGS["verdict"]: self.verdict(final), PROBE_TAGS["set"]: self.probe.name}

@@ -34,16 +34,20 @@ class MetricBatcher:
         self._dataset: tuple[str, str] | None = None
 
     def link(self, model_id: str, dataset: tuple[str, str] | None = None) -> None:
-        """From now on every value also belongs to logged model `model_id` (evaluated on `dataset`: its
-        MLflow name and digest), whose page then shows it."""
+        """From now on the model's results also belong to logged model `model_id` (evaluated on `dataset`: its
+        MLflow name and digest), whose page then shows them once each: values logged at step 0 (summaries)
+        and those logged as `result` (test metrics at the best epoch), not the per-epoch curves (those stay
+        on the run)."""
         self._model_id, self._dataset = model_id, dataset
 
-    def log(self, metrics: Mapping[str, float], step: int = 0) -> None:
+    def log(self, metrics: Mapping[str, float], step: int = 0, *, result: bool = False) -> None:
         now = int(time.time() * 1000)
-        name, digest = self._dataset or (None, None)
+        linked = result or step == 0
+        model_id = self._model_id if linked else None
+        name, digest = self._dataset if (self._dataset and linked) else (None, None)
         for key, value in metrics.items():
             self._buffer.append(Metric(key=logged_key(key), value=float(value), timestamp=now, step=int(step),
-                                       model_id=self._model_id, dataset_name=name, dataset_digest=digest))
+                                       model_id=model_id, dataset_name=name, dataset_digest=digest))
         if len(self._buffer) >= self._flush_every:
             self.flush()
 

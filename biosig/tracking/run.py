@@ -140,8 +140,10 @@ class RunContext:
         """The run's description in the MLflow UI (markdown): what it used, what it found, what it registered."""
         self.client.set_tag(self.run_id, NOTE_TAG, redact_value(text)[:5000])
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        self.metrics.log(metrics, step)
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, *, result: bool = False) -> None:
+        """Batched; with a logged model begun, values at step 0 and `result`s (e.g. test metrics at the best
+        epoch) are linked to it, per-epoch curves stay on the run."""
+        self.metrics.log(metrics, step, result=result)
 
     def flush_metrics(self, wait: bool = True) -> None:
         """Send the batched metrics now (`wait=False`: in the background)."""
@@ -207,7 +209,7 @@ class RunContext:
 
 
 class _NoMetrics:
-    def log(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log(self, metrics: dict[str, float], step: int = 0, *, result: bool = False) -> None:
         pass
 
     def flush(self, wait: bool = True) -> None:
@@ -222,7 +224,7 @@ class FollowerContext:
     run_id = ""
     metrics = _NoMetrics()
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, *, result: bool = False) -> None:
         pass
 
     def flush_metrics(self, wait: bool = True) -> None:
