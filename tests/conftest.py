@@ -18,8 +18,22 @@ os.environ.setdefault("BIOSIG_CACHE_DIR", tempfile.mkdtemp(prefix="biosig-test-c
 import numpy as np
 import pytest
 
+from biosig import backbones
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from tests.helpers import TINY_PRETRAIN, free_port, run_pretrain, use_store_in, write_yaml
+
+
+@pytest.fixture(autouse=True, scope="session")
+def only_biosigs_own_backbones():
+    """Tests see biosig's built-in backbones whatever else is installed (e.g. the README's plug-in example,
+    `pip install -e examples/backbone_plugin`): messages that list the installed backbones, and tests of
+    what happens without a plug-in, must not depend on the machine. Plug-in tests install theirs into a
+    subprocess's PYTHONPATH, which this does not touch."""
+    with pytest.MonkeyPatch.context() as patch:
+        load = backbones._load
+        patch.setattr(backbones, "_load", lambda: {arch: found for arch, found in load().items()
+                                                   if found[1] == "biosig"})
+        yield
 
 
 @pytest.fixture

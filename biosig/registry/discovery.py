@@ -65,7 +65,7 @@ class ResolvedCheckpoint:
 
     def describe(self) -> str:
         where = f"{self.name} version {self.version}" if self.name else self.uri
-        return f"{where} ({self.arch}, channels {self.meta.get('channels')}) -> {self.path}"
+        return f"{where} ({self.arch}, channels {self.meta.get('channels')}; weights read from {self.path})"
 
 
 def resolve_pretrained(spec: str, *, auto_name: str | None = None,
