@@ -59,6 +59,14 @@ def test_references_train_on_the_same_split_and_serve_like_the_model(pretrained,
             assert metrics_of(parent)[f"reference.{name}.test_{metric}"] == pytest.approx(
                 metrics_of(ref)[f"test_{metric}"])
         assert "test_auroc_ci_low" in metrics_of(ref)
+        # a run that reads on its own: what it is, on which data (its dataset input), its result
+        assert ref.data.tags["mlflow.note.content"].startswith(f"Reference '{name}' for the fine-tune of")
+        assert [i.dataset.digest for i in ref.inputs.dataset_inputs] == \
+            [i.dataset.digest for i in parent.inputs.dataset_inputs]
+    (features,) = runs_by("biosig.reference", "features")
+    assert "lr" not in features.data.params and "unfreeze_last_n" not in features.data.params  # no network
+    assert features.data.params["seed"] == parent.data.params["seed"]
+    assert len(features.data.params) < 16 < len(runs_by("biosig.reference", "scratch")[0].data.params)
     metrics = metrics_of(parent)
     assert metrics["test_auroc_ci_low"] <= metrics["test_auroc"] <= metrics["test_auroc_ci_high"]
     assert metrics["reference.features.delta_test_auroc"] == pytest.approx(

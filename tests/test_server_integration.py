@@ -2,6 +2,7 @@
 `mlflow server` on that database with its artifacts in that bucket. biosig talks to the server only."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -133,6 +134,47 @@ def test_dataset_from_s3_pretrain_finetune_promote_through_the_server(mlflow_ser
     probs = mlflow.pyfunc.load_model(f"models:/{TINY_NAME}_finetuned@staging").predict(
         __import__("pandas").read_parquet(workdir / "quality.parquet").head(3))
     assert probs.shape == (3, 2)
+
+
+@pytest.mark.slow
+def test_a_second_machine_finds_the_datasets_of_the_first_by_digest(mlflow_server, tiny_pretrain, workdir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """Machine A logs, pretrains and fine-tunes through the team server; machine B (another working
+    directory, another cache, none of A's folders) evaluates, fine-tunes by dataset name and runs doctor."""
+    assert main(["log-dataset", "--source", "synthetic:quality", "--n_subjects", "8", "--windows_per_subject",
+                 "6"]) == 0
+    assert main(["pretrain", "--config", str(tiny_pretrain)]) == 0
+    assert main(["finetune", "--pretrain-config", str(tiny_pretrain), "--data", "synthetic:quality",
+                 "--n-subjects", "8", "--windows-per-subject", "6", "--stage1-epochs", "1", "--stage2-epochs", "1",
+                 "--unfreeze-last-n", "1", "--batch-size", "8", "--bootstrap", "0", "--reference", "features"]) == 0
+    client = MlflowClient()
+    runs = finished_runs()
+    uris = {r.data.tags["biosig.dataset.uri"] for r in runs if "biosig.dataset.uri" in r.data.tags}
+    assert uris and all(u.startswith("mlflow-artifacts:/") for u in uris), uris  # no path of machine A
+    finetune_run = next(r for r in runs if r.data.tags.get("biosig.command") == "finetune"
+                        and "biosig.reference" not in r.data.tags)
+    logged = finetune_run.inputs.dataset_inputs[0].dataset
+    assert logged.source.find("mlflow-artifacts:") >= 0
+    name, digest = logged.name, finetune_run.data.tags["biosig.dataset.digest"]
+    uploads = [o["Key"] for o in __import__("boto3").client("s3", endpoint_url=os.environ["MLFLOW_S3_ENDPOINT_URL"])
+               .list_objects_v2(Bucket="models", Prefix="artifacts/")["Contents"] if "/datasets/" in o["Key"]]
+    assert len([k for k in uploads if digest[:12] in k]) == 1  # uploaded once, reused by later runs
+
+    machine_b = tmp_path / "machine-b"
+    machine_b.mkdir()
+    shutil.rmtree(workdir / "data")  # A's folder is gone: nothing may be read from it
+    monkeypatch.chdir(machine_b)
+    monkeypatch.setenv("BIOSIG_CACHE_DIR", str(machine_b / "cache"))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", f"{TINY_NAME}_finetuned@candidate"]) == 0
+    assert main(["finetune", "--pretrain-config", str(tiny_pretrain), "--data", name, "--stage1-epochs", "1",
+                 "--stage2-epochs", "0", "--bootstrap", "0", "--register", "false"]) == 0
+    assert main(["finetune", "--pretrain-config", str(tiny_pretrain), "--data", f"digest:{digest[:10]}",
+                 "--stage1-epochs", "1", "--stage2-epochs", "0", "--bootstrap", "0", "--register", "false"]) == 0
+    assert main(["doctor"]) == 0, capsys.readouterr().out
+    later = [r for r in finished_runs() if r.info.run_id not in {x.info.run_id for x in runs}]
+    assert {r.data.tags.get("biosig.dataset.digest") for r in later if "biosig.dataset.digest" in r.data.tags} == \
+        {digest} and len(client.search_registered_models()) == 2
 
 
 def test_s3_cache_reuses_content_and_reports_missing_objects(s3, workdir):

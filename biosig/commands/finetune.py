@@ -37,7 +37,7 @@ from biosig.registry.discovery import ResolvedCheckpoint, resolve_pretrained
 from biosig.registry.naming import FINETUNED_SUFFIX
 from biosig.registry.publish import register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
-from biosig.tracking.datasets import LoggedDataset, follow_dataset, use_dataset
+from biosig.tracking.datasets import LoggedDataset, follow_dataset, log_windowset, use_dataset
 from biosig.tracking.liveness import scratch_dir
 from biosig.tracking.run import FollowerContext, RunContext, configure_tracking, record_fit, tracked_run
 from biosig.tracking.tags import (
@@ -375,6 +375,10 @@ def _cross_validate(job: Job) -> Evidence:
 
 
 _REFERENCE_KEYS = ("auroc", "f1", "balanced_accuracy", "auroc_ci_low", "auroc_ci_high")
+#: what the features reference depends on (its run logs only these as params)
+FEATURES_REFERENCE_PARAMS = ("data", "n_subjects", "windows_per_subject", "channels", "seed", "val_fraction",
+                             "test_fraction", "split_manifest", "train_subjects", "aggregate", "selection_level",
+                             "bootstrap", "task", "experiment")
 
 
 def run_references(job: Job, data: LabelledSplits) -> dict[str, Tested]:
@@ -386,14 +390,24 @@ def run_references(job: Job, data: LabelledSplits) -> dict[str, Tested]:
         ref_config = dataclasses.replace(job.config, run_name=f"reference: {name}", register=False, reference=[],
                                          cv="")
         tags = {REFERENCE_TAG: name, TEST_DIGEST_TAG: data.test_digest}
-        with tracked_run("finetune", ref_config, nested=True, tags=tags) as ref_ctx:
+        keys = FEATURES_REFERENCE_PARAMS if name == "features" else None  # no network: no fine-tuning keys
+        with tracked_run("finetune", ref_config, nested=True, tags=tags, param_keys=keys) as ref_ctx:
             log.info(f"reference model '{name}' on the same split")
+            if job.logged.windows is not None:  # its dataset input, as on the fine-tune's run
+                log_windowset(ref_ctx, job.logged.windows, name=job.logged.name,
+                              uri=job.logged.recorded or job.logged.uri, context="training")
             work = job.tmp / f"reference-{name}"
             work.mkdir(parents=True, exist_ok=True)
             ref_job = dataclasses.replace(job.nested(ref_ctx, ref_config), tmp=work)
             train = _features_reference if name == "features" else _scratch_reference
             tested = train(ref_job, data)
             tested.metrics.update(_interval(ref_job, tested, data.class_names))
+            ref_ctx.describe(f"Reference '{name}' for the fine-tune of `{job.parent.describe()}`, trained and tested "
+                             f"on the same split of `{job.logged.name}` (test digest `{data.test_digest[:12]}`): "
+                             f"test AUROC {tested.metrics['auroc']:.3f}, F1 {tested.metrics['f1']:.3f}. "
+                             + ("Window features and the scikit-learn model chosen on validation."
+                                if name == "features" else "The same network from random weights, every "
+                                "parameter trained as long as all fine-tuning stages together."))
         job.ctx.log_metrics({f"reference.{name}.test_{k}": tested.metrics[k] for k in _REFERENCE_KEYS
                              if k in tested.metrics})
         out[name] = tested

@@ -41,3 +41,17 @@ def channels_from_token(parts: list[str]) -> list[str]:
 
     by_token = {c.lower().replace("_", ""): c for c in KNOWN_CHANNELS}
     return [by_token.get(p, p.upper()) for p in parts]
+
+
+#: a dataset named by what the tracking store recorded: `digest:HEX` (8+ hex digits), its conventional name,
+#: a dataset file path from another machine (`…_{digest12}.parquet`), or an artifact-store URI
+DIGEST_SPEC = re.compile(r"^digest:([0-9a-f]{8,64})$")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9.]+_[0-9.]+s_[a-z0-9-]+_\d+windows_[a-z0-9]+$")
+DIGEST_IN_FILE = re.compile(r"_([0-9a-f]{12})\.parquet$")
+ARTIFACT_URIS = ("mlflow-artifacts:", "runs:/")
+
+
+def is_dataset_reference(spec: str) -> bool:
+    """True for a spec the tracking layer resolves (see tracking.dataset_store), not a source read as is."""
+    return bool(spec.startswith(ARTIFACT_URIS) or DIGEST_SPEC.match(spec) or DATASET_NAME.match(spec)
+                or DIGEST_IN_FILE.search(spec))

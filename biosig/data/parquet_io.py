@@ -79,9 +79,10 @@ def read_parquet(path: str | Path, *, verify_order: bool = True, cache: bool = T
     list-column decoding is skipped on every read after the first. `cache=False` reads the file's own
     bytes (what `doctor` verifies)."""
     path = require_input_file(path, ".parquet", "a .parquet dataset file")
-    cached = read_cached(path, stored_digest(path)) if cache else None
+    digest = stored_digest(path)
+    cached = read_cached(path, digest) if cache else None
     if cached is not None:
-        return from_arrow(cached, where=str(path), verify_order=verify_order)
+        return from_arrow(cached, where=str(path), verify_order=verify_order, validated_digest=digest or "")
     try:
         # mmap without pre-buffering: measured fastest for large uncompressed signal columns.
         table = pq.read_table(path, memory_map=True, pre_buffer=False)
@@ -89,11 +90,31 @@ def read_parquet(path: str | Path, *, verify_order: bool = True, cache: bool = T
         raise DataError(f"cannot read {path} as parquet: {exc}") from None
     ws = from_arrow(table, where=str(path), verify_order=verify_order)
     if cache:
-        write_cached(path, ws.digest, table)  # only a file whose content is the dataset it claims
+        write_cached(path, ws.digest, cache_table(table, ws))  # only a file whose content is the dataset it claims
     return ws
 
 
-def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> WindowSet:
+#: the Arrow cache keeps every window's samples as one [C*T] list per row, so a cached read is a zero-copy
+#: [N, C, T] view of the memory-mapped file instead of one copy per channel
+SIGNALS_COLUMN = "__biosig_signals__"
+
+
+def cache_table(table: pa.Table, ws: WindowSet) -> pa.Table:
+    """`table` as the Arrow cache stores it: the channel columns replaced by one SIGNALS_COLUMN."""
+    flat = pa.array(ws.signals.reshape(-1), type=pa.float32())  # ws is sorted like the file's rows
+    signals = pa.FixedSizeListArray.from_arrays(flat, ws.n_channels * ws.n_samples)
+    kept = table.drop_columns(ws.channels)
+    return kept.append_column(SIGNALS_COLUMN, signals).replace_schema_metadata(table.schema.metadata)
+
+
+def _cached_signals(table: pa.Table, n_channels: int) -> np.ndarray:
+    """The zero-copy (read-only) [N, C, T] view of a cache table's SIGNALS_COLUMN."""
+    column = table.column(SIGNALS_COLUMN).combine_chunks()  # one chunk as written: no copy
+    flat = column.flatten().to_numpy(zero_copy_only=True)
+    return flat.reshape(table.num_rows, n_channels, -1)
+
+
+def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True, validated_digest: str = "") -> WindowSet:
     meta = _schema_metadata(table, where)
     n_rows = table.num_rows
     if n_rows == 0:
@@ -103,12 +124,13 @@ def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> Win
     label_col = meta["label_column"]
     order_cols = list(meta["order_columns"])
     meta_cols = list(meta.get("meta_columns", []))
-    for name in [subject_col, label_col, *order_cols, *meta_cols, *channels]:
+    cached = SIGNALS_COLUMN in table.column_names
+    for name in [subject_col, label_col, *order_cols, *meta_cols, *([] if cached else channels)]:
         if name not in table.column_names:
             raise DataError(f"{where} is missing the expected column '{name}' (has {table.column_names})")
 
     ws = WindowSet(
-        signals=signals_of(table, channels, where),
+        signals=_cached_signals(table, len(channels)) if cached else signals_of(table, channels, where),
         labels=_int_column(table, label_col, where),
         subject=_subject_column(table, subject_col, where),
         order=np.column_stack([_int_column(table, c, where) for c in order_cols])
@@ -122,6 +144,7 @@ def from_arrow(table: pa.Table, *, where: str, verify_order: bool = True) -> Win
         label_name=label_col,
         class_names=list(meta.get("class_names", [])),
         source=where,
+        validated_digest=validated_digest if cached else "",
     )
     if verify_order:
         ws.check_sorted()

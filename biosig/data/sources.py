@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from biosig.data.naming import is_dataset_reference
 from biosig.data.npz_io import read_npz
 from biosig.data.parquet_io import read_parquet
 from biosig.data.shards import check_finished, is_sharded, read_sharded
@@ -55,6 +56,8 @@ def check_source_spec(key: str, spec: str) -> None:
     if where.startswith("s3://"):
         return
     path = Path(where)
+    if not path.exists() and is_dataset_reference(spec):
+        return  # a recorded dataset (name, digest, another machine's file): found through the tracking store
     if not path.exists():
         raise ConfigError(f"config key '{key}': source not found: {where} (expected one of "
                           f"{', '.join(SYNTHETIC_SOURCES)}, a .parquet/.npz file or a directory)")

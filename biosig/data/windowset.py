@@ -40,8 +40,11 @@ class WindowSet:
     label_name: str = "label"
     class_names: list[str] = dataclasses.field(default_factory=list)
     source: str = ""
+    #: the content digest of a WindowSet read back from where it was stored after full validation (the Arrow
+    #: cache): the per-sample checks and the hash are not repeated; empty (the default) checks everything
+    validated_digest: dataclasses.InitVar[str] = ""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, validated_digest: str = "") -> None:
         self.channels = list(self.channels)
         self.order_names = list(self.order_names)
         self.fs = float(self.fs)
@@ -50,7 +53,9 @@ class WindowSet:
                 self.modality = infer_modality(self.channels)
             except KeyError:
                 pass  # unknown channels are reported by validate()
-        self.validate()
+        self.validate(samples=not validated_digest)
+        if validated_digest:
+            self.__dict__["digest"] = validated_digest  # the cached_property, known
 
     # ------------------------------------------------------------------ shape
     @property
@@ -87,8 +92,9 @@ class WindowSet:
         return self.source or "<in-memory WindowSet>"
 
     # ------------------------------------------------------------- validation
-    def validate(self) -> None:
-        """Raise DataError naming what is wrong and where."""
+    def validate(self, *, samples: bool = True) -> None:
+        """Raise DataError naming what is wrong and where (`samples=False`: all but the pass over every
+        sample for NaN/Inf, for content validated when it was stored)."""
         where = self.where
         s = self.signals
         if not isinstance(s, np.ndarray) or s.ndim != 3:
@@ -107,7 +113,8 @@ class WindowSet:
         check_channels(self.channels, where)
         if not np.isfinite(self.fs) or self.fs <= 0:
             raise DataError(f"sampling rate fs in {where} must be positive, got {self.fs}")
-        self._check_finite()
+        if samples:
+            self._check_finite()
         self._check_column("labels", self.labels, np.int64)
         if (self.labels < -1).any():
             raise DataError(f"labels in {where} must be >= 0 (or -1 for unlabelled)")

@@ -12,7 +12,8 @@ from typing import Any
 
 import mlflow
 import numpy as np
-from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import register_dataset_source, resolve_dataset_source
 from mlflow.data.numpy_dataset import NumpyDataset
 
 from biosig.data import SourceOptions, WindowSet, dataset_name, load_source, write_parquet
@@ -22,6 +23,7 @@ from biosig.data.shards import Manifest, is_sharded, read_manifest, read_sharded
 from biosig.data.storage import fetch
 from biosig.errors import DataError, FileError
 from biosig.logs import get_logger
+from biosig.tracking.dataset_store import find_dataset, is_portable, publish
 from biosig.tracking.run import RunContext
 from biosig.tracking.tags import (
     DATASET_CHANNELS_TAG,
@@ -49,6 +51,7 @@ class LoggedDataset:
     windows: WindowSet | None  # None: a sharded dataset read by streaming (see `manifest`)
     manifest: Manifest | None = None
     location: str = ""  # the dataset's URI when `path` is not it (an s3:// prefix)
+    recorded: str = ""  # the portable URI the run recorded (team server artifact store, $BIOSIG_DATA_ROOT)
 
     @property
     def uri(self) -> str:
@@ -84,6 +87,7 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     dataset is used in place too, read whole, or (`stream`) left on disk for a streaming reader."""
     if is_sharded(source) and not output:
         return use_sharded(ctx, source, context=context, stream=stream)
+    source, recorded = find_dataset(source, output_dir)  # a name, digest or another machine's path: found here
     errors: list[FileError] = []
     ws = load_source(source, options, errors).sorted()  # files hold sorted rows: the digest describes the file
     if errors:
@@ -97,8 +101,10 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     else:
         path = Path(output) if output else Path(output_dir) / content_file_name(name, ws.digest)
         _write_once(ctx, ws, path, key="output" if output else "output_dir")
-    log_windowset(ctx, ws, name=name, uri=str(path.resolve()), context=context)
-    return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws)
+    uri = recorded or publish(ctx, path, ws.digest)  # what a second machine reads: see tracking.dataset_store
+    log_windowset(ctx, ws, name=name, uri=uri, context=context)
+    return LoggedDataset(name=name, path=path, digest=ws.digest, run_id=ctx.run_id, windows=ws,
+                         recorded=uri if is_portable(uri) else "")
 
 
 def follow_dataset(source: str, options: SourceOptions, *, stream: bool = False) -> LoggedDataset:
@@ -226,6 +232,39 @@ def dataset_summary(ws: WindowSet) -> dict[str, Any]:
             "window_length": f"{ws.n_samples} samples ({ws.window_s:g} s)",
             "subjects": int(np.unique(ws.subject).size), "class_balance": balance or "unlabelled",
             "modality": ws.modality}
+
+
+class ArtifactStoreSource(DatasetSource):
+    """A dataset file in a tracking server's artifact store (`mlflow-artifacts:/…`, `runs:/…`): MLflow
+    registers sources for s3://, gs://, local paths and http(s), not for its own proxied artifact URIs."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "mlflow_artifacts"
+
+    def load(self, dst_path: str | None = None) -> str:
+        return mlflow.artifacts.download_artifacts(artifact_uri=self.uri, dst_path=dst_path)
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return isinstance(raw_source, str) and raw_source.startswith(("mlflow-artifacts:", "runs:/"))
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> "ArtifactStoreSource":
+        return cls(raw_source)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> "ArtifactStoreSource":
+        return cls(source_dict["uri"])
+
+
+register_dataset_source(ArtifactStoreSource)
 
 
 def log_windowset(ctx: RunContext, ws: WindowSet, *, name: str, uri: str, context: str) -> None:

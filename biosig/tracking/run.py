@@ -264,8 +264,10 @@ class FollowerContext:
 
 @contextlib.contextmanager
 def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None = None,
-                nested: bool = False, parent_run_id: str | None = None) -> Iterator[RunContext]:
-    """`nested`: a child of the active run; `parent_run_id`: a child of that run, from any process."""
+                nested: bool = False, parent_run_id: str | None = None,
+                param_keys: tuple[str, ...] | None = None) -> Iterator[RunContext]:
+    """`nested`: a child of the active run; `parent_run_id`: a child of that run, from any process;
+    `param_keys`: the config keys this run logs as params (default all; run/config.yaml holds all anyway)."""
     uri = configure_tracking(config.tracking_uri)
     client = MlflowClient()
     nested = nested or parent_run_id is not None
@@ -277,7 +279,7 @@ def tracked_run(command: str, config: BaseConfig, *, tags: dict[str, str] | None
     previous = _install_sigterm()
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        _record_setup(ctx, command, config, {**(tags or {}), **owner_tags()})
+        _record_setup(ctx, command, config, {**(tags or {}), **owner_tags()}, param_keys)
         with heartbeat(client, ctx.run_id):
             yield ctx
         ctx.metrics.flush()
@@ -388,7 +390,8 @@ def _install_sigterm():
         return None
 
 
-def _record_setup(ctx: RunContext, command: str, config: BaseConfig, tags: dict[str, str]) -> None:
+def _record_setup(ctx: RunContext, command: str, config: BaseConfig, tags: dict[str, str],
+                  param_keys: tuple[str, ...] | None = None) -> None:
     env = environment()
     resolved = redact(config.to_dict())
     ctx.set_tags({COMMAND_TAG: command, **tags})
@@ -398,7 +401,7 @@ def _record_setup(ctx: RunContext, command: str, config: BaseConfig, tags: dict[
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         (Path(tmp) / "environment.json").write_text(json.dumps(env, indent=2))
         mlflow.log_artifacts(tmp, artifact_path="run")
-    _log_params(ctx, resolved)
+    _log_params(ctx, resolved if param_keys is None else {k: v for k, v in resolved.items() if k in param_keys})
 
 
 def _log_params(ctx: RunContext, resolved: dict[str, Any]) -> None:
