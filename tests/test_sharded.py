@@ -391,3 +391,17 @@ def test_a_split_manifest_missing_subjects_of_a_corpus_is_refused_naming_it(corp
     assert f"split manifest split.csv does not assign 9 subject(s) of {corpus}, e.g. S003" in line
     assert not finished_runs("RUNNING")
     assert not [m.name for m in MlflowClient().search_registered_models() if m.name.endswith("_finetuned")]
+
+
+def test_a_restart_sweeps_only_the_temporaries_of_writers_that_are_gone(tmp_path):
+    from biosig.data.atomic import remove_dead_temporaries
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f".part-0123.parquet.{gone.pid}.x1y2.tmp"
+    live = tmp_path / f".part-4567.parquet.{os.getpid()}.a1b2.tmp"
+    shard_scratch = tmp_path / f".shard-89ab.{gone.pid}.tmp"
+    for path in (dead, live, shard_scratch):
+        path.write_bytes(b"partial")
+    assert remove_dead_temporaries(tmp_path) == 2
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]

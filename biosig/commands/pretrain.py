@@ -194,6 +194,8 @@ def _pretrain(ctx: RunContext | FollowerContext, config: PretrainConfig, name: s
         raise TrainingError(f"run {config.resume} already trained {progress.epoch} epochs and no best "
                             "checkpoint exists; raise epochs to continue")
     ctx.set_tags({BEST_EPOCH_TAG: progress.best_epoch})
+    ctx.log_metrics({"best_epoch": progress.best_epoch, "best_val_loss": -progress.best_score},  # the model's result
+                    step=progress.best_epoch, result=True)
     _check_mean_collapse(ctx, progress.best_row().get("val_pred_var_ratio", math.nan), config.collapse_ratio)
     evidence = _probe_evidence(ctx, config, monitor, progress.best_epoch, work / "checkpoint")
     card = pretrained_card(name=name, meta=read_meta(work / "checkpoint"), history=progress.history,

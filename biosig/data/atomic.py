@@ -28,7 +28,7 @@ def atomic_path(path: str | Path, *, needs_bytes: int = 0) -> Iterator[Path]:
     final = Path(path)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent)
         os.close(fd)
     except OSError as exc:
         raise disk_error(exc, final.parent, needs_bytes) or exc from None
@@ -48,6 +48,28 @@ def atomic_path(path: str | Path, *, needs_bytes: int = 0) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_dead_temporaries(directory: Path) -> int:
+    """Delete the temporary files (`.NAME.PID.….tmp`) that processes on this host which are gone left in
+    `directory` (a kill -9 mid-write); a live writer's files are kept. Returns how many were removed."""
+    removed = 0
+    for leftover in directory.glob(".*.tmp") if directory.is_dir() else ():
+        pid = next((int(part) for part in leftover.name.split(".") if part.isdigit()), None)
+        if pid is not None and not _alive(pid):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def disk_error(exc: OSError, directory: Path, needs_bytes: int = 0) -> DataError | None:

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 import biosig.data.shards as shard_format
+from biosig.data.atomic import remove_dead_temporaries
 from biosig.data.naming import check_kind, conventional_name
 from biosig.data.shards import (
     FORMAT,
@@ -123,6 +124,9 @@ def build(plan: Plan, root: str, *, workers: int = 1, part: tuple[int, int] = (0
     if not 0 <= index < count:
         raise ConfigError(f"config key 'shard' must be i/n with 0 <= i < n, got {index}/{count}")
     _claim(plan, root)
+    if not root.startswith("s3://"):  # a writer killed mid-shard (kill -9) left its temporary file behind
+        for folder in (Path(root), Path(root) / PARTS_DIR):
+            remove_dead_temporaries(folder)
     groups = len(plan.groups)
     mine = list(range(index * groups // count, (index + 1) * groups // count))
     done = {g for g in range(groups) if _finished(plan, root, g)}

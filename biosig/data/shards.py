@@ -182,7 +182,7 @@ def write_shard(ws: WindowSet, root: str, *, scratch: Path, row_group_rows: int 
     table = to_arrow(ws)
     compression = {name: ("NONE" if name in ws.channels else "ZSTD") for name in table.column_names}
     scratch.mkdir(parents=True, exist_ok=True)
-    local = scratch / f".shard-{ws.digest[:16]}.tmp"
+    local = scratch / f".shard-{ws.digest[:16]}.{os.getpid()}.tmp"  # the pid: a restart sweeps a killed writer's
     try:
         pq.write_table(table, local, row_group_size=row_group_rows, compression=compression,
                        use_dictionary=[ws.subject_name],

@@ -6,7 +6,7 @@ its one-point values:
     train/…  train_loss -> train/loss, lr -> train/lr, train_windows -> train/windows
     val/…    val_auroc -> val/auroc, val_recall.good -> val/recall.good
     test/…   test_auroc -> test/auroc, test_auroc_ci_low -> test/auroc_ci_low
-    model/…  backbone_params, best_epoch, epochs_run, stage<k>.trainable_params / frozen_params
+    model/…  backbone_params, best_epoch, best_val_loss, epochs_run, stage<k>.trainable_params / frozen_params
     reference/…, selection/…   reference.features.test_auroc -> reference/features.test_auroc
     system/… (MLflow's system metrics) and every other name: unchanged
 
@@ -20,7 +20,7 @@ import re
 from typing import Mapping
 
 SPLITS = ("train", "val", "test")
-MODEL_METRICS = frozenset({"backbone_params", "best_epoch", "epochs_run"})
+MODEL_METRICS = frozenset({"backbone_params", "best_epoch", "best_val_loss", "epochs_run"})
 GROUPS = ("reference", "selection")
 #: Names whose namespace is not their prefix.
 ALIASES = {"lr": "train/lr"}

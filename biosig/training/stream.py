@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import multiprocessing
 from typing import Callable, Iterator
 
 import numpy as np
@@ -55,12 +56,18 @@ class ShardStream(IterableDataset):
                            if self.subjects is None or subject in self.subjects for n in labels.values())
         for si in sorted({si for si, _ in self.units}) if verify else ():
             verify_shard(manifest, manifest.shards[si])  # once here, before reader processes start
-        self.epoch = 0
+        # shared with reader processes: they persist across epochs (no per-epoch start-up) and read the
+        # epoch that the training loop sets here when each epoch's iteration begins
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
         self.skip: dict[int, int] = {}
         self.skip_epoch = -1
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.value = epoch
 
     def resume(self, position: "StreamPosition") -> None:
         """In epoch `position.epoch`, skip the batches each reader had already delivered."""
@@ -167,5 +174,6 @@ def stream_loader(stream: ShardStream, workers: int) -> DataLoader:
     """A DataLoader over the stream's own batches; `workers` reader processes (0: read in this one)."""
     if workers < 0:
         raise ConfigError(f"config key 'data_workers' must be >= 0, got {workers}")
-    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=False,
+    # persistent: reader processes start once and serve every epoch (ShardStream's epoch is shared memory)
+    return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers else None)
