@@ -132,18 +132,18 @@ class ShardStream(IterableDataset):
             return [], 0
         x = np.concatenate([p[0] for p in pool]) if len(pool) > 1 else pool[0][0]
         y = np.concatenate([p[1] for p in pool]) if len(pool) > 1 else pool[0][1]
-        if self.shuffle:
-            index = rng.permutation(len(x))
-            x, y = x[index], y[index]
+        # a shuffled order of indices, each batch gathered from it: every window is copied once per batch it
+        # leaves in, not once more for a permuted copy of the whole pool
+        index = rng.permutation(len(x)) if self.shuffle else np.arange(len(x))
         n_batches = max(0, (len(x) - keep) // self.batch_size)
         for b in range(n_batches):
-            part = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            part = index[b * self.batch_size:(b + 1) * self.batch_size]
             yield (x[part], y[part]) if self.labels else (x[part],)
-        rest = slice(n_batches * self.batch_size, len(x))
-        if final and len(x[rest]) and not self.drop_last:
+        rest = index[n_batches * self.batch_size:]
+        if final and len(rest) and not self.drop_last:
             yield (x[rest], y[rest]) if self.labels else (x[rest],)
             return [], 0
-        return ([(x[rest], y[rest])], len(x[rest])) if len(x[rest]) else ([], 0)
+        return ([(x[rest], y[rest])], len(rest)) if len(rest) else ([], 0)
 
 
 @dataclasses.dataclass
@@ -168,6 +168,29 @@ class StreamPosition:
     @classmethod
     def from_dict(cls, data: dict) -> "StreamPosition":
         return cls(int(data["epoch"]), int(data["readers"]), {int(k): int(v) for k, v in data["consumed"].items()})
+
+
+class EpochBatches:
+    """A stream's DataLoader, one epoch at a time, with the next epoch started early: `prepare(n)` hands
+    epoch n to the (persistent) reader processes, which fill their shuffle buffers and prefetch while the
+    training process validates, instead of after it (measured 0.3 s of an idle trainer per epoch)."""
+
+    def __init__(self, stream: ShardStream, loader: DataLoader) -> None:
+        self.stream, self.loader = stream, loader
+        self._ready: tuple[int, Iterator] | None = None
+
+    def prepare(self, epoch: int) -> None:
+        if self.loader.num_workers and (self._ready is None or self._ready[0] != epoch):
+            self.stream.set_epoch(epoch)
+            self._ready = (epoch, iter(self.loader))
+
+    def epoch(self, epoch: int) -> Iterator:
+        if self._ready is not None and self._ready[0] == epoch:
+            batches, self._ready = self._ready[1], None
+            return batches
+        self._ready = None
+        self.stream.set_epoch(epoch)
+        return iter(self.loader)
 
 
 def stream_loader(stream: ShardStream, workers: int) -> DataLoader:

@@ -41,7 +41,7 @@ from biosig.training import loop
 from biosig.training.labelled import LabelledSplits
 from biosig.training.metrics import collapsed_classes, split_metrics
 from biosig.training.settings import FitSettings, Stage, parse_class_weights
-from biosig.training.stream import stream_loader
+from biosig.training.stream import EpochBatches, stream_loader
 
 log = get_logger(__name__)
 
@@ -167,6 +167,7 @@ class _Trainer:
         self.train_loader = (stream_loader(self.stream, s.data_workers) if self.stream is not None else
                              loop.loader([data.x["train"], data.y["train"]], s.batch_size, shuffle=True,
                                          generator=generator, dist=dist, seed=s.seed))
+        self.streamed_epochs = EpochBatches(self.stream, self.train_loader) if self.stream is not None else None
         self.steps_per_epoch = (self.stream.batches_per_epoch(max(1, s.data_workers)) if self.stream is not None
                                 else len(self.train_loader))
         self.progress = loop.TrainingProgress()  # epochs count on across stages
@@ -224,12 +225,15 @@ class _Trainer:
         """One epoch and its validation; True when it is the best so far."""
         self.progress.epoch += 1
         started = time.perf_counter()
-        if self.stream is not None:
-            self.stream.set_epoch(self.epoch)
+        batches = self.train_loader
+        if self.streamed_epochs is not None:
+            batches = self.streamed_epochs.epoch(self.epoch)
         elif isinstance(self.train_loader.sampler, DistributedSampler):
             self.train_loader.sampler.set_epoch(self.epoch)
-        train_loss, seen = self._train_epoch(stage, optimizer, scheduler, lora)
+        train_loss, seen = self._train_epoch(stage, optimizer, scheduler, lora, batches)
         train_s = time.perf_counter() - started
+        if self.streamed_epochs is not None and self.epoch < self.planned_epochs:
+            self.streamed_epochs.prepare(self.epoch + 1)  # readers fill the next epoch's buffer during validation
         # rank 0 validates and every process follows its verdict (best state, early stop)
         val = self.dist.from_leader(
             score(self.model, self.data, "val", self.settings, self.device, self.epoch)[0] if self.dist.leader else None)
@@ -290,7 +294,7 @@ class _Trainer:
             metric = "loss"
         return -val["loss"] if metric == "loss" else val[metric]
 
-    def _train_epoch(self, stage: int, optimizer, scheduler, lora: bool = False) -> tuple[float, int]:
+    def _train_epoch(self, stage: int, optimizer, scheduler, lora: bool, batches) -> tuple[float, int]:
         """(mean training loss, windows trained on) over every process."""
         if lora:  # frozen base layers, trained adapters: dropout (the adapters' too) as in any training pass
             self.model.train()
@@ -304,7 +308,7 @@ class _Trainer:
         # rank that ran out shadow the collective calls of those still training
         uneven = self.dist.active and self.stream is not None
         with self.trained.join() if uneven else contextlib.nullcontext():
-            total, count = loop.train_epoch(self.trained, self.train_loader, optimizer, scheduler, loss_of,
+            total, count = loop.train_epoch(self.trained, batches, optimizer, scheduler, loss_of,
                                             device=self.device, amp=self.settings.amp, grad_clip=self.settings.grad_clip,
                                             where=f"stage {stage}, epoch {self.epoch},")
         return self.dist.mean_and_count(total, count)
