@@ -31,7 +31,7 @@ def select_channels(signals: np.ndarray, have: list[str], want: list[str], where
 
 
 def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs: float, policy: ContextFit,
-                where: str, patch_length: int = 0) -> np.ndarray:
+                where: str, patch_length: int = 0, contiguous: bool = True) -> np.ndarray:
     """[N, C, T] at `fs` -> [N, C, target_length] at `target_fs`; windows shorter than one patch
     (`patch_length`, when given) are refused whatever the policy.
 
@@ -62,7 +62,7 @@ def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs
     if length == target_length:
         return signals
     if length > target_length and policy in ("crop", "crop_or_pad"):
-        return _crop(signals, target_length)
+        return _crop(signals, target_length, contiguous)
     if length < target_length and policy in ("pad", "crop_or_pad"):
         return _pad(signals, target_length)
     raise DataError(f"{where} has windows of {shape}, the checkpoint expects {wanted}; "
@@ -70,9 +70,11 @@ def fit_context(signals: np.ndarray, fs: float, *, target_length: int, target_fs
                     f"{'crop' if length > target_length else 'pad'}, crop_or_pad or resample")
 
 
-def _crop(signals: np.ndarray, length: int) -> np.ndarray:
+def _crop(signals: np.ndarray, length: int, contiguous: bool = True) -> np.ndarray:
+    """The centre `length` samples; `contiguous=False` leaves a view for a caller that copies anyway."""
     start = (signals.shape[-1] - length) // 2
-    return np.ascontiguousarray(signals[..., start:start + length])
+    view = signals[..., start:start + length]
+    return np.ascontiguousarray(view) if contiguous else view
 
 
 def _pad(signals: np.ndarray, length: int) -> np.ndarray:
@@ -198,5 +200,6 @@ class WindowTransform:
     def __call__(self, signals: np.ndarray) -> np.ndarray:
         x = fit_context(select_channels(signals, self.have, self.want, self.where), self.fs,
                         target_length=self.target_length, target_fs=self.target_fs or self.fs, policy=self.policy,
-                        where=self.where, patch_length=self.patch_length)
+                        where=self.where, patch_length=self.patch_length,
+                        contiguous=self.stats is None)  # normalising writes a new contiguous array anyway
         return self.stats.apply(x) if self.stats is not None else x
