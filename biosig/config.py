@@ -63,10 +63,6 @@ class BaseConfig:
         return {}
 
 
-def field_names(cls: type[BaseConfig]) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def load_config(
     cls: type[C],
     config_file: str | Path | None = None,
@@ -176,6 +172,10 @@ def require_range(name: str, value: float, low: float | None = None, high: float
         high is not None and (value >= high if high_open else value > high)
     )
     if bad:
+        if high is None:  # a one-sided bound reads as one: "must be > 0", not "in (0, None]"
+            raise ConfigError(f"config key '{name}' must be {'>' if low_open else '>='} {low}, got {value}")
+        if low is None:
+            raise ConfigError(f"config key '{name}' must be {'<' if high_open else '<='} {high}, got {value}")
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
         raise ConfigError(f"config key '{name}' must be in {lo}{low}, {high}{hi}, got {value}")

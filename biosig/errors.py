@@ -1,5 +1,5 @@
 """Error types. Every user-facing failure is a BiosigError whose message names the culprit
-(file, field, parameter); the CLI prints it without a traceback and exits non-zero. `FileError` is
+(file, field, parameter); the CLI prints it without a traceback and exits non-zero. `FileProblem` is
 not raised: it records one unreadable input file of a multi-file source."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Terminated(BaseException):
 
 
 @dataclasses.dataclass
-class FileError:
+class FileProblem:
     """A problem with one input file, listed in the run's dataset/data_errors.csv."""
 
     file: str

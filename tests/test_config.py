@@ -60,7 +60,7 @@ def test_wrong_types_name_the_key(tmp_path, key, value, expected):
 
 
 def test_range_missing_file_and_bad_yaml(tmp_path):
-    with pytest.raises(ConfigError, match=r"'lr' must be in \(0"):
+    with pytest.raises(ConfigError, match=r"'lr' must be > 0"):
         load_config(Example, None, {"lr": "0"})
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
         load_config(Example, tmp_path / "nope.yaml")

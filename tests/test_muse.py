@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from biosig.cli import main
 from biosig.data import read_parquet
-from biosig.data.sources import FileError, SourceOptions, load_source
+from biosig.data.sources import FileProblem, SourceOptions, load_source
 from biosig.errors import DataError
 
 FS = 256
@@ -62,7 +62,7 @@ def recordings(tmp_path):
 
 def test_recordings_become_ordered_windows_with_gaps_and_nans_reported(recordings):
     folder, table = recordings
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = load_source(f"muse:{folder}", SourceOptions(window_s=8.0), problems)
     assert ws.channels == ["AF7", "AF8", "TP9", "TP10"] and ws.fs == FS and ws.n_samples == 8 * FS
     counts = dict(zip(*np.unique(ws.subject, return_counts=True)))
@@ -115,7 +115,7 @@ def test_unusable_sources_are_clear_errors(tmp_path):
 def test_participants_file_problems(recordings):
     folder, _ = recordings
     (folder / "participants.csv").write_text("Participant,Remission,file\nP001,1,rec_a.csv\nP002,0,rec_b.csv\n")
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = load_source(f"muse:{folder}", SourceOptions(), problems)
     assert set(ws.subject[ws.labels == -1]) == {"P003"}
     assert any("no Remission label for participant(s) ['P003']" in p.error for p in problems)

@@ -26,7 +26,7 @@ from biosig.data.preprocess import (
     window_recording,
 )
 from biosig.data.sources import SourceOptions, load_source
-from biosig.errors import ConfigError, DataError, FileError
+from biosig.errors import ConfigError, DataError, FileProblem
 from tests.helpers import finished_runs
 
 wfdb = pytest.importorskip("wfdb")
@@ -79,7 +79,7 @@ def butppg(tmp_path):
 
 
 def test_butppg_records_become_five_channel_windows_at_125_hz(butppg):
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = load_source(f"butppg:{butppg}", SourceOptions(), problems)
     assert ws.channels == QUALITY_CHANNELS and ws.fs == 125.0 and ws.n_samples == 1250
     assert list(ws.subject) == ["100", "101"] and list(ws.labels) == [1, 0]  # 100002 has no ACC: excluded
@@ -92,7 +92,7 @@ def test_butppg_records_become_five_channel_windows_at_125_hz(butppg):
 
 
 def test_a_ppg_colour_the_records_lack_skips_them_with_the_reason(butppg):
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     with pytest.raises(DataError, match="no window survived"):
         load_source(f"butppg:{butppg}", SourceOptions(ppg_colour=5), problems)
     assert any("100001_PPG.hea has 3 channel(s); ppg_colour=5" in p.error for p in problems)
@@ -132,7 +132,7 @@ def test_all_windows_rejected_is_an_error_not_an_empty_dataset(butppg):
 
 def test_missing_labels_and_a_missing_s3_prefix(butppg, s3):
     (butppg / "quality-hr-ann.csv").write_text("ID,Quality,HR\n100001,1,72\n")
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = load_source(f"butppg:{butppg}", SourceOptions(), problems)
     assert list(ws.labels) == [1, -1]
     assert any("no Quality for record(s) ['101001'" in p.error for p in problems)
@@ -160,7 +160,7 @@ def test_vitaldb_files_become_unlabelled_1024_sample_windows(tmp_path):
         vf.add_track("SNUADC/PLETH", [{"dt": 1.7e9, "val": ppg.astype(np.float32)}], srate=500, unit="")
         vf.to_vital(str(folder / f"{case}.vital"))
     (folder / "broken.vital").write_bytes(b"not a vital file")
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = load_source(f"vitaldb:{folder}", SourceOptions(), problems)
     assert ws.channels == ["PPG", "ECG"] and ws.n_samples == 1024 and ws.fs == 125.0
     assert dict(zip(*np.unique(ws.subject, return_counts=True))) == {"0001": 4, "0002": 3}

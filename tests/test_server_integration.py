@@ -295,13 +295,13 @@ def test_the_default_study_next_to_a_remote_server_says_it_is_local(workdir, mon
 
 def test_s3_prefix_source_records_unreadable_objects(s3, workdir):
     from biosig.data.sources import load_source
-    from biosig.errors import FileError
+    from biosig.errors import FileProblem
 
     for i in range(2):
         write_parquet(synthetic_cardio(n_subjects=2, windows_per_subject=2, window_s=2.0, seed=i), workdir / f"{i}.parquet")
         upload(workdir / f"{i}.parquet", f"s3://models/recordings/{i}.parquet")
     s3.put_object(Bucket="models", Key="recordings/broken.parquet", Body=b"garbage")
-    errors: list[FileError] = []
+    errors: list[FileProblem] = []
     ws = load_source("s3://models/recordings/", errors=errors)
     assert ws.n_windows == 8 and [e.file for e in errors] == ["s3://models/recordings/broken.parquet"]
     with pytest.raises(DataError, match="broken.parquet"):

@@ -112,7 +112,7 @@ class DatasetConfig(BaseConfig):
         require_range("shard_rows", self.shard_rows, 1)
         require_range("records_per_shard", self.records_per_shard, 0)
         require_range("good_fraction", self.good_fraction, 0, 1, low_open=True, high_open=True)
-        for key in ("n_subjects", "windows_per_subject", "window_s"):
+        for key in ("n_subjects", "windows_per_subject"):
             if getattr(self, key) is not None:
                 require_range(key, getattr(self, key), 0, low_open=True)
         if self.window_s is not None:

@@ -13,7 +13,7 @@ from biosig.data import WindowSet
 from biosig.data.build import build, finalize, group_problems, groups_built, make_plan
 from biosig.data.profile import plot_examples, profile, sharded_profile
 from biosig.data.shards import Manifest
-from biosig.errors import DataError, FileError
+from biosig.errors import DataError, FileProblem
 from biosig.logs import get_logger
 from biosig.tracking.datasets import LoggedDataset, log_data_errors, log_sharded, use_dataset
 from biosig.tracking.run import RunContext, tracked_run
@@ -79,7 +79,7 @@ def run_finalize_dataset(config: FinalizeDatasetConfig, *, nested: bool = False)
         return _log_finalized(ctx, manifest, problems, config.context)
 
 
-def _log_finalized(ctx: RunContext, manifest: Manifest, problems: list[FileError], context: str) -> LoggedDataset:
+def _log_finalized(ctx: RunContext, manifest: Manifest, problems: list[FileProblem], context: str) -> LoggedDataset:
     if problems:
         log_data_errors(ctx, problems)
     sample = log_sharded(ctx, manifest, context=context)

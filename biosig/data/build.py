@@ -46,7 +46,7 @@ from biosig.data.shards import (
 )
 from biosig.data.sources import SourceOptions, load_source, record_units
 from biosig.data.windowset import WindowSet
-from biosig.errors import ConfigError, DataError, FileError
+from biosig.errors import ConfigError, DataError, FileProblem
 
 PLAN_FILE = shard_format.BUILD_FILE
 PARTS_DIR = "_parts"
@@ -211,7 +211,7 @@ def _run_groups(plan: Plan, root: str, todo: list[int], workers: int,
 def build_group(plan_json: str, root: str, group: int) -> None:
     """Read one group's records, write its shards, then its marker (in a worker process)."""
     plan = Plan.from_json(plan_json, PLAN_FILE)
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     ws = _load_group(plan, group, problems)
     shards: list[Shard] = []
     schema = None
@@ -230,7 +230,7 @@ def build_group(plan_json: str, root: str, group: int) -> None:
     write_text(_marker(root, group), json.dumps(marker))
 
 
-def _load_group(plan: Plan, group: int, problems: list[FileError]) -> WindowSet | None:
+def _load_group(plan: Plan, group: int, problems: list[FileProblem]) -> WindowSet | None:
     from biosig.data.sources import _load_recordings
 
     options = SourceOptions(**plan.options)
@@ -244,7 +244,7 @@ def _load_group(plan: Plan, group: int, problems: list[FileError]) -> WindowSet 
         return load_source(plan.source, options, problems)
     except DataError as exc:
         if plan.source.startswith(("butppg:", "vitaldb:")):  # no record of this group gave a window
-            problems.append(FileError(f"{plan.source} group {group}", str(exc), "warning"))
+            problems.append(FileProblem(f"{plan.source} group {group}", str(exc), "warning"))
             return None
         raise
 
@@ -274,13 +274,13 @@ def _renamed(ws: WindowSet, first: int, width: int) -> WindowSet:
     return dataclasses.replace(ws, subject=names[local], source=ws.source.split("?")[0])
 
 
-def group_problems(plan: Plan, root: str, groups: list[int]) -> list[FileError]:
+def group_problems(plan: Plan, root: str, groups: list[int]) -> list[FileProblem]:
     """The problems of the records of `groups` (from their markers), for data_errors.csv."""
     markers = [_read_marker(plan, root, g) for g in sorted(groups)]
-    return [FileError(**p) for m in markers if m is not None for p in m["problems"]]
+    return [FileProblem(**p) for m in markers if m is not None for p in m["problems"]]
 
 
-def finalize(root: str) -> tuple[Manifest, list[FileError]]:
+def finalize(root: str) -> tuple[Manifest, list[FileProblem]]:
     """Write manifest.json from a finished build's group markers (the problems of every record come back
     for data_errors.csv). A manifest already there is returned as it is."""
     where = join(root, PLAN_FILE)

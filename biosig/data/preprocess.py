@@ -247,8 +247,3 @@ def window_recording(channels: list[str], x: np.ndarray, config: PreprocessConfi
         rejected["shorter_than_a_window"] += 1
     signals = np.stack(kept).astype(np.float32) if kept else np.empty((0, len(index), size), np.float32)
     return Windows(signals, np.asarray(kept_starts, dtype=np.float64), rejected)
-
-
-def describe_rejections(rejected: collections.Counter, total: int) -> str:
-    return f"rejected {sum(rejected.values())} of {total} windows: " + \
-        ", ".join(f"{reason} {n}" for reason, n in rejected.most_common())

@@ -11,7 +11,7 @@ VitalDB (`.vital` files, read with the `vitaldb` package): `SNUADC/PLETH` (PPG) 
 (`case,label`) is given.
 
 A record that cannot be read (missing file, malformed header, unequal lengths) is skipped and returned as
-a FileError; windows rejected by the quality gates are counted per reason (FileError kind `rejected`).
+a FileProblem; windows rejected by the quality gates are counted per reason (FileProblem kind `rejected`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from biosig.data.channels import PPG_ECG_CHANNELS, QUALITY_CHANNELS
 from biosig.data.preprocess import Gates, PreprocessConfig, prepare_channels, window_recording
 from biosig.data.synthetic import QUALITY_CLASSES
 from biosig.data.windowset import WindowSet
-from biosig.errors import DataError, FileError
+from biosig.errors import DataError, FileProblem
 
 BUTPPG_LABELS = "quality-hr-ann.csv"
 VITAL_TRACKS = {"PPG": "SNUADC/PLETH", "ECG": "SNUADC/ECG_II"}
@@ -44,7 +44,7 @@ def vitaldb_defaults() -> PreprocessConfig:
     return PreprocessConfig(target_fs=125.0, window_s=1024 / 125)
 
 
-def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError], *, missing_acc: str = "exclude",
+def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileProblem], *, missing_acc: str = "exclude",
                 ppg_colour: int = 0, labels_file: Path | None = None, source: str = "",
                 records: list[str] | None = None) -> WindowSet:
     """The windows of every record folder under `root` (or of the folders named in `records`)."""
@@ -66,16 +66,16 @@ def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError],
         try:
             signals, has_acc = _butppg_signals(folder, ppg_colour)
             if not has_acc and missing_acc == "exclude":
-                problems.append(FileError(str(folder), "no ACC record: excluded (missing_acc=exclude)", "warning"))
+                problems.append(FileProblem(str(folder), "no ACC record: excluded (missing_acc=exclude)", "warning"))
                 continue
             channels, x = prepare_channels(signals, config, str(folder))
         except DataError as exc:
-            problems.append(FileError(str(folder), str(exc)))
+            problems.append(FileProblem(str(folder), str(exc)))
             continue
         if not has_acc:
             x = np.concatenate([np.zeros((3, x.shape[1])), x])
             channels = ["ACC_X", "ACC_Y", "ACC_Z", *channels]
-            problems.append(FileError(str(folder), "no ACC record: zero-filled, acc_present=0", "warning"))
+            problems.append(FileProblem(str(folder), "no ACC record: zero-filled, acc_present=0", "warning"))
         windows = window_recording(channels, x, config, order=QUALITY_CHANNELS)
         _count_rejections(problems, str(folder), windows.rejected)
         if rid not in quality:
@@ -83,7 +83,7 @@ def read_butppg(root: Path, config: PreprocessConfig, problems: list[FileError],
         n = len(windows.signals)
         parts.append((rid, windows, quality.get(rid, -1), float(has_acc), n))
     if missing_label:
-        problems.append(FileError(str(labels_file), f"no Quality for record(s) {missing_label[:10]}"
+        problems.append(FileProblem(str(labels_file), f"no Quality for record(s) {missing_label[:10]}"
                                   f"{' …' if len(missing_label) > 10 else ''}: their windows are unlabelled (-1)",
                                   "warning"))
     parts = [p for p in parts if p[4]]
@@ -140,7 +140,7 @@ def _wfdb(record: Path):
     return rec
 
 
-def read_vital_files(files: list[Path], config: PreprocessConfig, problems: list[FileError], *,
+def read_vital_files(files: list[Path], config: PreprocessConfig, problems: list[FileProblem], *,
                      labels_file: Path | None = None, source: str = "") -> WindowSet:
     labels = _case_labels(labels_file) if labels_file else {}
     parts = []
@@ -150,7 +150,7 @@ def read_vital_files(files: list[Path], config: PreprocessConfig, problems: list
             signals = _vital_signals(path)
             channels, x = prepare_channels(signals, config, str(path))
         except DataError as exc:
-            problems.append(FileError(str(path), str(exc)))
+            problems.append(FileProblem(str(path), str(exc)))
             continue
         windows = window_recording(channels, x, config, order=PPG_ECG_CHANNELS)
         _count_rejections(problems, str(path), windows.rejected)
@@ -159,7 +159,7 @@ def read_vital_files(files: list[Path], config: PreprocessConfig, problems: list
     if labels_file:
         missing = sorted({c for c, _, _ in parts} - set(labels))
         if missing:
-            problems.append(FileError(str(labels_file), f"no label for case(s) {missing[:10]}: unlabelled (-1)",
+            problems.append(FileProblem(str(labels_file), f"no label for case(s) {missing[:10]}: unlabelled (-1)",
                                       "warning"))
     if not parts:
         raise DataError(f"VitalDB {source}: no window survived ({len(files)} files; see data_errors.csv)")
@@ -205,5 +205,5 @@ def _case_labels(path: Path) -> dict[str, int]:
     return {c: int(v) for c, v in zip(table.case, table.label)}
 
 
-def _count_rejections(problems: list[FileError], file: str, rejected: collections.Counter) -> None:
-    problems.extend(FileError(file, reason, "rejected", n) for reason, n in rejected.items())
+def _count_rejections(problems: list[FileProblem], file: str, rejected: collections.Counter) -> None:
+    problems.extend(FileProblem(file, reason, "rejected", n) for reason, n in rejected.items())

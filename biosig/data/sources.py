@@ -21,7 +21,7 @@ from biosig.data.shards import check_finished, is_sharded, read_sharded
 from biosig.data.storage import fetch
 from biosig.data.synthetic import synthetic_cardio, synthetic_eeg
 from biosig.data.windowset import WindowSet
-from biosig.errors import ConfigError, DataError, FileError
+from biosig.errors import ConfigError, DataError, FileProblem
 
 SYNTHETIC_SOURCES = ("synthetic:ppg-ecg", "synthetic:quality", "synthetic:eeg")
 
@@ -73,7 +73,7 @@ def check_source_spec(key: str, spec: str) -> None:
                           "expected .parquet or .npz")
 
 
-def load_source(spec: str, options: SourceOptions | None = None, errors: list[FileError] | None = None) -> WindowSet:
+def load_source(spec: str, options: SourceOptions | None = None, errors: list[FileProblem] | None = None) -> WindowSet:
     """The WindowSet of `spec`. For a directory or prefix, unreadable files are appended to `errors`
     (when given) and skipped; with `errors=None` the first one is raised."""
     options = options or SourceOptions()
@@ -108,13 +108,13 @@ def _is_folder(spec: str) -> bool:
     return spec.endswith("/") or (not spec.startswith("synthetic:") and Path(spec).is_dir())
 
 
-def _load_many(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
+def _load_many(spec: str, options: SourceOptions, errors: list[FileProblem] | None) -> WindowSet:
     files = _list_s3(spec) if spec.startswith("s3://") else sorted(
         str(p) for p in Path(spec).iterdir() if p.suffix in DATA_SUFFIXES)
     if not files:
         raise DataError(f"no .parquet or .npz files in {spec}")
     parts: list[WindowSet] = []
-    failed: list[FileError] = []
+    failed: list[FileProblem] = []
     for file in files:
         try:
             part = load_source(file, options)
@@ -124,7 +124,7 @@ def _load_many(spec: str, options: SourceOptions, errors: list[FileError] | None
         except DataError as exc:
             if errors is None:
                 raise
-            failed.append(FileError(file, str(exc)))
+            failed.append(FileProblem(file, str(exc)))
     if errors is not None:
         errors.extend(failed)
     if not parts:
@@ -138,7 +138,7 @@ def _list_s3(prefix: str, suffixes: tuple[str, ...] = DATA_SUFFIXES) -> list[str
     return [uri for uri in list_objects(prefix) if uri.endswith(suffixes)]
 
 
-def _load_muse(spec: str, options: SourceOptions, errors: list[FileError] | None) -> WindowSet:
+def _load_muse(spec: str, options: SourceOptions, errors: list[FileProblem] | None) -> WindowSet:
     """`muse:DIR` or `muse:s3://bucket/prefix/`: every recording CSV there (see biosig.data.muse)."""
     from biosig.data import muse
 
@@ -163,13 +163,13 @@ def _load_muse(spec: str, options: SourceOptions, errors: list[FileError] | None
         except DataError as exc:
             if errors is None:
                 raise
-            problems.append(FileError(file, str(exc)))
+            problems.append(FileProblem(file, str(exc)))
             continue
         recordings.append(rec)
-        problems += [FileError(file, warning, "warning") for warning in rec.warnings]
+        problems += [FileProblem(file, warning, "warning") for warning in rec.warnings]
     unlabelled = sorted({r.participant for r in recordings} - set(labels))
     if labels_file and unlabelled:
-        problems.append(FileError(labels_file, f"no Remission label for participant(s) {unlabelled}: their "
+        problems.append(FileProblem(labels_file, f"no Remission label for participant(s) {unlabelled}: their "
                                                "windows are unlabelled (-1)", "warning"))
     if errors is not None:
         errors.extend(problems)
@@ -229,7 +229,7 @@ def record_units(spec: str) -> list[str]:
     return files
 
 
-def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] | None,
+def _load_recordings(spec: str, options: SourceOptions, errors: list[FileProblem] | None,
                      records: list[str] | None = None) -> WindowSet:
     """`butppg:DIR` / `vitaldb:DIR` (local folder or s3:// prefix, mirrored into the cache first); with
     `records`, only those records (see record_units)."""
@@ -240,7 +240,7 @@ def _load_recordings(spec: str, options: SourceOptions, errors: list[FileError] 
     root = recording_root(spec)
     defaults = recordings.butppg_defaults() if kind == "butppg" else recordings.vitaldb_defaults()
     config = PreprocessConfig.from_yaml(options.preprocess) if options.preprocess else defaults
-    problems: list[FileError] = []
+    problems: list[FileProblem] = []
     labels = Path(options.labels) if options.labels else None
     try:
         if kind == "butppg":

@@ -78,10 +78,6 @@ class WindowSet:
     def units(self) -> dict[str, str]:
         return units_for(self.channels)
 
-    @property
-    def is_labelled(self) -> bool:
-        return bool((self.labels >= 0).any())
-
     def channel_index(self, name: str) -> int:
         if name not in self.channels:
             raise DataError(f"channel '{name}' not in dataset {self.where} (has {self.channels})")

@@ -21,7 +21,7 @@ from biosig.data.parquet_io import stored_digest
 from biosig.data.profile import class_name
 from biosig.data.shards import Manifest, is_sharded, read_manifest, read_sharded, sample_windows
 from biosig.data.storage import fetch
-from biosig.errors import DataError, FileError
+from biosig.errors import DataError, FileProblem
 from biosig.logs import get_logger
 from biosig.tracking.dataset_store import find_dataset, is_portable, publish
 from biosig.tracking.run import RunContext
@@ -88,7 +88,7 @@ def use_dataset(ctx: RunContext, source: str, options: SourceOptions, *, kind: s
     if is_sharded(source) and not output:
         return use_sharded(ctx, source, context=context, stream=stream)
     source, recorded = find_dataset(source, output_dir)  # a name, digest or another machine's path: found here
-    errors: list[FileError] = []
+    errors: list[FileProblem] = []
     ws = load_source(source, options, errors).sorted()  # files hold sorted rows: the digest describes the file
     if errors:
         log_data_errors(ctx, errors)
@@ -178,7 +178,7 @@ def sharded_summary(manifest: Manifest, sample: WindowSet) -> dict[str, Any]:
             "profiled_from": f"a sample of {sample.n_windows} windows"}
 
 
-def log_data_errors(ctx: RunContext, problems: list[FileError]) -> None:
+def log_data_errors(ctx: RunContext, problems: list[FileProblem]) -> None:
     """Unreadable files do not fail the run: they (kind=error), files read with repairs (kind=warning:
     dropped NaN rows, gaps) and windows dropped by quality gates (kind=rejected, with counts) are listed in
     dataset/data_errors.csv, counted in tags, and the rejections logged as `rejected_windows.<reason>`."""
