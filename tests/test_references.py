@@ -67,6 +67,13 @@ def test_references_train_on_the_same_split_and_serve_like_the_model(pretrained,
     assert "lr" not in features.data.params and "unfreeze_last_n" not in features.data.params  # no network
     assert features.data.params["seed"] == parent.data.params["seed"]
     assert len(features.data.params) < 16 < len(runs_by("biosig.reference", "scratch")[0].data.params)
+    for name in ("features", "scratch"):  # each reference is a logged model of its own, carrying its results once
+        (ref,) = runs_by("biosig.reference", name)
+        (model,) = client.search_logged_models(experiment_ids=[ref.info.experiment_id],
+                                               filter_string=f"name = '{TINY_NAME}_{name}_reference'")
+        keys = [m.key for m in model.metrics]
+        assert model.source_run_id == ref.info.run_id and "test/auroc" in keys and len(keys) == len(set(keys))
+        assert not [k for k in keys if k.startswith(("train/", "val/"))] or name == "features"
     metrics = metrics_of(parent)
     assert metrics["test_auroc_ci_low"] <= metrics["test_auroc"] <= metrics["test_auroc_ci_high"]
     assert metrics["reference.features.delta_test_auroc"] == pytest.approx(

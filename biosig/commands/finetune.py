@@ -398,6 +398,9 @@ def run_references(job: Job, data: LabelledSplits) -> dict[str, Tested]:
                               uri=job.logged.recorded or job.logged.uri, context="training")
             work = job.tmp / f"reference-{name}"
             work.mkdir(parents=True, exist_ok=True)
+            # its own logged model, begun before training: its test metrics are linked to it (and only those)
+            ref_ctx.begin_model(f"{job.parent_name}_{name}_reference", model_type=f"{name}_reference",
+                                dataset=job.logged.mlflow_ref)
             ref_job = dataclasses.replace(job.nested(ref_ctx, ref_config), tmp=work)
             train = _features_reference if name == "features" else _scratch_reference
             tested = train(ref_job, data)
@@ -436,7 +439,7 @@ def _features_reference(job: Job, data: LabelledSplits) -> Tested:
             "provenance": {"run_id": ctx.run_id, "dataset": logged.name, "dataset_digest": logged.digest,
                            "biosig_version": biosig.__version__}}
     write_meta(model.save(job.tmp), meta)
-    log_pyfunc(job.tmp, meta)
+    log_pyfunc(job.tmp, meta, model_id=ctx.model_id)
     return tested["test"]
 
 
@@ -449,7 +452,7 @@ def _scratch_reference(job: Job, data: LabelledSplits) -> Tested:
     tested = _test(job, outcome, data, "scratch reference")
     meta = {**_finetuned_meta(job, data, outcome), "kind": "scratch_reference",
             "name": f"{job.parent_name}_scratch_reference"}
-    log_pyfunc(save_checkpoint(job.tmp / "checkpoint", outcome.best_state, meta), meta)
+    log_pyfunc(save_checkpoint(job.tmp / "checkpoint", outcome.best_state, meta), meta, model_id=job.ctx.model_id)
     return tested
 
 
