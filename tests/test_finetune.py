@@ -92,6 +92,16 @@ def test_pretrain_then_finetune_auto_end_to_end(pretrained, workdir):
     found = client.search_logged_models(experiment_ids=[run.info.experiment_id],
                                         filter_string="metrics.`test/auroc` > 0")
     assert [m.model_id for m in found] == [model_id]
+    # the README's search example, as written, in a fresh process: it runs and agrees with the client's answer
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"``(mlflow\.search_logged_models\(.*?\))``", readme, re.S).group(1).replace("\n", " ")
+    code = f"import mlflow; print(sorted(m.model_id for m in {example[:-1]}, output_format='list')))"
+    fresh = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()})
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    expected = sorted(m.model_id for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string="metrics.`test/auroc` > 0.8"))
+    assert fresh.stdout.strip() == str(expected)
     requirements = Path(mlflow.artifacts.download_artifacts(f"{logged_model.artifact_location}/requirements.txt")).read_text()
     assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements  # CPU serving images
     assert re.search(r"^torch==[\d.]+$", requirements, re.M), requirements
@@ -143,10 +153,9 @@ def test_pyfunc_predictions_match_the_tested_model(pretrained, workdir):
         warnings.simplefilter("error")
         model.predict(one_subject)
     assert not [r for r in logged if "extra inputs" in r.getMessage()]
-    empty = model.predict(frame.iloc[:0])
-    assert empty.empty and list(empty.columns) == ["poor", "good"]
     short = frame.head(2).assign(PPG=[x[:5] for x in frame.PPG.head(2)])
-    for bad, words in ((short, "column 'PPG' holds windows of [5] samples; the model takes"),
+    for bad, words in ((frame.iloc[:0], "the model input has no rows"),
+                       (short, "column 'PPG' holds windows of [5] samples; the model takes"),
                        (frame.drop(columns=["ECG"]), "model input lacks channel column(s) ['ECG']")):
         with pytest.raises(MlflowException) as caught:
             model.predict(bad)

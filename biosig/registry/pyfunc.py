@@ -64,8 +64,8 @@ def frames_in_frames_out() -> None:
     into arrays (predictions came back on 0..n-1), warns about every column beside the channels (the
     dataset's own subject/label columns, documented as accepted), fails on an empty frame with `Error: 0`
     and puts a 0.4-2.2 KB dump of the frame before the useful words. For biosig's window classifiers only,
-    PyFuncModel.predict keeps the input index, passes only the channel columns, answers an empty frame with an
-    empty one, and checks window lengths itself (one line naming the column)."""
+    PyFuncModel.predict keeps the input index, passes only the channel columns, and checks the frame itself:
+    no rows, a missing channel or a wrong window length is one line naming it."""
     from mlflow.pyfunc import PyFuncModel
 
     original = PyFuncModel.predict
@@ -76,10 +76,8 @@ def frames_in_frames_out() -> None:
         classifier = _window_classifier(self)
         if classifier is None or not isinstance(data, pd.DataFrame):
             return original(self, data, params=params)
-        spec, names = classifier.meta["input"], classifier.meta["class_names"]
+        spec = classifier.meta["input"]
         _check_frame(data, spec["channels"], spec["n_samples"])
-        if data.empty:
-            return pd.DataFrame({name: pd.Series(dtype=np.float64) for name in names}, index=data.index)
         out = original(self, data[spec["channels"]], params=params)
         out.index = data.index
         return out
@@ -100,6 +98,9 @@ def _check_frame(data: pd.DataFrame, channels: list[str], n_samples: int) -> Non
     """One line, as an INVALID_PARAMETER_VALUE (HTTP 400 when served), for a frame the model cannot take."""
     from mlflow.exceptions import MlflowException
 
+    if data.empty:
+        raise MlflowException.invalid_parameter_value(
+            f"the model input has no rows: send at least one window (columns {channels}, {n_samples} samples each)")
     missing = [c for c in channels if c not in data.columns]
     if missing:
         raise MlflowException.invalid_parameter_value(
