@@ -41,3 +41,22 @@ def test_a_dataset_only_on_another_machine_says_how_to_share_it(pretrained, work
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"(digest {run.data.tags['biosig.dataset.digest'][:12]}) is not on this machine" in err
     assert "log it through the team server (or set $BIOSIG_DATA_ROOT)" in err
+
+
+def test_a_data_root_on_s3_holds_each_dataset_once_and_runs_record_it(s3, workdir, monkeypatch, capsys):
+    monkeypatch.setenv("BIOSIG_DATA_ROOT", "s3://models/datasets")
+    args = ["log-dataset", "--source", "synthetic:ppg-ecg", "--n_subjects", "3", "--windows_per_subject", "2"]
+    assert main(args) == 0 and main(args) == 0
+    runs = finished_runs("FINISHED")
+    uris = {r.data.tags["biosig.dataset.uri"] for r in runs}
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="datasets/")["Contents"]]
+    assert len(runs) == 2 and len(uris) == 1 and len(keys) == 1  # one object, recorded by both runs
+    assert uris == {f"s3://models/{keys[0]}"} and keys[0].endswith(f"_{runs[0].data.tags['biosig.dataset.digest'][:12]}.parquet")
+
+    monkeypatch.setenv("BIOSIG_DATA_ROOT", "/shared/datasets")  # not an S3 prefix
+    before = sorted((workdir / "data").iterdir())
+    capsys.readouterr()
+    assert main(["log-dataset", "--source", "synthetic:ppg-ecg", "--n_subjects", "4"]) == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if " INFO " not in x]
+    assert line == "biosig: error: $BIOSIG_DATA_ROOT must be an s3://bucket/prefix, got '/shared/datasets'"
+    assert not finished_runs("RUNNING") and sorted((workdir / "data").iterdir()) == before  # its file removed

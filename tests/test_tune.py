@@ -37,6 +37,8 @@ def test_trials_are_nested_runs_and_the_parent_summarises(pretrained, workdir):
     assert all(t.data.tags["optuna.study"] == "s1" for t in trials)
     assert len({t.data.params["lr"] for t in trials}) == 3 and all("head" in t.data.params for t in trials)
     assert len({t.data.tags["biosig.test.digest"] for t in trials}) == 1  # one split for every trial
+    # set up as finetune sets up: the same record of how each trial's classifier was made
+    assert all(t.data.tags["biosig.normalisation"] and "biosig.channel_mapping" in t.data.tags for t in trials)
     client = MlflowClient()
     first = next(t for t in trials if t.data.tags["optuna.trial"] == "0")  # nothing to prune it against
     assert first.data.tags["optuna.state"] == "COMPLETE"

@@ -39,13 +39,18 @@ from biosig.registry.publish import register_from_run
 from biosig.registry.pyfunc import FEATURES_KIND, log_pyfunc
 from biosig.tracking.datasets import LoggedDataset, follow_dataset, log_windowset, use_dataset
 from biosig.tracking.liveness import scratch_dir
-from biosig.tracking.run import FollowerContext, RunContext, configure_tracking, record_fit, tracked_run
+from biosig.tracking.run import (
+    FollowerContext,
+    RunContext,
+    configure_tracking,
+    record_classifier,
+    record_fit,
+    tracked_run,
+)
 from biosig.tracking.tags import (
     ARCH_TAG,
     CANDIDATE_REASON_TAG,
     CANDIDATE_TAG,
-    CHANNEL_MAPPING_TAG,
-    CHANNELS_DROPPED_TAG,
     CV_EVIDENCE_RUN_TAG,
     CV_FOLD_TAG,
     CV_FOLDS_TAG,
@@ -54,9 +59,6 @@ from biosig.tracking.tags import (
     DATASET_DIGEST_TAG,
     DATASET_NAME_TAG,
     KIND_TAG,
-    NORMALISATION_TAG,
-    NOTE_CHANNELS_TAG,
-    NOTE_NORMALISATION_TAG,
     PARENT_NAME_TAG,
     PARENT_URI_TAG,
     PARENT_VERSION_TAG,
@@ -71,7 +73,7 @@ from biosig.tracking.tags import (
     WORLD_SIZE_TAG,
 )
 from biosig.training import loop
-from biosig.training.classifier import BuiltClassifier, build_classifier
+from biosig.training.classifier import build_classifier
 from biosig.training.labelled import LabelledSplits
 from biosig.training.metrics import (
     INTERVAL_METRICS,
@@ -252,23 +254,6 @@ def _prepare(job: Job) -> LabelledSplits:
     return prepare_data(job.logged.windows, job.logged.name, job.config, job.parent)
 
 
-def build_classifier_for(ctx: RunContext | FollowerContext, parent: ResolvedCheckpoint, data: LabelledSplits,
-                         config: FinetuneConfig, *, pretrained: bool = True) -> BuiltClassifier:
-    """The classifier for `data` from the checkpoint (random weights for the scratch reference), with the
-    normalisation and channel-mapping decisions recorded as tags of `ctx`."""
-    if data.note:
-        log.info(f"  note: {data.note}")
-        ctx.set_tags({NOTE_NORMALISATION_TAG: data.note})
-    ctx.set_tags({NORMALISATION_TAG: data.stats.kind})
-    built = build_classifier(parent.meta, parent.path if pretrained else None, parent.uri, data.channels,
-                             len(data.class_names), config.head_settings())
-    if built.dropped:
-        ctx.set_tags({CHANNELS_DROPPED_TAG: ",".join(built.dropped), NOTE_CHANNELS_TAG: built.dropped_note})
-    if built.mapping:
-        ctx.set_tags({CHANNEL_MAPPING_TAG: built.mapping})
-    return built
-
-
 def _train(job: Job, data: LabelledSplits, *, pretrained: bool = True,
            schedule: list[Stage] | None = None) -> FitOutcome:
     """Build the classifier (pretrained weights, or random for the scratch reference) and fit it through
@@ -277,7 +262,9 @@ def _train(job: Job, data: LabelledSplits, *, pretrained: bool = True,
     config, ctx = job.config, job.ctx
     device = job.dist.device(config.device)
     generator = loop.seed_everything(config.seed)
-    built = build_classifier_for(ctx, job.parent, data, config, pretrained=pretrained)
+    built = build_classifier(job.parent.meta, job.parent.path if pretrained else None, job.parent.uri, data.channels,
+                             len(data.class_names), config.head_settings())
+    record_classifier(ctx, built, data)
     built.model.to(device)
     outcome = fit(ctx, config.fit_settings(), built.model, data, schedule or config.schedule(), masks=built.masks,
                   device=device, generator=generator, dist=job.dist)

@@ -39,7 +39,7 @@ from biosig.logs import get_logger
 from biosig.registry.discovery import resolve_pretrained
 from biosig.secrets import redact_value
 from biosig.tracking.datasets import use_dataset
-from biosig.tracking.run import RunContext, configure_tracking, record_fit, tracked_run
+from biosig.tracking.run import RunContext, configure_tracking, record_classifier, record_fit, tracked_run
 from biosig.tracking.study import log_study_summary
 from biosig.tracking.tags import TEST_DIGEST_TAG
 from biosig.training import loop
@@ -280,6 +280,7 @@ class _Objective:
         generator = loop.seed_everything(config.seed)  # the same initialisation and batches for every trial
         built = build_classifier(self.parent.meta, self.parent.path, self.parent.uri, self.data.channels,
                                  len(self.data.class_names), config.head_settings())
+        record_classifier(ctx, built, self.data)
         built.model.to(device)
         metric = self.config.selection_metric
 

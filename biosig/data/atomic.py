@@ -79,22 +79,26 @@ def disk_error(exc: OSError, directory: Path, needs_bytes: int = 0) -> DataError
         (c for c in DISK_ERRNOS if f"[errno {c}]" in str(exc).lower()), None)
     if code is None:
         return None
-    space = _space(directory, needs_bytes) if code in (errno.ENOSPC, errno.EDQUOT) else ""
-    return DataError(f"cannot write to {directory.absolute()}: {DISK_ERRNOS[code]}{space}")
+    return _cannot_write(directory, code, needs_bytes)
 
 
 def _require_space(directory: Path, needs_bytes: int) -> None:
-    if needs_bytes and shutil.disk_usage(directory).free < needs_bytes:
-        raise DataError(f"cannot write to {directory.absolute()}: no space left on the device{_space(directory, needs_bytes)}")
+    if needs_bytes and _free(directory) < needs_bytes:
+        raise _cannot_write(directory, errno.ENOSPC, needs_bytes)
 
 
-def _space(directory: Path, needs_bytes: int) -> str:
+def _cannot_write(directory: Path, code: int, needs_bytes: int) -> DataError:
+    space = ""
+    if code in (errno.ENOSPC, errno.EDQUOT) and (free := _free(directory)) >= 0:
+        space = f" ({_size(free)} free" + (f", about {_size(needs_bytes)} needed)" if needs_bytes else ")")
+    return DataError(f"cannot write to {directory.absolute()}: {DISK_ERRNOS[code]}{space}")
+
+
+def _free(directory: Path) -> int:
     try:
-        free = shutil.disk_usage(directory).free
+        return shutil.disk_usage(directory).free
     except OSError:
-        return ""
-    need = f", about {_size(needs_bytes)} needed" if needs_bytes else ""
-    return f" ({_size(free)} free{need})"
+        return -1
 
 
 def _size(n: int) -> str:

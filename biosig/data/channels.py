@@ -42,20 +42,14 @@ def check_channels(channels: list[str], where: str) -> None:
 def single_rate(value: Any, where: str) -> float:
     """The one sampling rate a file stores for all its channels; per-channel rates (a list, an array or a
     mapping of channel to rate) are refused by name: a window holds every channel at one rate."""
-    if isinstance(value, dict):
-        rates = value
-    else:
-        array = np.asarray(value)
-        rates = array.tolist() if array.ndim and array.size != 1 else None
-        value = array.reshape(-1)[0] if array.size == 1 else value
-    if rates is not None and len(set(rates.values() if isinstance(rates, dict) else rates)) != 1:
-        raise DataError(f"{where} stores per-channel sampling rates {rates}: biosig windows hold every channel at "
-                        "one rate; resample to one rate first (recording sources do it with the preprocess file's target_fs)")
-    if rates is not None:
-        value = next(iter(rates.values())) if isinstance(rates, dict) else rates[0]
+    rates = list(value.values()) if isinstance(value, dict) else np.asarray(value).reshape(-1).tolist()
+    if len(set(rates)) > 1:
+        raise DataError(f"{where} stores per-channel sampling rates {value if isinstance(value, dict) else rates}: "
+                        "biosig windows hold every channel at one rate; resample to one rate first (recording "
+                        "sources do it with the preprocess file's target_fs)")
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        return float(rates[0])
+    except (IndexError, TypeError, ValueError):
         raise DataError(f"{where} stores the sampling rate fs as {value!r}, not a number") from None
 
 

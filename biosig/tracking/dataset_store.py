@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -135,10 +137,16 @@ def _download(uri: str) -> Path:
     existing = sorted(target.glob("*.parquet")) if target.is_dir() else []
     if existing:
         return existing[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))  # never a half file in the cache
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(target)))
+        name = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(partial))).name
+        partial.replace(target)
     except (MlflowException, OSError) as exc:
         raise DataError(f"cannot download dataset {uri}: {str(exc).splitlines()[0][:300]}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return target / name
 
 
 def _runs_with(filter_string: str, client: MlflowClient | None = None) -> list:

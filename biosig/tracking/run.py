@@ -32,11 +32,16 @@ from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, heartbeat_seconds, owner_tags
 from biosig.tracking.metrics import MetricBatcher
 from biosig.tracking.tags import (
+    CHANNEL_MAPPING_TAG,
+    CHANNELS_DROPPED_TAG,
     CLASS_WEIGHTS_TAG,
     COLLAPSED_CLASSES_TAG,
     COMMAND_TAG,
     ERROR_TAG,
     ERROR_TYPE_TAG,
+    NORMALISATION_TAG,
+    NOTE_CHANNELS_TAG,
+    NOTE_NORMALISATION_TAG,
     NOTE_TAG,
     RUN_NAME_TAG,
     SELECTION_FALLBACK_TAG,
@@ -44,6 +49,8 @@ from biosig.tracking.tags import (
 )
 
 if TYPE_CHECKING:
+    from biosig.training.classifier import BuiltClassifier
+    from biosig.training.labelled import LabelledSplits
     from biosig.training.trainer import FitOutcome
 
 log = get_logger(__name__)
@@ -504,3 +511,16 @@ def record_fit(ctx: RunContext | FollowerContext, outcome: FitOutcome) -> None:
         ctx.set_tags(tags)
     ctx.log_dict(outcome.history, "history.json")
     ctx.log_dict(outcome.stage_counts, "stages.json")
+
+
+def record_classifier(ctx: RunContext | FollowerContext, built: BuiltClassifier, data: LabelledSplits) -> None:
+    """How a classifier was made for its data, as run tags: the normalisation (and why auto chose it), the
+    channel mapping of the pretrained weights, and pretrained channels the data lacks."""
+    if data.note:
+        log.info(f"  note: {data.note}")
+        ctx.set_tags({NOTE_NORMALISATION_TAG: data.note})
+    ctx.set_tags({NORMALISATION_TAG: data.stats.kind})
+    if built.dropped:
+        ctx.set_tags({CHANNELS_DROPPED_TAG: ",".join(built.dropped), NOTE_CHANNELS_TAG: built.dropped_note})
+    if built.mapping:
+        ctx.set_tags({CHANNEL_MAPPING_TAG: built.mapping})
