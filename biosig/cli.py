@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 import math
 import os
-import re
 import sys
 import types
 import typing
@@ -21,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import click
 
-from biosig.config import BaseConfig, load_config
+from biosig.config import BaseConfig, field_help, load_config
 from biosig.errors import BiosigError, Terminated
 
 # granite-tsfm configures the root logger at import and hub access must never be attempted.
@@ -35,42 +33,50 @@ os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 def config_option_list(config_cls: type[BaseConfig]) -> list[click.Option]:
     """`--config FILE` and one `--key/--key-with-dashes` option per config field, its help line taken from
-    the field's comment in the dataclass, with its type, allowed values and default."""
+    the field's metadata (biosig.config.option), with its type, allowed values and default. A backbone's own
+    keys come last, grouped and marked by the architectures that read them."""
     options = [click.Option(["--config", "config_file"], default=None, metavar="FILE",
                             help="YAML file of config keys; command-line keys override it")]
-    comments = field_comments(config_cls)
+    helps = field_help(config_cls)
     hints = typing.get_type_hints(config_cls)
-    for field in dataclasses.fields(config_cls):
+    owners = _backbone_option_owners(config_cls)
+    fields = sorted(dataclasses.fields(config_cls), key=lambda f: owners.get(f.name, ""))  # stable: shared keys first
+    for field in fields:
         names = [f"--{field.name}"] + ([f"--{field.name.replace('_', '-')}"] if "_" in field.name else [])
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         kind, metavar = _describe_type(hints[field.name])
-        text = f"{comments[field.name]} " if field.name in comments else ""
+        text = " ".join(filter(None, [f"({owners[field.name]} only)" if field.name in owners else "",
+                                      helps.get(field.name, ""), _plugin_options(config_cls, field.name)]))
         options.append(click.Option([*names, field.name], default=None, metavar=metavar,
-                                    help=f"{text}[{kind}; default: {default!r}]"))
+                                    help=f"{text + ' ' if text else ''}[{kind}; default: {default!r}]"))
     return options
 
 
-def field_comments(config_cls: type) -> dict[str, str]:
-    """Each field's help line from the source of the dataclass and its bases: its trailing `# comment`,
-    else the comment lines right above it."""
-    comments: dict[str, str] = {}
-    for cls in reversed(config_cls.__mro__):
-        if not dataclasses.is_dataclass(cls):
-            continue
-        try:
-            lines = inspect.getsource(cls).splitlines()
-        except (OSError, TypeError):
-            continue
-        above: list[str] = []
-        for line in lines:
-            if line.startswith("    # "):
-                above.append(line.strip()[2:])
-                continue
-            field = re.match(r"^    (\w+): [^\n]*?=[^#]*(?:#\s*(.+))?$", line)
-            if field and (field[2] or above):
-                comments[field[1]] = (field[2] or " ".join(above)).strip()
-            above = []
-    return comments
+def _backbone_option_owners(config_cls: type) -> dict[str, str]:
+    """Config fields that are some backbones' own options (the pretrain config composes the built-ins'),
+    with the archs that declare them: {"d_state": "mamba2", "mode": "ttm, tspulse", …}."""
+    if "arch" not in {f.name for f in dataclasses.fields(config_cls)}:
+        return {}
+    from biosig import backbones
+
+    owners: dict[str, list[str]] = {}
+    for arch, spec in sorted(backbones.installed().items(), key=lambda item: item[0] != "ttm"):
+        for key in field_help(spec.options) if spec.options else {}:
+            owners.setdefault(key, []).append(arch)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return {key: ", ".join(archs) for key, archs in owners.items() if key in fields}
+
+
+def _plugin_options(config_cls: type, key: str) -> str:
+    """For `backbone_options`: the installed backbones whose keys it sets (those that are no key of this config)."""
+    if key != "backbone_options":
+        return ""
+    from biosig import backbones
+
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    found = [f"{arch} ({', '.join(keys)})" for arch, spec in sorted(backbones.installed().items())
+             if (keys := [k for k in spec.option_defaults() if k not in fields])]
+    return f"Installed: {'; '.join(found)}." if found else ""
 
 
 def _describe_type(annotation: Any) -> tuple[str, str]:
@@ -233,16 +239,18 @@ def backbones_cmd() -> None:
     """The installed backbones (biosig's own and plug-ins of the entry-point group biosig.backbones): arch,
     where it comes from, its pretraining objectives, an example registered name and its own options."""
     from biosig import backbones
+    from biosig.commands.configs import PretrainConfig
 
+    pretrain_keys = {f.name for f in dataclasses.fields(PretrainConfig)}  # the built-ins' options are keys of their own
     for arch, spec in sorted(backbones.installed().items()):
         click.echo(f"{arch:<10} from {backbones.origin(arch):<18} objectives: {', '.join(spec.objectives):<9} "
                    f"e.g. {spec.example}")
         click.echo(f"{'':10} {spec.summary}")
         if spec.options:
-            comments, hints = field_comments(spec.options), typing.get_type_hints(spec.options)
+            helps, hints = field_help(spec.options), typing.get_type_hints(spec.options)
             for key, default in spec.option_defaults().items():
-                click.echo(f"{'':10} backbone_options {key}={default!r} ({_describe_type(hints[key])[0]}): "
-                           f"{comments.get(key, '')}")
+                spelling = f"--{key.replace('_', '-')}" if key in pretrain_keys else f"backbone_options {key}="
+                click.echo(f"{'':10} {spelling} {default!r} ({_describe_type(hints[key])[0]}): {helps.get(key, '')}")
 
 
 @cli.group("dataset")

@@ -12,7 +12,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, TypeVar
 
 from biosig.errors import ConfigError
 from biosig.files import read_yaml_mapping, require_local_file
@@ -24,17 +24,29 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
+def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its help line, kept in the field's metadata: `biosig CMD --help` and
+    `biosig backbones` print it (plug-ins' option dataclasses use it too)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help line (the `help` of its metadata), by field name; fields without one are left out."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(cls) if f.metadata.get("help")}
+
+
 @dataclasses.dataclass
 class BaseConfig:
     """Keys shared by every command: where runs go and how they are seeded."""
 
-    experiment: str = "biosig"  # MLflow experiment (under `mlflow run`: its --experiment-name decides)
-    tracking_uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    run_name: str = ""  # empty: named from the command and its subject
-    seed: int = 0  # seeds data synthesis, splits, initialisation and shuffling
-    # record CPU, memory, disk and network (GPU with nvidia-ml-py) as system/* metrics every 10 s
-    # ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) while the run is live
-    system_metrics: bool = True
+    experiment: str = option("biosig", "MLflow experiment (under `mlflow run`: its --experiment-name decides)")
+    tracking_uri: str = option("", "empty: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
+    run_name: str = option("", "empty: named from the command and its subject")
+    seed: int = option(0, "seeds data synthesis, splits, initialisation and shuffling")
+    system_metrics: bool = option(True, "record CPU, memory, disk and network (GPU with nvidia-ml-py) as system/* metrics every "
+                                  "10 s ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL) while the run is live")
 
     #: Keys holding a data source spec / a local input file: checked before any run starts, so a typo
     #: in a path is one line and no FAILED run.

@@ -45,6 +45,9 @@ def biosig(workdir: Path, plugin_path: Path, *args: str) -> subprocess.Completed
 def test_an_installed_plugin_backbone_goes_from_pretraining_to_serving(plugin_path, tmp_path):
     listed = biosig(tmp_path, plugin_path, "backbones")
     assert listed.returncode == 0 and "resnet1d   from biosig-resnet1d" in listed.stdout, listed.stdout + listed.stderr
+    assert "backbone_options kernel_size= 7 (integer): width of every convolution" in listed.stdout  # its metadata
+    helped = biosig(tmp_path, plugin_path, "pretrain", "--help")
+    assert "Installed: resnet1d (kernel_size)." in " ".join(helped.stdout.split())
 
     (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(PRETRAIN))
     done = biosig(tmp_path, plugin_path, "pretrain", "--config", "pretrain.yaml")

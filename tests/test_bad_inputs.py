@@ -170,7 +170,8 @@ CASES: list[tuple[list[str], str]] = [
     (["pretrain", "--mask_ratio", "1.5"], "config key 'mask_ratio'"),
     (["pretrain", "--context_length", "0"], "config key 'context_length': 0 holds fewer than 2 patches"),
     (["pretrain", "--arch", "tspulse", "--backbone-options", "depth=3"],
-     "config key 'backbone_options': 'depth=3' is not key=value with a key of arch tspulse (its options: fuse_fft)"),
+     "config key 'backbone_options': 'depth=3' is not key=value with a key of arch tspulse "
+     "(its options: expansion_factor, fuse_fft, mode)"),
     (["pretrain", "--arch", "tspulse", "--backbone-options", "fuse_fft=maybe"],
      "config key 'backbone_options fuse_fft' (from backbone_options) must be true or false"),
     (["finetune", "--adaptation", "lora", "--stage2-epochs", "0"], "config key 'adaptation' lora trains its adapters in stage 2"),

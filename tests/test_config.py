@@ -90,7 +90,7 @@ def test_help_imports_no_framework(args):
     assert ("doctor" if args == ["--help"] else "--seed INT") in result.stdout
 
 
-def test_command_help_lines_come_from_the_config_comments(capsys):
+def test_command_help_lines_come_from_the_config_fields(capsys):
     from biosig.cli import main
 
     assert main(["finetune", "--help"]) == 0
@@ -98,3 +98,34 @@ def test_command_help_lines_come_from_the_config_comments(capsys):
     assert "--normalisation [auto|global|window] global: per-channel z-score fitted on train" in out
     assert "--lr FLOAT AdamW peak learning rate [number; default: 0.001]" in out
     assert "--reference LIST" in out and "each one of features, scratch" in out
+
+
+def test_each_backbone_owns_its_keys_and_pretrain_help_lists_them_by_architecture(capsys):
+    """The built-ins' own keys are typed fields of their specs' options dataclasses, each with a help line in
+    its metadata; the pretrain config composes them, and --help puts them last, marked by architecture."""
+    from biosig import backbones
+    from biosig.cli import main
+    from biosig.commands.configs import PretrainConfig
+    from biosig.config import field_help
+
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    for arch in ("ttm", "tspulse", "mamba2"):
+        spec = backbones.get(arch)
+        own = [f.name for f in dataclasses.fields(spec.options)]
+        assert own and set(own) <= fields and set(own) == set(field_help(spec.options)), arch
+        assert not set(own) & set(spec.keys), arch  # one home per key
+    assert main(["pretrain", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--d_state, --d-state INT (mamba2 only) SSM state size [integer; default: 64]" in out
+    assert "(ttm, tspulse only) width of each mixer MLP" in out and "--fuse_fft, --fuse-fft BOOL (tspulse only)" in out
+    assert out.index("--probe_every") < out.index("--d_state") < out.index("--mode")  # shared keys first
+
+
+def test_backbone_options_remain_a_spelling_of_a_builtin_key(tmp_path):
+    from biosig.commands.configs import PretrainConfig
+
+    config = load_config(PretrainConfig, None, {"arch": "mamba2", "backbone_options": "d_state=32,bidirectional=false"})
+    assert (config.d_state, config.bidirectional) == (32, False)
+    assert config.backbone_config()["d_state"] == 32 and config.backbone_config()["bidirectional"] is False
+    ttm = load_config(PretrainConfig, None, {"backbone_options": "mode=mix_channel"})
+    assert ttm.mode == "mix_channel" and ttm.model_name().endswith("_mix")  # the name agrees with the build

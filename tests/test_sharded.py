@@ -24,7 +24,7 @@ from biosig.cli import main
 from biosig.data.shards import read_manifest, read_sharded, split_digest, verify_all
 from biosig.errors import DataError
 from biosig.training.stream import ShardStream, StreamPosition, stream_loader
-from tests.helpers import TINY_FINETUNE, TINY_PRETRAIN, finished_runs, free_port, metrics_of, write_yaml
+from tests.helpers import TINY_FINETUNE, TINY_PRETRAIN, finished_runs, free_port, metrics_of, sizes_of, write_yaml
 
 #: 12 subjects x 10 windows in blocks of 3 subjects: 4 groups, 4 shards of 30 windows (2 row groups of 16 + 14)
 CORPUS = ["--source", "synthetic:ppg-ecg", "--n-subjects", "12", "--windows-per-subject", "10",
@@ -187,10 +187,10 @@ def test_pretraining_streams_a_sharded_dataset(corpus, workdir):
     config = write_yaml(workdir / "pretrain.yaml", {**PRETRAIN, "data": str(corpus)})
     assert main(["pretrain", "--config", str(config), "--data-workers", "2"]) == 0
     (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
-    metrics = metrics_of(run)
-    assert metrics["train_windows"] + metrics["val_windows"] == 120
+    sizes = sizes_of(run)
+    assert sizes["train_windows"] + sizes["val_windows"] == 120
     history = MlflowClient().get_metric_history(run.info.run_id, "train/windows_seen")
-    assert [m.value for m in history] == [metrics["train_windows"]] * 2  # every training window, every epoch
+    assert [m.value for m in history] == [sizes["train_windows"]] * 2  # every training window, every epoch
     assert run.data.tags["biosig.dataset.digest"] == read_manifest(str(corpus)).digest
     assert run.data.tags["biosig.dataset.uri"] == str(corpus)
 
@@ -203,7 +203,7 @@ def test_pretraining_killed_mid_epoch_resumes_to_the_uninterrupted_result(corpus
     config = write_yaml(workdir / "pretrain.yaml", keys)
     assert main(["pretrain", "--config", str(config)]) == 0
     (whole,) = pretrain_runs("FINISHED")
-    per_epoch = metrics_of(whole)["train_windows"] / keys["batch_size"]  # steps in one epoch (about)
+    per_epoch = sizes_of(whole)["train_windows"] / keys["batch_size"]  # steps in one epoch (about)
 
     step, calls = loop.step, []
 
@@ -243,7 +243,7 @@ def test_torchrun_two_ranks_by_two_workers_train_on_each_window_once(corpus, wor
     (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
     assert run.data.tags["biosig.world_size"] == "2"
     history = MlflowClient().get_metric_history(run.info.run_id, "train/windows_seen")
-    assert [m.value for m in history] == [metrics_of(run)["train_windows"]] * 2
+    assert [m.value for m in history] == [sizes_of(run)["train_windows"]] * 2
 
 
 def test_a_shard_whose_bytes_changed_is_refused_with_its_name(corpus, workdir, capsys):
@@ -305,7 +305,7 @@ def test_an_s3_prefix_is_built_and_streamed_through_moto(s3, workdir):
     assert main(["pretrain", "--config", str(config), "--data-workers", "0"]) == 0
     (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "pretrain"]
     assert run.data.tags["biosig.dataset.uri"] == "s3://models/corpus"
-    assert metrics_of(run)["train_windows"] + metrics_of(run)["val_windows"] == 120
+    assert sizes_of(run)["train_windows"] + sizes_of(run)["val_windows"] == 120
     assert not (Path(os.environ["BIOSIG_CACHE_DIR"]) / "s3").exists()  # ranged reads, no whole-object download
 
 
@@ -321,7 +321,7 @@ def test_a_labelled_multi_shard_corpus_goes_through_every_command(workdir, monke
                 "--reference", "features,scratch"]
     model = "ttm_ppg-ecg_c64_p16_m40_mae_finetuned"
     with monkeypatch.context() as streamed_only:  # no command reads the corpus whole: each streams it
-        for reader in ("biosig.tracking.datasets.read_sharded", "biosig.commands.finetune.read_sharded"):
+        for reader in ("biosig.tracking.datasets.read_sharded", "biosig.commands.finetune_evidence.read_sharded"):
             streamed_only.setattr(reader, None)
         assert main(["pretrain", "--config", str(pretrain)]) == 0
         assert main(["finetune", *finetune]) == 0

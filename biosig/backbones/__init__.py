@@ -15,11 +15,12 @@ import functools
 from importlib.metadata import entry_points
 from typing import Any
 
-from biosig.backbones.spec import Backbone, BackboneSpec
+from biosig.backbones.spec import Backbone, BackboneSpec, parse_options
 from biosig.errors import ConfigError
 from biosig.logs import get_logger
 
-__all__ = ["Backbone", "BackboneSpec", "build_backbone", "build_classifier", "get", "installed", "origin"]
+__all__ = ["Backbone", "BackboneSpec", "build_backbone", "build_classifier", "get", "installed", "origin",
+           "parse_options"]
 
 GROUP = "biosig.backbones"
 log = get_logger(__name__)

@@ -6,18 +6,32 @@ Names: mamba2_{modality}_d{d_model}_l{num_layers}_m{mask%}_{mae|bert}, e.g. mamb
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any
+from typing import Any, Literal
 
 from biosig.backbones.spec import BackboneSpec, mask_percent
+from biosig.config import option
 from biosig.data.channels import MUSE_CHANNELS, infer_modality
 from biosig.errors import ConfigError
-from biosig.models.shapes import check_mamba2_config
+from biosig.models.shapes import MAMBA2_DEFAULTS, check_mamba2_config
 
 _NAME = re.compile(
     r"^mamba2_(?P<modality>[a-z0-9]+)_d(?P<d_model>\d+)_l(?P<layers>\d+)_m(?P<mask>\d{1,2})_(?P<style>mae|bert)$")
-KEYS = ("context_length", "patch_length", "d_model", "num_layers", "d_state", "expand", "headdim", "chunk_size",
-        "tokenization", "bidirectional", "dropout")
+KEYS = ("context_length", "patch_length", "d_model", "num_layers", "dropout")
+
+
+@dataclasses.dataclass
+class Mamba2Options:
+    """Mamba-2's own keys; the pretrain config composes them (defaults: models.shapes.MAMBA2_DEFAULTS)."""
+
+    d_state: int = option(MAMBA2_DEFAULTS["d_state"], "SSM state size")
+    expand: int = option(MAMBA2_DEFAULTS["expand"], "inner width of each mixer as a multiple of d_model")
+    headdim: int = option(MAMBA2_DEFAULTS["headdim"], "channels per SSM head (expand * d_model must divide by it)")
+    chunk_size: int = option(MAMBA2_DEFAULTS["chunk_size"], "tokens per chunk of the chunked SSD scan")
+    tokenization: Literal["per_channel", "joint"] = option(
+        MAMBA2_DEFAULTS["tokenization"], "per_channel: a token sequence per channel; joint: one token per patch of all channels")
+    bidirectional: bool = option(MAMBA2_DEFAULTS["bidirectional"], "add a reverse-direction mixer per layer")
 
 
 def mamba2_name(*, modality: str, d_model: int, num_layers: int, mask_ratio: float, masking_style: str) -> str:
@@ -44,7 +58,7 @@ def _command_args(f: dict[str, Any]) -> str:
 
 
 def _check(config: Any) -> None:
-    check_mamba2_config({key: getattr(config, key) for key in KEYS})
+    check_mamba2_config(SPEC.build_config(config))
     if config.objective != "mae":
         raise ConfigError(f"config key 'objective' {config.objective!r} is TTM-only: arch=mamba2 pretrains by "
                           "masked-token reconstruction (objective=mae, masking_style mae or bert)")
@@ -64,7 +78,8 @@ def _pretraining(backbone, config: Any):
 
 SPEC = BackboneSpec(
     arch="mamba2", summary="Mamba-2 selective state-space layers over patch tokens; Muse EEG remission",
-    keys=KEYS, build=_build, pretraining=_pretraining, name_fields=_fields, format_name=lambda f: mamba2_name(**f),
+    keys=KEYS, options=Mamba2Options, build=_build, pretraining=_pretraining, name_fields=_fields,
+    format_name=lambda f: mamba2_name(**f),
     parse_name=_parse, command_args=_command_args, objectives=("mae",), check=_check,
     # the Muse EEG model of the product brief, unless set explicitly
     pretrain_preset={"data": "synthetic:eeg", "channels": MUSE_CHANNELS, "context_length": 2048, "patch_length": 16,

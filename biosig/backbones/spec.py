@@ -56,7 +56,10 @@ class Backbone(Protocol):
 class BackboneSpec:
     """One architecture, declared once. `config` below is a pretrain config (biosig.commands.configs.
     PretrainConfig): shared keys (channels, context_length, patch_length, d_model, num_layers, dropout,
-    objective, mask_ratio, …) plus the spec's own `options` given as `backbone_options=key=value,…`."""
+    objective, mask_ratio, …) plus the spec's own keys, declared as its `options` dataclass (typed fields
+    with a default and a help line each, biosig.config.option). The pretrain config composes the built-in
+    backbones' options as keys of its own (`--d-state 32`); a plug-in's are set as
+    `backbone_options=key=value,…`, which stays a compatibility spelling for the built-ins' too."""
 
     arch: str  # the `arch` value and the first token of its registered names
     summary: str  # one line for `biosig backbones`
@@ -68,8 +71,7 @@ class BackboneSpec:
     parse_name: Callable[[str], dict[str, Any] | None]  # registered name (no _finetuned) -> fields, or None
     command_args: Callable[[dict[str, Any]], str]  # fields -> `biosig pretrain` arguments that give that name
     objectives: tuple[str, ...] = ("mae",)  # values of `objective` it pretrains with
-    # its own keys: a dataclass whose fields (type, default, a comment each) are set as backbone_options
-    options: type | None = None
+    options: type | None = None  # its own keys: a dataclass of option(default, help) fields
     check: Callable[[Any], None] = lambda config: None  # ConfigError for configs it cannot build
     pretrain_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults when arch=this
     finetune_preset: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # defaults for its checkpoints
@@ -84,9 +86,13 @@ class BackboneSpec:
         return dataclasses.asdict(self.options()) if self.options else {}
 
     def build_config(self, config: Any) -> dict[str, Any]:
-        """The build config of a pretrain config: its `keys`, then `options` (defaults < backbone_options)."""
+        """The build config of a pretrain config: its `keys`, then its `options`, from the config's own keys
+        when the config composes this options dataclass (the built-ins'), else the defaults;
+        `backbone_options` overrides both."""
         values = {key: getattr(config, key) for key in self.keys}
-        return {**values, **self.option_defaults(), **parse_options(getattr(config, "backbone_options", ""), self)}
+        composed = self.options is not None and isinstance(config, self.options)
+        options = {key: getattr(config, key) if composed else default for key, default in self.option_defaults().items()}
+        return {**values, **options, **parse_options(getattr(config, "backbone_options", ""), self)}
 
     def name(self, config: Any) -> str:
         return self.format_name(self.name_fields(config))

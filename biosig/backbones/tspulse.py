@@ -11,6 +11,8 @@ import re
 from typing import Any
 
 from biosig.backbones.spec import BackboneSpec, mask_percent
+from biosig.backbones.ttm import TTMOptions
+from biosig.config import option
 from biosig.data.naming import channel_token, channels_from_token
 from biosig.errors import ConfigError
 from biosig.models.shapes import check_patching
@@ -20,10 +22,10 @@ _NAME = re.compile(r"^tspulse_(?P<channels>[a-z0-9]+(?:-[a-z0-9]+)*)_c(?P<contex
 
 
 @dataclasses.dataclass
-class TSPulseOptions:
-    """TSPulse's own keys (`backbone_options=fuse_fft=true`)."""
+class TSPulseOptions(TTMOptions):
+    """TSPulse's own keys: TTM's mixer keys and its frequency-domain branch."""
 
-    fuse_fft: bool = False  # add TSPulse's frequency-domain branch (FFT patches beside the time patches; ~2x compute)
+    fuse_fft: bool = option(False, "add TSPulse's frequency-domain branch (FFT patches beside the time patches; ~2x compute)")
 
 
 def tspulse_name(*, channels: list[str], context_length: int, patch_length: int, mask_ratio: float,
@@ -70,8 +72,7 @@ def _pretraining(backbone, config: Any):
 
 SPEC = BackboneSpec(
     arch="tspulse", summary="IBM TSPulse (granite-tsfm), TTM's sibling for classification; masked reconstruction",
-    keys=("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode",
-          "mask_ratio"),
+    keys=("context_length", "patch_length", "d_model", "num_layers", "dropout", "mask_ratio"),
     options=TSPulseOptions,
     build=_build, pretraining=_pretraining, name_fields=_fields, format_name=lambda f: tspulse_name(**f),
     parse_name=_parse, command_args=_command_args, objectives=("mae",), check=_check,

@@ -7,10 +7,12 @@ Names: ttm_{channels}_c{context}_p{patch}_m{mask%}_mae[_mix]  (masked-patch reco
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any
+from typing import Any, Literal
 
 from biosig.backbones.spec import BackboneSpec, mask_percent
+from biosig.config import option
 from biosig.data.naming import channel_token, channels_from_token
 from biosig.errors import ConfigError
 from biosig.models.shapes import check_patching
@@ -19,6 +21,15 @@ _NAME = re.compile(
     r"^ttm_(?P<channels>[a-z0-9]+(?:-[a-z0-9]+)*)_c(?P<context>\d+)_p(?P<patch>\d+)"
     r"_(?:m(?P<mask>\d{1,2})_(?P<mae>mae)|h(?P<horizon>\d+)_(?P<fcst>fcst))(?P<mix>_mix)?$"
 )
+
+
+@dataclasses.dataclass
+class TTMOptions:
+    """TTM's own keys (TSPulse, built from the same mixer, shares them); the pretrain config composes them."""
+
+    expansion_factor: int = option(2, "width of each mixer MLP as a multiple of d_model")
+    mode: Literal["common_channel", "mix_channel"] = option(
+        "common_channel", "common_channel: no channel-dependent weights; mix_channel: channel mixers too (names end _mix)")
 
 
 def ttm_name(*, channels: list[str], context_length: int, patch_length: int, objective: str,
@@ -82,7 +93,7 @@ def _pretraining(backbone, config: Any):
 
 SPEC = BackboneSpec(
     arch="ttm", summary="IBM Tiny Time Mixers (granite-tsfm), channel-independent MLP-Mixer; PPG+ECG default",
-    keys=("context_length", "patch_length", "d_model", "num_layers", "expansion_factor", "dropout", "mode"),
+    keys=("context_length", "patch_length", "d_model", "num_layers", "dropout"), options=TTMOptions,
     build=_build, pretraining=_pretraining, name_fields=_fields, format_name=lambda f: ttm_name(**f),
     parse_name=_parse, command_args=_command_args, objectives=("mae", "fcst"), check=_check,
     example="ttm_ppg-ecg_c1024_p64_m40_mae",

@@ -1,5 +1,5 @@
 """What a fit is configured with, free of torch (command configs import it while `--help` stays fast):
-the schedule's stages, the trainer's knobs, the classifier head, class-weight specs."""
+the schedule's stages, the trainer's knobs, the classifier head, class-weight specs, and pretraining's knobs."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ class FitSettings:
     selection_level: str = "window"
     patience: int = 3
     collapse_threshold: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSettings:
+    """Pretraining's knobs (`PretrainConfig.pretrain_settings()`): the data it reads and the loop."""
+
+    channels: list[str]
+    window_length: int  # samples per window the objective takes (the context, plus the horizon to forecast)
+    patch_length: int
+    context_fit: str = "crop_or_pad"
+    val_fraction: float = 0.2
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    amp: str = "auto"
+    data_workers: int = 1
+    checkpoint_every: int = 0  # a stream: also save last/ every N optimiser steps
 
 
 def staged(stage1_epochs: int, stage2_epochs: int, stage3_epochs: int, lr: float) -> list[Stage]:

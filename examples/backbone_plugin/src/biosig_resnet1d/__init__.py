@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from biosig.backbones.spec import BackboneSpec, mask_percent
+from biosig.config import option
 from biosig.data.naming import channel_token, channels_from_token
 from biosig.errors import ConfigError
 
@@ -74,7 +75,7 @@ def _module():
 class ResNet1DOptions:
     """Its own keys, set as `backbone_options=kernel_size=5`."""
 
-    kernel_size: int = 7  # width of every convolution, in samples (odd keeps the length)
+    kernel_size: int = option(7, "width of every convolution, in samples (odd keeps the length)")
 
 
 def _fields(config: Any) -> dict[str, Any]:
