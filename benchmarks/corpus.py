@@ -77,7 +77,7 @@ def last_throughput(cwd: Path) -> tuple[float, int]:
     client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     run = client.search_runs(experiments, "tags.`biosig.command` = 'pretrain'", order_by=["start_time DESC"])[0]
-    return run.data.metrics["train/windows_per_s"], int(run.data.metrics["train/windows"])
+    return run.data.metrics["train/windows_per_s"], int(run.data.params["size.train_windows"])
 
 
 def pretrain(data: str, cwd: Path, workers: int = 1) -> tuple[float, float, float, int]:

@@ -63,3 +63,10 @@ def metrics_of(run) -> dict[str, float]:
     from biosig.tracking.metric_names import canonical_metrics
 
     return canonical_metrics(run.data.metrics)
+
+
+def sizes_of(run) -> dict[str, int]:
+    """A run's sizes (params `size.<name>`: windows, parameters) by name."""
+    from biosig.tracking.metric_names import SIZE_PARAM_PREFIX
+
+    return {k[len(SIZE_PARAM_PREFIX):]: int(v) for k, v in run.data.params.items() if k.startswith(SIZE_PARAM_PREFIX)}

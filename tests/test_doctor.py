@@ -91,9 +91,14 @@ def test_doctor_closes_runs_whose_heartbeat_stopped_elsewhere(workdir, capsys):
                                                                HEARTBEAT_TAG: f"{time.time() - 3600:.0f}"})
     beating = client.create_run(experiment_id, tags={HOST_TAG: "node-18", PID_TAG: "4242",
                                                                 HEARTBEAT_TAG: f"{time.time():.0f}"})
+    # written before the biosig.process namespace: still judged by its heartbeat
+    legacy = client.create_run(experiment_id, tags={"biosig.host": "node-19", "biosig.pid": "4242",
+                                                    "biosig.heartbeat": f"{time.time() - 7200:.0f}"})
+    assert HOST_TAG.startswith("biosig.process.") and PID_TAG.startswith("biosig.process.")
     assert main(["doctor", "--experiment", "remote"]) == 1
     out = capsys.readouterr().out
     assert f"{silent.info.run_id}: RUNNING but no heartbeat on node-17 for 60 min" in out
+    assert f"{legacy.info.run_id}: RUNNING but no heartbeat on node-19 for 120 min" in out
     assert beating.info.run_id not in out
     assert main(["doctor", "--experiment", "remote", "--fix"]) == 0
     closed = client.get_run(silent.info.run_id)

@@ -57,3 +57,14 @@ def test_every_shipped_config_loads(path, monkeypatch):
 @pytest.mark.parametrize("path", sorted((ROOT / "registry_policies").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_policy_loads(path):
     assert load_policy(path).targets
+
+
+def test_the_project_environment_names_a_whole_python_release_and_installs_the_project():
+    """MLflow's virtualenv manager reads conda.yaml: `python=3.11` made it download the newest 3.11 release
+    through pyenv, and `-e .` from its temporary copy left an editable install pointing at a deleted folder."""
+    from mlflow.utils.environment import _PythonEnv
+
+    env = _PythonEnv.from_conda_yaml(str(ROOT / "conda.yaml"))
+    major, minor, patch = env.python.split(".")
+    assert (int(major), int(minor)) == sys.version_info[:2] and patch.isdigit()
+    assert env.dependencies == ["."]

@@ -15,7 +15,7 @@ from biosig.cli import main
 from biosig.data.synthetic import synthetic_cardio
 from biosig.models.lora import add_lora, has_lora, merge_lora
 from biosig.registry.pyfunc import as_model_input
-from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, metrics_of
+from tests.helpers import TINY_FINETUNE, TINY_NAME, finished_runs, sizes_of
 
 FINETUNED = f"{TINY_NAME}_finetuned"
 
@@ -43,14 +43,14 @@ def test_lora_fine_tune_registers_a_plain_pyfunc_with_fewer_trainable_parameters
     assert main(["finetune", "--pretrain-config", str(pretrained), *TINY_FINETUNE, "--adaptation", "lora",
                  "--lora-rank", "2"]) == 0
     (run,) = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "finetune"]
-    stage2 = metrics_of(run)["stage2.trainable_params"]
-    assert metrics_of(run)["stage1.trainable_params"] < stage2
+    stage2 = sizes_of(run)["stage2.trainable_params"]
+    assert sizes_of(run)["stage1.trainable_params"] < stage2
     stages = json.loads(open(MlflowClient().download_artifacts(run.info.run_id, "stages.json")).read())
     assert "LoRA r=2" in stages["2"]["unfrozen_blocks"][0]
     assert main(["finetune", "--pretrain-config", str(pretrained), *TINY_FINETUNE, "--register", "false"]) == 0
     unfreeze = [r for r in finished_runs("FINISHED") if r.data.tags.get("biosig.command") == "finetune"
                 and r.info.run_id != run.info.run_id][0]
-    assert stage2 < metrics_of(unfreeze)["stage2.trainable_params"]
+    assert stage2 < sizes_of(unfreeze)["stage2.trainable_params"]
 
     ws = synthetic_cardio(n_subjects=1, windows_per_subject=3, with_acc=True, window_s=10.0, seed=6)
     model = mlflow.pyfunc.load_model(f"models:/{FINETUNED}@candidate")

@@ -37,13 +37,20 @@ def test_metric_names_round_trip_through_their_namespaces():
     from biosig.tracking.metric_names import canonical_name, logged_key
 
     expected = {"train_loss": "train/loss", "lr": "train/lr", "val_recall.good": "val/recall.good",
-                "test_auroc_ci_low": "test/auroc_ci_low", "stage2.frozen_params": "model/stage2.frozen_params",
-                "best_epoch": "model/best_epoch", "reference.features.test_auroc": "reference/features.test_auroc",
-                "selection.val_auroc.logreg": "selection/val_auroc.logreg", "n_trials": "n_trials",
+                "test_auroc_ci_low": "test/auroc_ci_low", "best_epoch": "train/best_epoch",
+                "epochs_run": "train/epochs_run", "stage": "train/stage", "train_windows_seen": "train/windows_seen",
+                "best_val_loss": "val/best_loss", "best_val_auroc": "val/best_auroc",
+                "reference.features.test_auroc": "test/reference.features.auroc",
+                "reference.scratch.delta_test_f1": "test/reference.scratch.delta_f1",
+                "selection.val_auroc.logreg": "val/selection.auroc.logreg", "n_trials": "n_trials",
                 "system/cpu_utilization_percentage": "system/cpu_utilization_percentage"}
     for name, key in expected.items():
         assert logged_key(name) == key and canonical_name(key) == name
     assert canonical_name("test_auroc") == "test_auroc"  # runs logged before namespaces read the same
+    # and runs logged with the earlier namespaces
+    assert canonical_name("model/best_epoch") == "best_epoch"
+    assert canonical_name("reference/features.test_auroc") == "reference.features.test_auroc"
+    assert canonical_name("selection/val_auroc.logreg") == "selection.val_auroc.logreg"
 
 
 def test_policy_rules_accept_either_spelling(tmp_path):

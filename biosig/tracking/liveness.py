@@ -19,7 +19,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from biosig.errors import ConfigError
-from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, PID_TAG
+from biosig.tracking.tags import HEARTBEAT_TAG, HOST_TAG, LEGACY_PROCESS_TAGS, PID_TAG
 
 HEARTBEAT_ENV = "BIOSIG_HEARTBEAT_S"
 STALE_AFTER_BEATS = 5
@@ -71,7 +71,8 @@ class Liveness:
 def liveness(run: Run, *, stale_after_s: float | None = None, now: float | None = None) -> Liveness:
     """Whether the process of a RUNNING run is still there: on this host by its pid, elsewhere by the
     age of its heartbeat (runs from before heartbeats: by their start time)."""
-    tags = run.data.tags
+    tags = {**{new: run.data.tags[old] for new, old in LEGACY_PROCESS_TAGS.items() if old in run.data.tags},
+            **run.data.tags}
     now = time.time() if now is None else now
     stale_after_s = STALE_AFTER_BEATS * heartbeat_seconds() if stale_after_s is None else stale_after_s
     host, pid = tags.get(HOST_TAG), tags.get(PID_TAG, "")

@@ -1,17 +1,21 @@
 """One mapping between the metric names biosig's code, policies and tune use (`test_auroc`, `val_loss`,
-`lr`, `stage1.trainable_params`, `reference.features.test_auroc`) and the keys runs log, grouped by
-namespace so that the MLflow UI gives each group its own chart section and a run's curves come before
-its one-point values:
+`lr`, `best_epoch`, `reference.features.test_auroc`) and the keys runs log. The MLflow UI gives each
+namespace its own chart section and orders sections alphabetically (checked on MLflow 3.17's run page), so a
+run logs into `test/`, `train/` and `val/` only: the headline results first, then the curves, each result
+beside the curves it comes from; sizes (windows, parameters) are run params, not metrics:
 
-    train/…  train_loss -> train/loss, lr -> train/lr, train_windows -> train/windows
-    val/…    val_auroc -> val/auroc, val_recall.good -> val/recall.good
-    test/…   test_auroc -> test/auroc, test_auroc_ci_low -> test/auroc_ci_low
-    model/…  backbone_params, best_epoch, best_val_loss, epochs_run, stage<k>.trainable_params / frozen_params
-    reference/…, selection/…   reference.features.test_auroc -> reference/features.test_auroc
-    system/… (MLflow's system metrics) and every other name: unchanged
+    test/…   test_auroc -> test/auroc, test_auroc_ci_low -> test/auroc_ci_low,
+             reference.features.test_auroc -> test/reference.features.auroc,
+             reference.features.delta_test_auroc -> test/reference.features.delta_auroc
+    train/…  train_loss -> train/loss, lr -> train/lr, stage -> train/stage, best_epoch -> train/best_epoch,
+             epochs_run -> train/epochs_run
+    val/…    val_auroc -> val/auroc, val_recall.good -> val/recall.good, best_val_loss -> val/best_loss,
+             selection.val_auroc.logreg -> val/selection.auroc.logreg
+    probe/…, system/… (MLflow's system metrics) and every other name: unchanged
 
 `logged_key` is applied where metrics are logged (tracking.metrics.MetricBatcher), `canonical_name`
-where they are read back (promotion rules, registry views), so policies and older runs keep working.
+where they are read back (promotion rules, registry views), so policies keep working; runs logged before
+(bare names, or the `model/`, `reference/`, `selection/` namespaces) read back the same.
 """
 
 from __future__ import annotations
@@ -20,11 +24,29 @@ import re
 from typing import Mapping
 
 SPLITS = ("train", "val", "test")
-MODEL_METRICS = frozenset({"backbone_params", "best_epoch", "best_val_loss", "epochs_run"})
-GROUPS = ("reference", "selection")
-#: Names whose namespace is not their prefix.
-ALIASES = {"lr": "train/lr"}
-_STAGE = re.compile(r"stage\d+\.")
+#: Names whose namespace is not their prefix: a fit's results shown beside its curves.
+ALIASES = {"lr": "train/lr", "stage": "train/stage", "best_epoch": "train/best_epoch",
+           "epochs_run": "train/epochs_run"}
+#: (name pattern, key format) and their inverses, tried before the split prefixes.
+_TO_KEY = [(re.compile(r"^reference\.(?P<ref>[^./]+)\.delta_test_(?P<m>.+)$"), "test/reference.{ref}.delta_{m}"),
+           (re.compile(r"^reference\.(?P<ref>[^./]+)\.test_(?P<m>.+)$"), "test/reference.{ref}.{m}"),
+           (re.compile(r"^selection\.val_(?P<m>.+)$"), "val/selection.{m}"),
+           (re.compile(r"^best_val_(?P<m>.+)$"), "val/best_{m}")]
+_TO_NAME = [(re.compile(r"^test/reference\.(?P<ref>[^./]+)\.delta_(?P<m>.+)$"), "reference.{ref}.delta_test_{m}"),
+            (re.compile(r"^test/reference\.(?P<ref>[^./]+)\.(?P<m>.+)$"), "reference.{ref}.test_{m}"),
+            (re.compile(r"^val/selection\.(?P<m>.+)$"), "selection.val_{m}"),
+            (re.compile(r"^val/best_(?P<m>.+)$"), "best_val_{m}")]
+#: Sizes (windows, parameters) are run params under this prefix: `size.train_windows`, `size.stage1.trainable_params`.
+SIZE_PARAM_PREFIX = "size."
+#: Namespaces of runs logged before the layout above: read back, never written.
+LEGACY_GROUPS = ("reference", "selection")
+
+
+def _rewrite(text: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    for pattern, template in rules:
+        if match := pattern.match(text):
+            return template.format(**match.groupdict())
+    return None
 
 
 def logged_key(name: str) -> str:
@@ -33,14 +55,11 @@ def logged_key(name: str) -> str:
         return name
     if name in ALIASES:
         return ALIASES[name]
+    if (key := _rewrite(name, _TO_KEY)) is not None:
+        return key
     split, underscore, rest = name.partition("_")
     if underscore and rest and split in SPLITS:
         return f"{split}/{rest}"
-    if name in MODEL_METRICS or _STAGE.match(name):
-        return f"model/{name}"
-    group, dot, rest = name.partition(".")
-    if dot and rest and group in GROUPS:
-        return f"{group}/{rest}"
     return name
 
 
@@ -50,14 +69,16 @@ def canonical_name(key: str) -> str:
     for name, alias in ALIASES.items():
         if key == alias:
             return name
+    if (name := _rewrite(key, _TO_NAME)) is not None:
+        return name
     namespace, slash, rest = key.partition("/")
     if not slash:
         return key
     if namespace in SPLITS:
         return f"{namespace}_{rest}"
-    if namespace == "model":
+    if namespace == "model":  # before: one-off sizes and results
         return rest
-    if namespace in GROUPS:
+    if namespace in LEGACY_GROUPS:
         return f"{namespace}.{rest}"
     return key
 

@@ -30,6 +30,7 @@ from biosig.logs import get_logger
 from biosig.secrets import has_password, redact, redact_value
 from biosig.tracking.environment import environment
 from biosig.tracking.liveness import heartbeat, heartbeat_seconds, owner_tags
+from biosig.tracking.metric_names import SIZE_PARAM_PREFIX
 from biosig.tracking.metrics import MetricBatcher
 from biosig.tracking.tags import (
     CHANNEL_MAPPING_TAG,
@@ -156,6 +157,15 @@ class RunContext:
         """Send the batched metrics now (`wait=False`: in the background)."""
         self.metrics.flush(wait=wait)
 
+    def log_sizes(self, sizes: dict[str, int]) -> None:
+        """Counts of a run (windows, parameters) as params `size.<name>`: one value each, so they sit in the
+        params table rather than as single-point charts; a resumed run's equal values are not sent again."""
+        existing = self.client.get_run(self.run_id).data.params
+        params = [Param(SIZE_PARAM_PREFIX + k, str(int(v))) for k, v in sizes.items()
+                  if existing.get(SIZE_PARAM_PREFIX + k) != str(int(v))]
+        if params:
+            self.client.log_batch(self.run_id, params=params, synchronous=True)
+
     def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
                     params: dict[str, Any] | None = None) -> str:
         """Create the run's MLflow 3 logged model (PENDING) before training, so that every metric logged
@@ -235,6 +245,9 @@ class FollowerContext:
         pass
 
     def flush_metrics(self, wait: bool = True) -> None:
+        pass
+
+    def log_sizes(self, sizes: dict[str, int]) -> None:
         pass
 
     def begin_model(self, name: str, *, model_type: str, dataset: tuple[str, str] | None = None,
@@ -499,7 +512,7 @@ def purge_if_params_hold_secrets(client: MlflowClient, run_id: str) -> None:
 
 def record_fit(ctx: RunContext | FollowerContext, outcome: FitOutcome) -> None:
     """A fit's decisions as run tags (class weights, selection fallback, mode collapse), its history and
-    stage counts as artifacts."""
+    stage counts as artifacts, and the stage counts as `size.stage<k>.trainable_params` / `frozen_params`."""
     tags: dict[str, str] = {}
     if outcome.class_weights is not None:
         tags[CLASS_WEIGHTS_TAG] = ",".join(f"{w:.4g}" for w in outcome.class_weights)
@@ -511,6 +524,8 @@ def record_fit(ctx: RunContext | FollowerContext, outcome: FitOutcome) -> None:
         ctx.set_tags(tags)
     ctx.log_dict(outcome.history, "history.json")
     ctx.log_dict(outcome.stage_counts, "stages.json")
+    ctx.log_sizes({f"stage{number}.{kind}_params": counts[kind] for number, counts in outcome.stage_counts.items()
+                   for kind in ("trainable", "frozen")})
 
 
 def record_classifier(ctx: RunContext | FollowerContext, built: BuiltClassifier, data: LabelledSplits) -> None:

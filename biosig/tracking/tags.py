@@ -32,8 +32,9 @@ EVALUATE_MODEL_TAG = "biosig.evaluate.model"
 EVALUATE_REASON_TAG = "biosig.evaluate.reason"
 EVALUATE_REGISTERED_TAG = "biosig.evaluate.registered"
 EVALUATE_VERSION_TAG = "biosig.evaluate.version"
-HEARTBEAT_TAG = "biosig.heartbeat"  # epoch seconds of the last sign of life of the process named by host + pid
-HOST_TAG = "biosig.host"
+# Operational tags, one namespace (biosig.process.*) so the UI can hide them as a group: who runs the run
+HEARTBEAT_TAG = "biosig.process.heartbeat"  # epoch seconds of the last sign of life of the process named by host + pid
+HOST_TAG = "biosig.process.host"
 IMPORTED_BY_TAG = "biosig.imported.by"  # import-checkpoint: user@host that imported the weights
 IMPORTED_FROM_TAG = "biosig.imported.from"  # import-checkpoint: the original file path
 IMPORTED_SHA256_TAG = "biosig.imported.sha256"  # import-checkpoint: sha256 of the weights file (the identity)
@@ -49,7 +50,7 @@ PARENT_NAME_TAG = "biosig.parent.name"
 PARENT_RUN_ID_TAG = "biosig.parent.run_id"
 PARENT_URI_TAG = "biosig.parent.uri"
 PARENT_VERSION_TAG = "biosig.parent.version"
-PID_TAG = "biosig.pid"
+PID_TAG = "biosig.process.pid"
 PRED_VAR_RATIO_TAG = "biosig.pred_var_ratio"
 PROMOTE_DECIDED_AT_TAG = "biosig.promote.decided_at"  # epoch ms, set under the lock: the audit log's order
 PROMOTE_DECISION_TAG = "biosig.promote.decision"
@@ -82,6 +83,10 @@ WORLD_SIZE_TAG = "biosig.world_size"
 FIELD_TAG_PREFIX = "biosig.field."  # conventional-name fields on a registered version
 TEST_METRIC_TAG_PREFIX = "biosig.test."  # test metrics on a registered version
 PROMOTE_TARGET_TAG_PREFIX = "biosig.promote."  # finetune promote=TARGET: the decision for that target
+
+
+#: The same, as runs written before the biosig.process namespace spelled them (still read by liveness).
+LEGACY_PROCESS_TAGS = {HOST_TAG: "biosig.host", PID_TAG: "biosig.pid", HEARTBEAT_TAG: "biosig.heartbeat"}
 
 
 def fold_digest_tag(fold: int) -> str:

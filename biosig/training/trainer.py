@@ -206,8 +206,6 @@ class _Trainer:
         self.stage_counts[stage.number] = dataclasses.asdict(counts)
         self.trained = self._data_parallel()
         log.info(f"  {counts.describe()}")
-        self.log_to.log_metrics({f"stage{stage.number}.trainable_params": counts.trainable,
-                                 f"stage{stage.number}.frozen_params": counts.frozen}, step=self.epoch)
         optimizer, scheduler = loop.optimizer_and_schedule(param_groups(self.model, self.masks), stage.lr,
                                                            s.weight_decay, stage.epochs * self.steps_per_epoch,
                                                            s.warmup_fraction)
