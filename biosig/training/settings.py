@@ -18,8 +18,8 @@ class Stage:
 
 
 @dataclasses.dataclass(frozen=True)
-class FitSettings:
-    """The loop's knobs. Commands build it from their config (`FinetuneConfig.fit_settings()`)."""
+class LoopSettings:
+    """What every training loop takes: batches, seed, AdamW with warm-up, clipping, precision, readers."""
 
     batch_size: int = 64
     seed: int = 0
@@ -28,6 +28,12 @@ class FitSettings:
     grad_clip: float = 1.0
     amp: str = "auto"
     data_workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings(LoopSettings):
+    """The fine-tuning loop's knobs. Commands build it from their config (`FinetuneConfig.fit_settings()`)."""
+
     unfreeze_last_n: int = 2
     adaptation: str = "unfreeze"  # or lora: stage 2 trains adapters on the frozen backbone
     lora_rank: int = 8
@@ -41,8 +47,8 @@ class FitSettings:
     collapse_threshold: float = 0.1
 
 
-@dataclasses.dataclass(frozen=True)
-class PretrainSettings:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PretrainSettings(LoopSettings):
     """Pretraining's knobs (`PretrainConfig.pretrain_settings()`): the data it reads and the loop."""
 
     channels: list[str]
@@ -51,14 +57,7 @@ class PretrainSettings:
     context_fit: str = "crop_or_pad"
     val_fraction: float = 0.2
     epochs: int = 10
-    batch_size: int = 64
     lr: float = 1e-3
-    seed: int = 0
-    weight_decay: float = 0.01
-    warmup_fraction: float = 0.1
-    grad_clip: float = 1.0
-    amp: str = "auto"
-    data_workers: int = 1
     checkpoint_every: int = 0  # a stream: also save last/ every N optimiser steps
 
 
