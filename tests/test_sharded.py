@@ -163,6 +163,35 @@ def test_two_ranks_by_two_workers_read_each_window_once_per_epoch(corpus):
     assert orders[0] != orders[1] and sorted(orders[0]) == sorted(orders[1])  # reshuffled per epoch, same windows
 
 
+def test_decoded_row_groups_are_cached_for_later_epochs_and_read_back_the_same(corpus, monkeypatch):
+    """stream_cache: the first epoch decodes parquet and keeps each row group as .npy; the second reads those
+    (the parquet decoder is not called), and the batches are the ones an uncached stream gives."""
+    import biosig.data.shards as shards
+    from biosig.data.storage import cache_root
+
+    manifest = read_manifest(str(corpus))
+    plain = ShardStream(manifest, 8, seed=3, buffer_windows=32, subjects={"S000", "S001", "S002"})
+    cached = ShardStream(manifest, 8, seed=3, buffer_windows=32, subjects={"S000", "S001", "S002"})
+    assert plain.use_cache("auto", 1).startswith("row groups decoded once") and not plain.cache
+    assert plain.use_cache("off", 5).endswith("(stream_cache=off)") and not plain.cache
+    assert "cached under" in cached.use_cache("auto", 2) and cached.cache
+    decoded = []
+    monkeypatch.setattr(shards, "signals_of", lambda *a, _real=shards.signals_of: decoded.append(1) or _real(*a))
+    for epoch in (1, 2):
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        expected = fingerprints(x for x, _ in stream_loader(plain, 0))
+        before = len(decoded)
+        assert fingerprints(x for x, _ in stream_loader(cached, 0)) == expected and len(expected) > 0
+        assert (len(decoded) > before) == (epoch == 1)  # epoch 2 never decodes parquet
+    entries = list((cache_root() / "rowgroups").rglob("*.npy"))
+    assert len(entries) == len(cached.units)
+    entries[0].write_bytes(b"not numpy")  # a damaged entry is read as a miss
+    cached.set_epoch(3), plain.set_epoch(3)
+    assert fingerprints(x for x, _ in stream_loader(cached, 0)) == fingerprints(x for x, _ in stream_loader(plain, 0))
+    monkeypatch.setenv("BIOSIG_CACHE_DIR", "off")
+    assert cached.use_cache("on", 5).endswith("(BIOSIG_CACHE_DIR=off)") and not cached.cache
+
+
 @pytest.mark.parametrize("stop", [3, 6])
 def test_resuming_mid_epoch_continues_the_uninterrupted_stream(corpus, stop):
     manifest = read_manifest(str(corpus))
@@ -405,3 +434,28 @@ def test_a_restart_sweeps_only_the_temporaries_of_writers_that_are_gone(tmp_path
         path.write_bytes(b"partial")
     assert remove_dead_temporaries(tmp_path) == 2
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_a_cache_that_cannot_be_written_is_skipped_not_an_error(tmp_path, monkeypatch):
+    """A full or read-only cache disk (atomic_path's one-line DataError) must not fail the read it serves."""
+    import contextlib
+
+    import pyarrow as pa
+
+    from biosig.data import arrow_cache, rowgroup_cache
+
+    @contextlib.contextmanager
+    def full_disk(path, **_):
+        raise DataError(f"no space left on the device of {path}")
+        yield
+
+    monkeypatch.setenv("BIOSIG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(rowgroup_cache, "atomic_path", full_disk)
+    monkeypatch.setattr(arrow_cache, "atomic_path", full_disk)
+    signals = np.zeros((2, 1, 8), dtype=np.float32)
+    rowgroup_cache.write("ab" * 32, 0, ["PPG"], signals, np.array(["s", "s"]), np.zeros(2, dtype=np.int64))
+    assert rowgroup_cache.read("ab" * 32, 0, ["PPG"]) is None
+    source = tmp_path / "x.parquet"
+    source.write_bytes(b"x")
+    arrow_cache.write_cached(source, "cd" * 32, pa.table({"a": [1]}))
+    assert arrow_cache.read_cached(source, "cd" * 32) is None

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from biosig.data.atomic import atomic_path
 from biosig.data.storage import cache_root
+from biosig.errors import DataError
 
 SOURCE_KEY = b"biosig.cache.source"  # "size:mtime_ns" of the parquet file the entry was made from
 
@@ -60,6 +61,6 @@ def write_cached(source: Path, digest: str, table: pa.Table) -> None:
         with atomic_path(path) as tmp, pa.OSFile(str(tmp), "wb") as sink, \
                 pa.ipc.new_file(sink, stamped.schema) as writer:
             writer.write_table(stamped)
-    except OSError:
+    except (OSError, DataError):  # atomic_path turns a full or read-only disk into a DataError
         return
     os.utime(path)  # recently used entries are the ones to keep when pruning by age

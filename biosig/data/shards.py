@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from biosig.data import rowgroup_cache
 from biosig.data.atomic import atomic_path, disk_error
 from biosig.data.parquet_io import from_arrow, signals_of, subjects_of, to_arrow
 from biosig.data.storage import arrow_filesystem, cache_root
@@ -339,25 +340,38 @@ def open_shard(manifest: Manifest, shard: Shard) -> pq.ParquetFile:
 
 
 def read_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.ParquetFile,
-                   subjects: frozenset[str] | None = None,
-                   channels: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   subjects: frozenset[str] | None = None, channels: list[str] | None = None,
+                   cache: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(signals [n, C, T], subject [n], labels [n]) of one row group, restricted to `subjects` when given;
-    only the columns of `channels` (default: all) are read."""
+    only the columns of `channels` (default: all) are read. With `cache`, a row group decoded once on this
+    machine is read from its decoded copy (biosig.data.rowgroup_cache; signals then come as a read-only memory
+    map), and one decoded now is kept there."""
+    channels = channels or manifest.channels
+    cached = rowgroup_cache.read(shard.sha256, group, channels) if cache else None
+    signals, subject, labels = cached if cached is not None else _decode_row_group(manifest, shard, group, handle,
+                                                                                   channels, cache)
+    if subjects is not None:
+        keep = np.flatnonzero(np.isin(subject, list(subjects)))
+        if keep.size < len(subject):
+            return signals[keep], subject[keep], labels[keep]
+    return signals, subject, labels
+
+
+def _decode_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.ParquetFile, channels: list[str],
+                      cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole row group decoded from parquet (and, with `cache`, kept in the row-group cache)."""
     where = f"{manifest.uri(shard)} row group {group}"
     subject_column, label_column = manifest.schema["subject_column"], manifest.schema["label_column"]
-    channels = channels or manifest.channels
     try:
         table = handle.read_row_group(group, columns=[*channels, subject_column, label_column])
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read {where}: {exc}") from None
     subject = subjects_of(table, subject_column, where)
-    if subjects is not None:
-        keep = np.flatnonzero(np.isin(subject, list(subjects)))
-        if keep.size < len(subject):
-            table = table.take(keep)
-            subject = subject[keep]
     labels = table.column(label_column).to_numpy().astype(np.int64, copy=False)
-    return signals_of(table, channels, where), subject, labels
+    signals = signals_of(table, channels, where)
+    if cache:
+        rowgroup_cache.write(shard.sha256, group, channels, signals, subject, labels)
+    return signals, subject, labels
 
 
 def split_labels(manifest: Manifest, subjects: set[str]) -> tuple[np.ndarray, np.ndarray]:

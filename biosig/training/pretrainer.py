@@ -114,6 +114,8 @@ def streamed_feed(settings: PretrainSettings, manifest: Manifest, where: str, di
         "val": ShardStream(manifest, settings.batch_size, subjects=subjects["val"], transform=transform, shuffle=False,
                            verify=False, channels=channels),
     }
+    log.info(f"  streamed: {streams['train'].use_cache(settings.stream_cache, settings.epochs)}")
+    streams["val"].use_cache(settings.stream_cache, settings.epochs)  # read every epoch too
     return PretrainFeed(manifest.fs, transform.stats, streams["train"].windows, streams["val"].windows,
                         streams=streams)
 

@@ -28,6 +28,7 @@ class LoopSettings:
     grad_clip: float = 1.0
     amp: str = "auto"
     data_workers: int = 1
+    stream_cache: str = "auto"  # auto | on | off: a stream's decoded row groups kept for later epochs
 
 
 @dataclasses.dataclass(frozen=True)

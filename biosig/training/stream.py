@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
+import shutil
 from typing import Callable, Iterator
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from biosig.data.shards import Manifest, open_shard, read_row_group, verify_shard
+from biosig.data.storage import cache_root
 from biosig.errors import ConfigError
 
 BUFFER_WINDOWS = 8192  # shuffle buffer: 4 row groups of different shards mixed at a time
@@ -49,6 +51,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         self.buffer_windows = max(buffer_windows, batch_size)
         self.drop_last = drop_last
+        self.cache = False  # read row groups through the decoded row-group cache (see use_cache)
         self.units = [(si, g) for si, shard in enumerate(manifest.shards)
                       if self.subjects is None or not self.subjects.isdisjoint(shard.subjects)
                       for g in range(len(shard.row_groups))]
@@ -61,6 +64,34 @@ class ShardStream(IterableDataset):
         self._epoch = multiprocessing.Value("q", 0, lock=False)
         self.skip: dict[int, int] = {}
         self.skip_epoch = -1
+
+    @property
+    def decoded_bytes(self) -> int:
+        """What this stream's windows take decoded (float32), i.e. what the row-group cache would hold."""
+        return self.windows * len(self.channels) * self.manifest.n_samples * 4
+
+    def use_cache(self, setting: str, epochs: int) -> str:
+        """Decide whether readers go through the decoded row-group cache (biosig.data.rowgroup_cache), from
+        `stream_cache` (auto | on | off) and the epochs planned; returns the decision in words. auto caches
+        when the stream is read more than once and its decoded windows take at most half the free space
+        where the cache lives: a first epoch that also writes the cache is slower than one that only decodes."""
+        root = cache_root()
+        size = f"{self.decoded_bytes / 2**30:.2f} GiB"
+        if setting == "off" or root is None:
+            self.cache = False
+            return "row groups decoded every epoch (stream_cache=off)" if root else \
+                "row groups decoded every epoch (BIOSIG_CACHE_DIR=off)"
+        if setting == "auto":
+            if epochs < 2:
+                self.cache = False
+                return "row groups decoded once each (one epoch: nothing to cache for)"
+            free = _free_bytes(root)
+            if self.decoded_bytes > free / 2:
+                self.cache = False
+                return (f"row groups decoded every epoch: the decoded stream ({size}) would take more than half "
+                        f"the {free / 2**30:.1f} GiB free under {root} (stream_cache=on forces it)")
+        self.cache = True
+        return f"decoded row groups cached under {root / 'rowgroups'} ({size}); later epochs read them memory-mapped"
 
     @property
     def epoch(self) -> int:
@@ -114,7 +145,7 @@ class ShardStream(IterableDataset):
             if si != open_index:
                 handle, open_index = open_shard(self.manifest, self.manifest.shards[si]), si
             x, _, y = read_row_group(self.manifest, self.manifest.shards[si], group, handle, self.subjects,
-                                     self.channels)
+                                     self.channels, cache=self.cache)
             if not len(x):
                 continue
             if self.transform is not None:
@@ -200,3 +231,14 @@ def stream_loader(stream: ShardStream, workers: int) -> DataLoader:
     # persistent: reader processes start once and serve every epoch (ShardStream's epoch is shared memory)
     return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers else None)
+
+
+def _free_bytes(root) -> float:
+    """Free space of the filesystem that holds (or will hold) `root`."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return float(shutil.disk_usage(probe).free)
+    except OSError:
+        return 0.0

@@ -163,7 +163,10 @@ class _Trainer:
         self.weights = class_weights(s.class_weights, data.y["train"], len(data.class_names))
         self.criterion = nn.CrossEntropyLoss(weight=None if self.weights is None
                                              else torch.tensor(self.weights).to(device))
+        self.planned_epochs = sum(stage.epochs for stage in schedule)  # early stopping may end sooner
         self.stream = data.streamed.train_stream(s.batch_size, s.seed, dist) if data.streamed is not None else None
+        if self.stream is not None:
+            log.info(f"  streamed: {self.stream.use_cache(s.stream_cache, self.planned_epochs)}")
         self.train_loader = (stream_loader(self.stream, s.data_workers) if self.stream is not None else
                              loop.loader([data.x["train"], data.y["train"]], s.batch_size, shuffle=True,
                                          generator=generator, dist=dist, seed=s.seed))
@@ -171,7 +174,6 @@ class _Trainer:
         self.steps_per_epoch = (self.stream.batches_per_epoch(max(1, s.data_workers)) if self.stream is not None
                                 else len(self.train_loader))
         self.progress = loop.TrainingProgress()  # epochs count on across stages
-        self.planned_epochs = sum(stage.epochs for stage in schedule)  # early stopping may end sooner
         self.best_val: dict[str, float] = {}
         self.best_state: dict[str, torch.Tensor] = {}
         self.collapsed: list[str] = []

@@ -33,6 +33,9 @@ class LoopConfig(BaseConfig):
     grad_clip: float = option(1.0, "gradient-norm clip; 0 disables it")
     device: str = option("auto", "auto (CUDA when present) | cpu | cuda | cuda:N")
     amp: Literal["auto", "off", "bf16"] = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU")
+    stream_cache: Literal["auto", "on", "off"] = option(
+        "auto", "a sharded dataset's decoded row groups kept on local disk ($BIOSIG_CACHE_DIR) so later epochs skip "
+                "parquet decoding; auto: when training runs 2+ epochs and they fit in half the free space")
     data_workers: int = option(1, "a sharded dataset (a directory or s3:// prefix with manifest.json) is streamed by this many "
                                "reader processes per training process (0: read in the training process)")
 
