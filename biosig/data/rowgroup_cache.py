@@ -28,12 +28,31 @@ from biosig.errors import DataError
 MIN_FREE_FRACTION = 0.10
 
 
-def _entry(shard_sha256: str, group: int, channels: list[str]) -> Path | None:
+def location() -> Path | None:
+    """Where entries live ($BIOSIG_CACHE_DIR/rowgroups), or None when caching is off."""
     root = cache_root()
+    return None if root is None else root / "rowgroups"
+
+
+def free_bytes() -> float:
+    """Free space of the filesystem that holds (or will hold) the cache."""
+    probe = location()
+    if probe is None:
+        return 0.0
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return float(shutil.disk_usage(probe).free)
+    except OSError:
+        return 0.0
+
+
+def _entry(shard_sha256: str, group: int, channels: list[str]) -> Path | None:
+    root = location()
     if root is None or not shard_sha256:
         return None
     which = hashlib.sha256("\0".join(channels).encode()).hexdigest()[:12]
-    return root / "rowgroups" / shard_sha256 / f"{group}-{which}"
+    return root / shard_sha256 / f"{group}-{which}"
 
 
 def read(shard_sha256: str, group: int, channels: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

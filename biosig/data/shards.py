@@ -347,19 +347,28 @@ def read_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.Parq
     machine is read from its decoded copy (biosig.data.rowgroup_cache; signals then come as a read-only memory
     map), and one decoded now is kept there."""
     channels = channels or manifest.channels
-    cached = rowgroup_cache.read(shard.sha256, group, channels) if cache else None
-    signals, subject, labels = cached if cached is not None else _decode_row_group(manifest, shard, group, handle,
-                                                                                   channels, cache)
-    if subjects is not None:
-        keep = np.flatnonzero(np.isin(subject, list(subjects)))
-        if keep.size < len(subject):
-            return signals[keep], subject[keep], labels[keep]
-    return signals, subject, labels
+    if not cache:  # only the wanted subjects' windows are decoded
+        return _decode_row_group(manifest, shard, group, handle, channels, subjects)
+    cached = rowgroup_cache.read(shard.sha256, group, channels)
+    if cached is None:  # the whole row group is decoded and kept: other splits and epochs read it too
+        cached = _decode_row_group(manifest, shard, group, handle, channels)
+        rowgroup_cache.write(shard.sha256, group, channels, *cached)
+    signals, subject, labels = cached
+    keep = _kept(subject, subjects)
+    return (signals, subject, labels) if keep is None else (signals[keep], subject[keep], labels[keep])
+
+
+def _kept(subject: np.ndarray, subjects: frozenset[str] | None) -> np.ndarray | None:
+    """Indices of the rows of `subjects`, or None when every row is kept."""
+    if subjects is None:
+        return None
+    keep = np.flatnonzero(np.isin(subject, list(subjects)))
+    return None if keep.size == len(subject) else keep
 
 
 def _decode_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.ParquetFile, channels: list[str],
-                      cache: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A whole row group decoded from parquet (and, with `cache`, kept in the row-group cache)."""
+                      subjects: frozenset[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A row group decoded from parquet: the rows of `subjects` (all when None)."""
     where = f"{manifest.uri(shard)} row group {group}"
     subject_column, label_column = manifest.schema["subject_column"], manifest.schema["label_column"]
     try:
@@ -367,11 +376,10 @@ def _decode_row_group(manifest: Manifest, shard: Shard, group: int, handle: pq.P
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read {where}: {exc}") from None
     subject = subjects_of(table, subject_column, where)
+    if (keep := _kept(subject, subjects)) is not None:
+        table, subject = table.take(keep), subject[keep]
     labels = table.column(label_column).to_numpy().astype(np.int64, copy=False)
-    signals = signals_of(table, channels, where)
-    if cache:
-        rowgroup_cache.write(shard.sha256, group, channels, signals, subject, labels)
-    return signals, subject, labels
+    return signals_of(table, channels, where), subject, labels
 
 
 def split_labels(manifest: Manifest, subjects: set[str]) -> tuple[np.ndarray, np.ndarray]:

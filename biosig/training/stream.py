@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import multiprocessing
-import shutil
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from biosig.data import rowgroup_cache
 from biosig.data.shards import Manifest, open_shard, read_row_group, verify_shard
-from biosig.data.storage import cache_root
 from biosig.errors import ConfigError
 
 BUFFER_WINDOWS = 8192  # shuffle buffer: 4 row groups of different shards mixed at a time
@@ -75,7 +74,7 @@ class ShardStream(IterableDataset):
         `stream_cache` (auto | on | off) and the epochs planned; returns the decision in words. auto caches
         when the stream is read more than once and its decoded windows take at most half the free space
         where the cache lives: a first epoch that also writes the cache is slower than one that only decodes."""
-        root = cache_root()
+        root = rowgroup_cache.location()
         size = f"{self.decoded_bytes / 2**30:.2f} GiB"
         if setting == "off" or root is None:
             self.cache = False
@@ -85,13 +84,13 @@ class ShardStream(IterableDataset):
             if epochs < 2:
                 self.cache = False
                 return "row groups decoded once each (one epoch: nothing to cache for)"
-            free = _free_bytes(root)
+            free = rowgroup_cache.free_bytes()
             if self.decoded_bytes > free / 2:
                 self.cache = False
                 return (f"row groups decoded every epoch: the decoded stream ({size}) would take more than half "
                         f"the {free / 2**30:.1f} GiB free under {root} (stream_cache=on forces it)")
         self.cache = True
-        return f"decoded row groups cached under {root / 'rowgroups'} ({size}); later epochs read them memory-mapped"
+        return f"decoded row groups cached under {root} ({size}); later epochs read them memory-mapped"
 
     @property
     def epoch(self) -> int:
@@ -231,14 +230,3 @@ def stream_loader(stream: ShardStream, workers: int) -> DataLoader:
     # persistent: reader processes start once and serve every epoch (ShardStream's epoch is shared memory)
     return DataLoader(stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
                       prefetch_factor=4 if workers else None)
-
-
-def _free_bytes(root) -> float:
-    """Free space of the filesystem that holds (or will hold) `root`."""
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return float(shutil.disk_usage(probe).free)
-    except OSError:
-        return 0.0
